@@ -1,0 +1,48 @@
+"""discdiff: composable discrete-diffusion primitives.
+
+Conventions (fixed for the whole library; see docs/math.md):
+
+- Time ``t in [0, 1]``: ``t = 0`` is data, ``t = 1`` is the prior.
+- Kernels, losses and samplers take the log-SNR ``lambda = log(alpha / (1 - alpha))``;
+  ``alpha = sigmoid(lambda)`` is the probability that a token is still clean.  Schedules map
+  ``t -> lambda``.
+- Tokens are integer tensors ``[batch, seq]``; logits ``[batch, seq, vocab]``; ``lambda`` is per
+  sequence (``[batch]`` or ``[batch, 1]``) or per token (``[batch, seq]``).
+- The mask id lives in the kernel and nowhere else.  Reductions are explicit arguments.
+- Every stochastic function takes ``generator: torch.Generator | None``; nothing touches global
+  state at import.
+
+Imports torch, einops and jaxtyping only.  ``discdiff.testing`` (hypothesis strategies and
+invariant checks) needs the ``[test]`` extra and is not imported here.
+"""
+
+from discdiff import kernels, losses, schedules, time_sampling
+from discdiff.kernels import GIDD, Dense, Hybrid, Kernel, Masked, Prior, Uniform
+from discdiff.losses import LossOutput, gidd, masked_ce, mdlm, nelbo
+from discdiff.schedules import Cosine, GIDDTime, LinearAlpha, LinearLogSNR, Schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "kernels",
+    "losses",
+    "schedules",
+    "time_sampling",
+    "Kernel",
+    "Uniform",
+    "Masked",
+    "Hybrid",
+    "GIDD",
+    "Prior",
+    "Dense",
+    "Schedule",
+    "LinearAlpha",
+    "Cosine",
+    "LinearLogSNR",
+    "GIDDTime",
+    "LossOutput",
+    "gidd",
+    "mdlm",
+    "masked_ce",
+    "nelbo",
+]

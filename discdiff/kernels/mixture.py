@@ -1,0 +1,97 @@
+"""Kernels whose mixing distribution mixes uniform noise and the mask state.
+
+``pi_lambda = s u + (1 - s) e_m`` with ``s = sigmoid(l(lambda))`` (GIDD; MATH.md), where ``u``
+is uniform over the ``N`` non-mask states (``N = V - 1`` with a mask, ``N = V`` without).
+Uniform (``s = 1``), masked (``s = 0``), GIDD's hybrid (``l = a lambda + b``) and GIDD's time
+form all belong here.  A family gives only the share logit ``l(lambda)`` and its derivative;
+nothing here builds a ``[..., V]`` tensor except :meth:`pi` and :meth:`dpi` themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from discdiff._typing import LogSNR, Probs, Tokens
+from discdiff.kernels.base import Kernel
+
+
+class UniformMaskMixture(Kernel):
+    """``pi_lambda = sigmoid(l) u + sigmoid(-l) e_m``; ``pi'_lambda = l' s (1 - s) (u - e_m)``."""
+
+    @abstractmethod
+    def share_logit(self, lam: LogSNR) -> Tensor:
+        """``l(lambda) = logit(s)``: log-odds of uniform over mask noise (``+inf``: all uniform)."""
+
+    @abstractmethod
+    def dshare_logit(self, lam: LogSNR) -> Tensor:
+        """``d l / d lambda``."""
+
+    @property
+    def num_noise_states(self) -> int:
+        """``N``: the states uniform noise can land on (every state but the mask)."""
+        return self.vocab_size - (self.mask_id is not None)
+
+    def uniform_share(self, lam: LogSNR) -> Tensor:
+        """``s(lambda)``: the share of noise that is uniform (the rest is the mask state)."""
+        return torch.sigmoid(self.share_logit(lam))
+
+    def _basis(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``u`` and ``e_m`` as ``[V]`` vectors (``e_m`` is zero without a mask)."""
+        u = torch.full((self.vocab_size,), 1.0 / self.num_noise_states, dtype=like.dtype, device=like.device)
+        e_m = torch.zeros_like(u)
+        if self.mask_id is not None:
+            u[self.mask_id] = 0.0
+            e_m[self.mask_id] = 1.0
+        return u, e_m
+
+    def pi(self, lam: LogSNR) -> Probs:
+        u, e_m = self._basis(lam)
+        s = self.uniform_share(lam).unsqueeze(-1)
+        return s * u + (1 - s) * e_m
+
+    def dpi(self, lam: LogSNR) -> Tensor:
+        u, e_m = self._basis(lam)
+        s = self.uniform_share(lam)
+        ds = (self.dshare_logit(lam) * s * (1 - s)).unsqueeze(-1)
+        return ds * (u - e_m)
+
+    def pi_at(self, lam: LogSNR, idx: Tokens) -> Tensor:
+        s = self.uniform_share(lam)
+        on_u = s / self.num_noise_states
+        if self.mask_id is None:
+            return torch.broadcast_to(on_u, torch.broadcast_shapes(on_u.shape, idx.shape))
+        return torch.where(idx == self.mask_id, 1 - s, on_u)
+
+    def dpi_at(self, lam: LogSNR, idx: Tokens) -> Tensor:
+        s = self.uniform_share(lam)
+        ds = self.dshare_logit(lam) * s * (1 - s)
+        on_u = ds / self.num_noise_states
+        if self.mask_id is None:
+            return torch.broadcast_to(on_u, torch.broadcast_shapes(on_u.shape, idx.shape))
+        return torch.where(idx == self.mask_id, -ds, on_u)
+
+    def noise_log1p_sum(self, lam: LogSNR, log_x0: Tensor) -> Tensor:
+        """``T = c_u sum_{j != m} log1p(alpha x_hat_j / c_u)``, ``c_u = sigmoid(-lambda) s / N``
+        (the mask term vanishes because ``x_hat_m = 0``; MATH.md, "Memory-light form")."""
+        lam = lam.to(log_x0.dtype)
+        log_cu = F.logsigmoid(-lam) + F.logsigmoid(self.share_logit(lam)) - math.log(self.num_noise_states)
+        positive = torch.isfinite(log_cu)  # pure masked noise: c_u = 0, and 0 * inf must not appear
+        log_cu = torch.where(positive, log_cu, torch.zeros_like(log_cu))
+        log_ratio = (F.logsigmoid(lam) - log_cu).unsqueeze(-1) + log_x0
+        total = torch.logaddexp(log_ratio, torch.zeros((), dtype=log_ratio.dtype, device=log_ratio.device)).sum(-1)
+        return torch.where(positive, torch.exp(log_cu) * total, torch.zeros_like(total))
+
+    def sample_pi(self, lam: LogSNR, generator: torch.Generator | None = None) -> Tokens:
+        shape = lam.shape
+        draw = torch.randint(0, self.num_noise_states, shape, generator=generator, device=lam.device)
+        if self.mask_id is None:
+            return draw
+        draw = draw + (draw >= self.mask_id).long()  # skip over the mask id
+        uniform = torch.rand(shape, generator=generator, device=lam.device, dtype=torch.float64)
+        uniform = uniform < self.uniform_share(lam.to(torch.float64))
+        return torch.where(uniform, draw, torch.full_like(draw, self.mask_id))

@@ -1,0 +1,11 @@
+"""Losses: the GIDD ELBO and its surrogate, MDLM, the simple masked CE, NELBO helpers.
+
+All return per-token values in float32 or wider and reduce only when asked (``reduction``).
+"""
+
+from discdiff.losses.gidd import gidd, kl_and_is, kl_and_log_ratio
+from discdiff.losses.mdlm import masked_ce, mdlm
+from discdiff.losses.nelbo import elbo_weight_in_time, nelbo
+from discdiff.losses.output import LossOutput, reduce
+
+__all__ = ["LossOutput", "reduce", "gidd", "kl_and_is", "kl_and_log_ratio", "mdlm", "masked_ce", "nelbo", "elbo_weight_in_time"]

@@ -1,0 +1,88 @@
+"""The schedule interface: a decreasing map from time ``t`` to log-SNR ``lambda``.
+
+Convention (MATH.md): ``t = 0`` is data, ``t = 1`` the prior; ``alpha = sigmoid(lambda)``.
+Every schedule clamps ``lambda`` to ``[log_snr_min, log_snr_max]`` (Sumi and the GIDD scaling
+work use ``[-9, 9]``); inside the clamp its derivative is the analytic one, outside it is 0.
+Subclasses implement only the unclamped map, its derivative and its inverse.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from discdiff._checks import as_float_tensor, check_log_snr
+from discdiff._typing import FloatLike, LogSNR, Time
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule(ABC):
+    """A map ``t -> lambda(t)``, strictly decreasing on ``(0, 1)``, clamped to a log-SNR range."""
+
+    log_snr_min: float = -9.0
+    log_snr_max: float = 9.0
+
+    def __post_init__(self) -> None:
+        for name in ("log_snr_min", "log_snr_max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+                raise ValueError(f"{name} must be a number (+-inf allowed), got {v!r}")
+        if not self.log_snr_min < self.log_snr_max:
+            raise ValueError(
+                f"log_snr_min ({self.log_snr_min}) must be smaller than log_snr_max ({self.log_snr_max})"
+            )
+
+    # -- the unclamped map, implemented by each family ------------------------------------
+    @abstractmethod
+    def _log_snr(self, t: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _dlog_snr_dt(self, t: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _t_of_log_snr(self, lam: Tensor) -> Tensor: ...
+
+    # -- the public, clamped map ------------------------------------------------------------
+    def log_snr(self, t: FloatLike) -> LogSNR:
+        """``lambda(t)``, clamped to ``[log_snr_min, log_snr_max]``."""
+        t = self._check_t(t)
+        return self._log_snr(t).clamp(self.log_snr_min, self.log_snr_max)
+
+    def alpha(self, t: FloatLike) -> Tensor:
+        """``alpha(t) = sigmoid(lambda(t))``: the probability that a token is still clean."""
+        return torch.sigmoid(self.log_snr(t))
+
+    def dlog_snr_dt(self, t: FloatLike) -> Tensor:
+        """``d lambda / d t`` (negative inside the clamp range, 0 where ``lambda`` is clamped)."""
+        t = self._check_t(t)
+        raw = self._log_snr(t)
+        inside = (raw > self.log_snr_min) & (raw < self.log_snr_max)
+        return torch.where(inside, self._dlog_snr_dt(t), torch.zeros_like(raw))
+
+    def t_of_log_snr(self, lam: FloatLike) -> Time:
+        """The inverse map ``t(lambda)`` on ``[log_snr_min, log_snr_max]``."""
+        lam = as_float_tensor("lam", lam)
+        check_log_snr("lam", lam, allow_inf=True)
+        if bool(((lam < self.log_snr_min) | (lam > self.log_snr_max)).any()):
+            raise ValueError(
+                f"lam must lie in [{self.log_snr_min}, {self.log_snr_max}] (the schedule's clamp range)"
+            )
+        return self._t_of_log_snr(lam)
+
+    @property
+    def t_range(self) -> tuple[float, float]:
+        """``(t(log_snr_max), t(log_snr_min))``: the times between which ``lambda`` is not clamped."""
+        ends = torch.tensor([self.log_snr_max, self.log_snr_min], dtype=torch.float64)
+        lo, hi = self._t_of_log_snr(ends).tolist()
+        return lo, hi
+
+    @staticmethod
+    def _check_t(t: FloatLike) -> Tensor:
+        t = as_float_tensor("t", t)
+        if not torch.compiler.is_compiling() and bool(((t < 0) | (t > 1) | torch.isnan(t)).any()):
+            raise ValueError("t must lie in [0, 1] (t = 0 is data, t = 1 the prior)")
+        return t

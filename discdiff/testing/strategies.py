@@ -1,0 +1,140 @@
+"""Hypothesis strategies for discrete-diffusion tests (needs the ``[test]`` extra).
+
+Tensors are built from drawn integer seeds through an explicit ``torch.Generator``, so every
+example is reproducible and shrinks by its seed.  Typical use::
+
+    from hypothesis import given
+    from discdiff.testing import strategies as dst
+
+    @given(kernel=dst.kernels(), lam=dst.log_snrs())
+    def test_marginal_normalized(kernel, lam): ...
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import strategies as st
+from torch import Tensor
+
+from discdiff.kernels import GIDD, Hybrid, Kernel, Masked, Prior, Uniform
+from discdiff.schedules import Cosine, GIDDTime, LinearAlpha, LinearLogSNR, Schedule
+
+CLAMP_EDGES = (-9.0, 9.0)
+FAMILIES = ("uniform", "masked", "hybrid", "gidd", "prior")
+
+
+def vocab_sizes(min_size: int = 2, max_size: int = 12) -> st.SearchStrategy[int]:
+    """Small vocabulary sizes (the dense oracle is ``[V, V]``)."""
+    return st.integers(min_value=min_size, max_value=max_size)
+
+
+def log_snrs(min_value: float = -9.0, max_value: float = 9.0) -> st.SearchStrategy[float]:
+    """Finite log-SNRs in ``[min_value, max_value]``, with the clamp edges and 0 drawn often."""
+    edges = [v for v in (*CLAMP_EDGES, 0.0) if min_value <= v <= max_value]
+    floats = st.floats(min_value=min_value, max_value=max_value, allow_nan=False, allow_infinity=False)
+    return st.one_of(st.sampled_from(edges), floats) if edges else floats
+
+
+def log_snr_pairs(min_value: float = -9.0, max_value: float = 9.0) -> st.SearchStrategy[tuple[float, float]]:
+    """``(lam_t, lam_s)`` with ``lam_s >= lam_t`` (``s`` is the cleaner time)."""
+    return st.tuples(log_snrs(min_value, max_value), log_snrs(min_value, max_value)).map(lambda p: (min(p), max(p)))
+
+
+def _mask_ids(vocab_size: int) -> st.SearchStrategy[int]:
+    return st.sampled_from(sorted({0, vocab_size - 1, vocab_size // 2}))
+
+
+@st.composite
+def prior_probs(draw, vocab_size: int) -> Tensor:
+    """A random distribution over ``vocab_size`` states (float64), some states possibly 0."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    logits = 2.0 * torch.randn(vocab_size, generator=gen, dtype=torch.float64)
+    if draw(st.booleans()) and vocab_size > 2:
+        logits[int(torch.randint(vocab_size, (1,), generator=gen))] = -math.inf
+    return torch.softmax(logits, 0)
+
+
+@st.composite
+def kernels(draw, vocab_size: int | None = None, families: tuple = FAMILIES) -> Kernel:
+    """One kernel of every family (``families``, a subset of :data:`FAMILIES`, restricts them).
+
+    (``families`` is annotated as a bare ``tuple``: beartype samples container items with the
+    global ``random`` module, which hypothesis forbids inside strategies.)
+    """
+    V = draw(vocab_sizes()) if vocab_size is None else vocab_size
+    family = draw(st.sampled_from(families))
+    if family == "uniform":
+        return Uniform(V)
+    if family == "masked":
+        return Masked(V, draw(_mask_ids(V)))
+    if family == "hybrid":
+        shift = draw(st.floats(-4.0, 4.0))
+        scale = draw(st.sampled_from([1.0, 0.5, 0.0]) | st.floats(0.0, 1.0))
+        return Hybrid(V, draw(_mask_ids(V)), shift=shift, scale=scale)
+    if family == "gidd":
+        p_u = draw(st.floats(0.01, 0.99))
+        gamma = draw(st.sampled_from([1.0]) | st.floats(0.5, 1.9))
+        return GIDD(V, draw(_mask_ids(V)), p_uniform=p_u, gamma=gamma)
+    probs = draw(prior_probs(V))
+    return Prior(probs)
+
+
+@st.composite
+def schedules(draw, clamped: bool | None = None) -> Schedule:
+    """A schedule of every family, clamped to ``[-9, 9]`` or not (LinearLogSNR always is)."""
+    clamp = draw(st.booleans()) if clamped is None else clamped
+    ends = {} if clamp else {"log_snr_min": -math.inf, "log_snr_max": math.inf}
+    family = draw(st.sampled_from(["linear_alpha", "cosine", "linear_log_snr", "gidd_time"]))
+    if family == "linear_alpha":
+        return LinearAlpha(**ends)
+    if family == "cosine":
+        return Cosine(**ends)
+    if family == "linear_log_snr":
+        hi = draw(st.floats(0.5, 12.0))
+        return LinearLogSNR(log_snr_min=-draw(st.floats(0.5, 12.0)), log_snr_max=hi)
+    return GIDDTime(p_uniform=draw(st.floats(0.01, 0.99)), gamma=draw(st.sampled_from([1.0]) | st.floats(0.5, 1.9)), **ends)
+
+
+@st.composite
+def token_batches(draw, kernel: Kernel, max_batch: int = 3, max_seq: int = 6) -> Tensor:
+    """Clean tokens ``[batch, seq]`` for ``kernel`` (never its mask id)."""
+    batch = draw(st.integers(1, max_batch))
+    seq = draw(st.integers(1, max_seq))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    n_clean = kernel.vocab_size - (kernel.mask_id is not None)
+    x = torch.randint(n_clean, (batch, seq), generator=gen)
+    if kernel.mask_id is not None:
+        x = x + (x >= kernel.mask_id).long()
+    return x
+
+
+@st.composite
+def log_snr_for(draw, tokens: Tensor, min_value: float = -9.0, max_value: float = 9.0) -> Tensor:
+    """Float64 log-SNR for ``tokens``: per sequence (``[batch]`` or ``[batch, 1]``) or per token."""
+    layout = draw(st.sampled_from(["batch", "batch1", "token"]))
+    shape = {"batch": tokens.shape[:1], "batch1": (tokens.shape[0], 1), "token": tokens.shape}[layout]
+    n = math.prod(shape)
+    values = draw(st.lists(log_snrs(min_value, max_value), min_size=n, max_size=n))
+    return torch.tensor(values, dtype=torch.float64).reshape(shape)
+
+
+def logits_for(draw_seed: int, shape: tuple[int, ...], scale: float = 3.0) -> Tensor:
+    """Float64 logits of ``shape`` from a seed (use with ``st.integers`` seeds)."""
+    gen = torch.Generator().manual_seed(draw_seed)
+    return scale * torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+__all__ = [
+    "vocab_sizes",
+    "log_snrs",
+    "log_snr_pairs",
+    "prior_probs",
+    "kernels",
+    "schedules",
+    "token_batches",
+    "log_snr_for",
+    "logits_for",
+]

@@ -1,0 +1,128 @@
+"""Schedules: closed forms, analytic derivatives against autograd, inverses, clamping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import discdiff as dd
+from discdiff.testing import check_schedule
+from discdiff.testing import strategies as dst
+
+F64 = torch.float64
+INF = math.inf
+
+
+@given(schedule=dst.schedules())
+def test_every_schedule_passes_check_schedule(schedule):
+    check_schedule(schedule)
+
+
+@given(schedule=dst.schedules(clamped=False), t=st.floats(0.02, 0.98))
+def test_derivative_matches_autograd(schedule, t):
+    t = torch.tensor(t, dtype=F64, requires_grad=True)
+    (grad,) = torch.autograd.grad(schedule.log_snr(t), t)
+    torch.testing.assert_close(schedule.dlog_snr_dt(t.detach()), grad, rtol=1e-10, atol=1e-10)
+
+
+def test_closed_forms():
+    """Each family's alpha(t) written independently of the implementation."""
+    t = torch.linspace(0.01, 0.99, 17, dtype=F64)
+    free = dict(log_snr_min=-INF, log_snr_max=INF)
+    torch.testing.assert_close(dd.LinearAlpha(**free).alpha(t), 1 - t)
+    torch.testing.assert_close(dd.Cosine(**free).alpha(t), 0.5 + 0.5 * torch.cos(math.pi * t))
+    s = dd.LinearLogSNR(log_snr_min=-5.0, log_snr_max=7.0)
+    torch.testing.assert_close(s.log_snr(t), 7.0 - 12.0 * t)
+    for p_u, gamma in [(0.2, 1.0), (0.5, 1.5), (0.05, 0.7)]:
+        B = 2**gamma * p_u / (1 - p_u)
+        c = B * (t * (1 - t)) ** (gamma / 2)
+        torch.testing.assert_close(dd.GIDDTime(p_uniform=p_u, gamma=gamma, **free).alpha(t), (1 - t) / (1 + c))
+
+
+def test_clamp_and_zero_derivative_outside():
+    s = dd.LinearAlpha()  # [-9, 9] by default
+    t = torch.tensor([0.0, 1e-6, 0.5, 1 - 1e-6, 1.0], dtype=F64)
+    lam = s.log_snr(t)
+    assert lam[0] == 9.0 and lam[1] == 9.0 and lam[-1] == -9.0 and lam[-2] == -9.0
+    d = s.dlog_snr_dt(t)
+    assert d[0] == 0 and d[1] == 0 and d[-1] == 0
+    torch.testing.assert_close(d[2], torch.tensor(-4.0, dtype=F64))
+    lo, hi = s.t_range
+    assert lo == pytest.approx(1 / (1 + math.exp(9))) and hi == pytest.approx(1 / (1 + math.exp(-9)))
+
+
+def test_schedule_invariance_of_the_time_integral():
+    """``integral |dlambda/dt| f(lambda(t)) dt`` depends only on the lambda endpoints."""
+    f = lambda lam: torch.exp(-0.1 * lam**2) * (2 + torch.sin(lam))  # noqa: E731
+    nodes, weights = _gauss_legendre(200)
+    values = []
+    for s in [dd.LinearAlpha(log_snr_min=-4.0, log_snr_max=6.0), dd.Cosine(log_snr_min=-4.0, log_snr_max=6.0),
+              dd.LinearLogSNR(log_snr_min=-4.0, log_snr_max=6.0), dd.GIDDTime(p_uniform=0.3, log_snr_min=-4.0, log_snr_max=6.0)]:
+        a, b = s.t_range
+        if 0 < a and b < 1:  # in u = logit(t), dt = t (1 - t) du: GIDDTime has |dlambda/dt| ~ 1/(2t) near 0
+            a, b = math.log(a / (1 - a)), math.log(b / (1 - b))
+            t = torch.sigmoid(a + (b - a) * nodes)
+            jac = (b - a) * t * (1 - t)
+        else:
+            t, jac = a + (b - a) * nodes, torch.full_like(nodes, b - a)
+        values.append((weights * jac * s.dlog_snr_dt(t).abs() * f(s.log_snr(t))).sum())
+    lam = -4.0 + 10.0 * nodes
+    exact = (10.0 * weights * f(lam)).sum()
+    for v in values:
+        torch.testing.assert_close(v, exact, rtol=1e-9, atol=0)
+
+
+def _gauss_legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes and weights on [0, 1] (Golub-Welsch)."""
+    k = torch.arange(1, n, dtype=F64)
+    off = k / torch.sqrt(4 * k**2 - 1)
+    nodes, vecs = torch.linalg.eigh(torch.diag(off, 1) + torch.diag(off, -1))
+    return (nodes + 1) / 2, vecs[0] ** 2
+
+
+def test_gidd_time_inverse_matches_the_original_parameterization():
+    s = dd.GIDDTime(p_uniform=0.25, log_snr_min=-INF, log_snr_max=INF)
+    t = torch.tensor([1e-12, 1e-6, 0.1, 0.5, 0.9, 1 - 1e-9], dtype=F64)
+    torch.testing.assert_close(s.t_of_log_snr(s.log_snr(t)), t, rtol=1e-7, atol=0)
+    ends = s.t_of_log_snr(torch.tensor([INF, -INF], dtype=F64))
+    assert ends[0] == 0.0 and ends[1] == 1.0
+
+
+@pytest.mark.parametrize("bad", [
+    dict(log_snr_min=5.0, log_snr_max=1.0),
+    dict(log_snr_min=float("nan")),
+])
+def test_bad_clamp_rejected(bad):
+    with pytest.raises(ValueError, match="log_snr"):
+        dd.LinearAlpha(**bad)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="finite"):
+        dd.LinearLogSNR(log_snr_min=-INF, log_snr_max=9.0)
+    for p in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="p_uniform"):
+            dd.GIDDTime(p_uniform=p)
+    with pytest.raises(ValueError, match="gamma"):
+        dd.GIDDTime(p_uniform=0.2, gamma=2.5)
+    s = dd.LinearAlpha()
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        s.log_snr(torch.tensor([1.5]))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        s.log_snr(torch.tensor([float("nan")]))
+    with pytest.raises(TypeError, match="t must be"):
+        s.log_snr(torch.tensor([1]))
+    with pytest.raises(ValueError, match="clamp range"):
+        s.t_of_log_snr(torch.tensor([10.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        s.t_of_log_snr(torch.tensor([float("nan")]))
+
+
+def test_float_inputs_and_dtypes():
+    s = dd.Cosine()
+    assert s.log_snr(0.5).dtype == F64
+    assert s.log_snr(torch.tensor([0.5], dtype=torch.float32)).dtype == torch.float32
