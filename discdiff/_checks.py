@@ -79,13 +79,14 @@ def align_log_snr(name: str, lam: Tensor, shape: torch.Size) -> Tensor:
     A ``lam`` with one dimension fewer than the tokens is per sequence (``[batch]`` against
     ``[batch, seq]``) and gets a trailing singleton; otherwise ordinary broadcasting applies.
     """
+    given = tuple(lam.shape)
     if lam.dim() == len(shape) - 1 and lam.dim() > 0:
         lam = lam.unsqueeze(-1)
     try:
         return lam.expand(torch.broadcast_shapes(lam.shape, shape))
     except RuntimeError:
         raise ValueError(
-            f"{name} of shape {tuple(lam.shape)} does not broadcast against tokens of shape "
+            f"{name} of shape {given} does not broadcast against tokens of shape "
             f"{tuple(shape)}; use [batch], [batch, 1] or [batch, seq]"
         ) from None
 

@@ -7,6 +7,7 @@ antithetic draws are unbiased for ``E_t`` and lower the variance of a batch mean
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -62,9 +63,7 @@ def stratified(
     random positions (a random permutation, so strata do not line up with positions)."""
     t_min, t_max = _range(t_min, t_max)
     shape = _shape(shape)
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     jitter = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
     u = (torch.arange(n, device=device, dtype=torch.float64) + jitter) / max(n, 1)
     u = u[torch.randperm(n, generator=generator, device=device)]
@@ -84,9 +83,7 @@ def antithetic(
     its mirror; with an odd count the last draw is independent."""
     t_min, t_max = _range(t_min, t_max)
     shape = _shape(shape)
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     half = torch.rand(n // 2, generator=generator, device=device, dtype=torch.float64)
     extra = torch.rand(n % 2, generator=generator, device=device, dtype=torch.float64)
     u = torch.cat([half, 1 - half, extra])

@@ -37,6 +37,15 @@ class GIDD(UniformMaskMixture):
         return _gidd_time.share_logit(u, self.p_uniform, self.gamma).to(lam.dtype)
 
     def dshare_logit(self, lam: LogSNR) -> Tensor:
-        u = self._logit_t(lam)
-        dl = _gidd_time.dshare_logit_du(u, self.gamma) / _gidd_time.dlog_snr_du(u, self.p_uniform, self.gamma)
-        return dl.to(lam.dtype)
+        return self._share_logit_and_slope(self._logit_t(lam))[1].to(lam.dtype)
+
+    def _share_logit_and_slope(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``l = g_u`` and ``dl/dlambda = (dg/du) / (dlambda/du)`` at the logit of time ``u``."""
+        slope = _gidd_time.dshare_logit_du(u, self.gamma) / _gidd_time.dlog_snr_du(u, self.p_uniform, self.gamma)
+        return _gidd_time.share_logit(u, self.p_uniform, self.gamma), slope
+
+    def _shares(self, lam: LogSNR) -> tuple[Tensor, Tensor, Tensor]:
+        # one inversion of t(lambda) for the share and its slope together
+        logit, slope = (v.to(lam.dtype) for v in self._share_logit_and_slope(self._logit_t(lam)))
+        s, not_s = torch.sigmoid(logit), torch.sigmoid(-logit)
+        return s, not_s, slope * s * not_s

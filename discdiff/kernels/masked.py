@@ -35,5 +35,9 @@ class Masked(UniformMaskMixture):
     def dpi(self, lam: LogSNR) -> Tensor:
         return torch.zeros((), dtype=lam.dtype, device=lam.device).expand(*lam.shape, self.vocab_size)
 
+    def noise_log1p_sum(self, lam: LogSNR, log_x0: Tensor) -> Tensor:
+        """``T = 0``: no noise mass sits on a clean state (and no ``[..., V]`` work is needed)."""
+        return torch.zeros(log_x0.shape[:-1], dtype=log_x0.dtype, device=log_x0.device)
+
     def sample_pi(self, lam: LogSNR, generator: torch.Generator | None = None):
         return torch.full(lam.shape, self.mask_id, dtype=torch.long, device=lam.device)

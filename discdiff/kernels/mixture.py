@@ -40,6 +40,13 @@ class UniformMaskMixture(Kernel):
         """``s(lambda)``: the share of noise that is uniform (the rest is the mask state)."""
         return torch.sigmoid(self.share_logit(lam))
 
+    def _shares(self, lam: LogSNR) -> tuple[Tensor, Tensor, Tensor]:
+        """``s``, ``1 - s`` and ``ds/dlambda``; ``1 - s`` as ``sigmoid(-l)``, since ``1 - sigmoid(l)``
+        rounds to 0 for ``l`` above ~17 (float32) or ~37 (float64) while the mask share is not 0."""
+        logit = self.share_logit(lam)
+        s, not_s = torch.sigmoid(logit), torch.sigmoid(-logit)
+        return s, not_s, self.dshare_logit(lam) * s * not_s
+
     def _basis(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """``u`` and ``e_m`` as ``[V]`` vectors (``e_m`` is zero without a mask)."""
         u = torch.full((self.vocab_size,), 1.0 / self.num_noise_states, dtype=like.dtype, device=like.device)
@@ -51,29 +58,26 @@ class UniformMaskMixture(Kernel):
 
     def pi(self, lam: LogSNR) -> Probs:
         u, e_m = self._basis(lam)
-        s = self.uniform_share(lam).unsqueeze(-1)
-        return s * u + (1 - s) * e_m
+        s, not_s, _ = self._shares(lam)
+        return s.unsqueeze(-1) * u + not_s.unsqueeze(-1) * e_m
 
     def dpi(self, lam: LogSNR) -> Tensor:
         u, e_m = self._basis(lam)
-        s = self.uniform_share(lam)
-        ds = (self.dshare_logit(lam) * s * (1 - s)).unsqueeze(-1)
-        return ds * (u - e_m)
+        return self._shares(lam)[2].unsqueeze(-1) * (u - e_m)
 
     def pi_at(self, lam: LogSNR, idx: Tokens) -> Tensor:
-        s = self.uniform_share(lam)
-        on_u = s / self.num_noise_states
-        if self.mask_id is None:
-            return torch.broadcast_to(on_u, torch.broadcast_shapes(on_u.shape, idx.shape))
-        return torch.where(idx == self.mask_id, 1 - s, on_u)
+        s, not_s, _ = self._shares(lam)
+        return self._at(idx, s / self.num_noise_states, not_s)
 
     def dpi_at(self, lam: LogSNR, idx: Tokens) -> Tensor:
-        s = self.uniform_share(lam)
-        ds = self.dshare_logit(lam) * s * (1 - s)
-        on_u = ds / self.num_noise_states
+        ds = self._shares(lam)[2]
+        return self._at(idx, ds / self.num_noise_states, -ds)
+
+    def _at(self, idx: Tokens, on_uniform_state: Tensor, on_mask: Tensor) -> Tensor:
+        """Per-element value: ``on_mask`` where ``idx`` is the mask id, else ``on_uniform_state``."""
         if self.mask_id is None:
-            return torch.broadcast_to(on_u, torch.broadcast_shapes(on_u.shape, idx.shape))
-        return torch.where(idx == self.mask_id, -ds, on_u)
+            return torch.broadcast_to(on_uniform_state, torch.broadcast_shapes(on_uniform_state.shape, idx.shape))
+        return torch.where(idx == self.mask_id, on_mask, on_uniform_state)
 
     def noise_log1p_sum(self, lam: LogSNR, log_x0: Tensor) -> Tensor:
         """``T = c_u sum_{j != m} log1p(alpha x_hat_j / c_u)``, ``c_u = sigmoid(-lambda) s / N``
