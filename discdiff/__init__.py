@@ -12,11 +12,12 @@ Conventions (fixed for the whole library; see docs/math.md):
 - Every stochastic function takes ``generator: torch.Generator | None``; nothing touches global
   state at import.
 
+Samplers (``discdiff.samplers``) and NELBO estimation (``discdiff.likelihood``) build on these.
 Imports torch, einops and jaxtyping only.  ``discdiff.testing`` (hypothesis strategies and
 invariant checks) needs the ``[test]`` extra and is not imported here.
 """
 
-from discdiff import kernels, losses, schedules, time_sampling
+from discdiff import kernels, likelihood, losses, samplers, schedules, time_sampling
 from discdiff.kernels import GIDD, Dense, Hybrid, Kernel, Masked, Prior, Uniform
 from discdiff.losses import LossOutput, gidd, masked_ce, mdlm, nelbo
 from discdiff.schedules import Cosine, GIDDTime, LinearAlpha, LinearLogSNR, Schedule
@@ -28,6 +29,8 @@ __all__ = [
     "losses",
     "schedules",
     "time_sampling",
+    "samplers",
+    "likelihood",
     "Kernel",
     "Uniform",
     "Masked",

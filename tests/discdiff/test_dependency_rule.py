@@ -75,5 +75,9 @@ def test_public_api_names():
         assert hasattr(dd.kernels, name)
     for name in ["gidd", "mdlm", "masked_ce", "nelbo", "LossOutput"]:
         assert hasattr(dd.losses, name)
+    for name in ["Ancestral", "Adaptive", "Greedy", "TauLeaping", "Confidence", "sample", "Trace",
+                 "linear_alpha_grid", "cosine_grid", "schedule_grid"]:
+        assert hasattr(dd.samplers, name)
+    assert hasattr(dd.likelihood, "nelbo")
     for name in dd.__all__:
         assert hasattr(dd, name)

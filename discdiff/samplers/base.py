@@ -1,0 +1,81 @@
+"""The step-rule interface: one reverse step from a noisy ``lambda_t`` to a cleaner ``lambda_s``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from discdiff._checks import align_log_snr, check_log_snr, check_tokens
+from discdiff._typing import Logits, LogSNR, Mask, Tokens
+from discdiff.samplers.categorical import check_temperature
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """``tokens``: ``z_s``.  ``selected``: the positions the rule chose to (re)write this step
+    (every unfrozen position for rules that resample everywhere)."""
+
+    tokens: Tokens
+    selected: Mask
+
+
+class StepRule(ABC):
+    """``step(logits, z_t, lam_t, lam_s, frozen=None, temperature=1.0, generator=None) -> z_s``.
+
+    ``logits`` are the denoiser's outputs at ``z_t`` (``[*shape, V]``); ``lam_t <= lam_s`` per
+    sequence or per token; ``frozen`` (bool ``[*shape]``) marks positions that must not change.
+    Subclasses implement :meth:`_step`; validation happens here, once.
+    """
+
+    vocab_size: int
+
+    def step(self, logits: Logits, z_t: Tokens, lam_t: LogSNR, lam_s: LogSNR, frozen: Mask | None = None,
+             temperature: float = 1.0, generator: torch.Generator | None = None, *, validate: bool = True) -> Tokens:
+        return self.step_info(logits, z_t, lam_t, lam_s, frozen, temperature, generator, validate=validate).tokens
+
+    def step_info(self, logits: Logits, z_t: Tokens, lam_t: LogSNR, lam_s: LogSNR, frozen: Mask | None = None,
+                  temperature: float = 1.0, generator: torch.Generator | None = None, *,
+                  validate: bool = True) -> StepOutput:
+        """:meth:`step`, also returning which positions the rule selected."""
+        temperature = check_temperature(temperature)
+        check_tokens("z_t", z_t, logits.shape[-1], validate=validate)
+        if logits.shape[:-1] != z_t.shape:
+            raise ValueError(f"logits have shape {tuple(logits.shape)}; expected {tuple(z_t.shape)} + (vocab,)")
+        if frozen is None:
+            frozen = torch.zeros(z_t.shape, dtype=torch.bool, device=z_t.device)
+        elif frozen.dtype != torch.bool or frozen.shape != z_t.shape:
+            raise ValueError(f"frozen must be a bool tensor of shape {tuple(z_t.shape)}, got "
+                             f"{frozen.dtype} {tuple(frozen.shape)}")
+        lam_t = torch.as_tensor(lam_t, dtype=torch.float64, device=z_t.device)
+        lam_s = torch.as_tensor(lam_s, dtype=torch.float64, device=z_t.device)
+        check_log_snr("lam_t", lam_t, allow_inf=True, validate=validate)
+        check_log_snr("lam_s", lam_s, allow_inf=True, validate=validate)
+        lam_t = align_log_snr("lam_t", lam_t, z_t.shape).to(torch.float64)
+        lam_s = align_log_snr("lam_s", lam_s, z_t.shape).to(torch.float64)
+        if validate and not torch.compiler.is_compiling() and bool((lam_s < lam_t).any()):
+            raise ValueError("lam_s must be >= lam_t: a reverse step goes from noisy (t) to cleaner (s)")
+        out = self._step(logits, z_t, lam_t, lam_s, frozen, temperature, generator)
+        tokens = torch.where(frozen, z_t, out.tokens.to(z_t.dtype))
+        return StepOutput(tokens=tokens, selected=out.selected & ~frozen)
+
+    @abstractmethod
+    def _step(self, logits: Tensor, z_t: Tensor, lam_t: Tensor, lam_s: Tensor, frozen: Tensor,
+              temperature: float, generator: torch.Generator | None) -> StepOutput:
+        """The rule itself; ``lam_t``/``lam_s`` are float64 and broadcast to ``z_t``'s shape."""
+
+
+def draw_from_marginal(kernel, x0, lam: Tensor, generator: torch.Generator | None) -> Tokens:
+    """One draw from ``q_lambda(. | x_hat) = alpha x_hat + beta pi_lambda`` per position: ``x_hat``
+    with probability ``alpha`` (``x0.sample``), else ``pi_lambda`` (``kernel.sample_pi``)."""
+    from_x0 = torch.rand(lam.shape, generator=generator, device=lam.device, dtype=torch.float64) < torch.sigmoid(lam)
+    return torch.where(from_x0, x0.sample(generator), kernel.sample_pi(lam, generator))
+
+
+def move_or_stay(z_t: Tokens, p_move: Tensor, candidate: Tokens, generator: torch.Generator | None) -> tuple[Tokens, Mask]:
+    """``candidate`` with probability ``p_move`` (clamped to [0, 1]), else ``z_t``."""
+    u = torch.rand(z_t.shape, generator=generator, device=z_t.device, dtype=torch.float64)
+    move = u < p_move.clamp(0.0, 1.0)
+    return torch.where(move, candidate, z_t), move

@@ -1,0 +1,61 @@
+"""Confidence-based unmasking for masked diffusion (LLaDA, Nie et al. 2025, arXiv 2502.09992,
+Sec. 2.4 / App. B: "low-confidence remasking")."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from discdiff.kernels.base import Kernel
+from discdiff.samplers.base import StepOutput, StepRule
+from discdiff.samplers.categorical import Denoised, Filters
+
+
+class Confidence(StepRule):
+    """Predict every masked position, keep the ``k`` most confident predictions, leave the
+    rest masked.
+
+    ``k`` per sequence is ``tokens_per_step`` when given, else the expected number of masked
+    tokens a masked-diffusion step from ``lambda_t`` to ``lambda_s`` unmasks,
+    ``round(n_masked (alpha_s - alpha_t) / (1 - alpha_t))`` (MDLM), so a grid ending at
+    ``alpha = 1`` unmasks everything.  Confidence is ``x_hat`` of the predicted token
+    (untempered).  ``by_confidence=False`` picks the ``k`` positions at random instead (LLaDA's
+    "random remasking").  Needs a kernel with a mask state; clean tokens are never changed.
+    """
+
+    def __init__(self, kernel: Kernel, tokens_per_step: int | None = None, *, by_confidence: bool = True,
+                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None) -> None:
+        if kernel.mask_id is None:
+            raise ValueError(f"Confidence needs a kernel with a mask state, got {kernel!r}")
+        if tokens_per_step is not None and (isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int)
+                                            or tokens_per_step < 1):
+            raise ValueError(f"tokens_per_step must be an int >= 1 or None, got {tokens_per_step!r}")
+        self.kernel = kernel
+        self.vocab_size = kernel.vocab_size
+        self.tokens_per_step = tokens_per_step
+        self.by_confidence = by_confidence
+        self.filters = Filters(top_k, top_p, min_p)
+
+    def __repr__(self) -> str:
+        return (f"Confidence({self.kernel!r}, tokens_per_step={self.tokens_per_step}, "
+                f"by_confidence={self.by_confidence}, {self.filters})")
+
+    def _step(self, logits, z_t, lam_t, lam_s, frozen, temperature, generator) -> StepOutput:
+        masked = (z_t == self.kernel.mask_id) & ~frozen
+        n_masked = masked.sum(-1, keepdim=True)
+        if self.tokens_per_step is not None:
+            k = torch.clamp(n_masked, max=self.tokens_per_step)
+        else:
+            a_t, a_s = torch.sigmoid(lam_t[..., :1]), torch.sigmoid(lam_s[..., :1])  # per sequence
+            share = torch.where(a_t < 1, (a_s - a_t) / (1 - a_t).clamp_min(1e-300), torch.ones_like(a_t))
+            k = torch.round(n_masked * share.clamp(0, 1)).long()
+        candidate = Denoised(logits, self.kernel.mask_id, temperature, self.filters).sample(generator)
+        if self.by_confidence:
+            score = Denoised(logits, self.kernel.mask_id, 1.0).prob_at(candidate)
+        else:
+            score = torch.rand(z_t.shape, generator=generator, device=z_t.device, dtype=torch.float64)
+        score = score.masked_fill(~masked, -math.inf)
+        rank = score.argsort(-1, descending=True).argsort(-1)  # 0 = most confident
+        selected = masked & (rank < k)
+        return StepOutput(tokens=torch.where(selected, candidate, z_t), selected=selected)

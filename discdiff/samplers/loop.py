@@ -1,0 +1,72 @@
+"""The sampling loop: any denoiser, any step rule, one driver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from discdiff._typing import Logits, Mask, Tokens
+from discdiff.samplers.base import StepRule
+from discdiff.samplers.grids import check_grid
+from discdiff.samplers.trace import Trace
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a callback sees after each step (tensors stay on the device: no host sync)."""
+
+    index: int        # 0-based step number
+    lam_t: Tensor     # log-SNR before the step (0-d)
+    lam_s: Tensor     # log-SNR after the step (0-d)
+    before: Tokens    # z_t
+    after: Tokens     # z_s
+    changed: Mask     # after != before
+    selected: Mask    # positions the rule chose to (re)write
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    tokens: Tokens
+    trace: Trace | None = None
+
+
+def sample(
+    denoiser: Callable[[Tokens], Logits],
+    sampler: StepRule,
+    canvas: Tokens,
+    log_snrs: Tensor,
+    frozen: Mask | None = None,
+    *,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+    trace: bool = False,
+) -> SampleOutput:
+    """Run ``sampler`` from ``canvas`` along ``log_snrs`` (ascending: noisy -> clean).
+
+    Step ``i`` calls ``denoiser(z)`` (tokens ``[batch, seq]`` -> logits ``[batch, seq, V]``) and
+    steps from ``log_snrs[i]`` to ``log_snrs[i + 1]``.  ``frozen`` positions (prompts, anchors,
+    infilling context) keep their canvas tokens.  Shapes are static and nothing in the loop
+    synchronizes with the host (callbacks aside).  ``trace=True`` records every step in a
+    :class:`Trace` (``SampleOutput.trace``).
+    """
+    check_grid(log_snrs)
+    log_snrs = log_snrs.to(device=canvas.device, dtype=torch.float64)
+    recorder = Trace(canvas) if trace else None
+    z = canvas
+    for i in range(log_snrs.numel() - 1):
+        lam_t, lam_s = log_snrs[i], log_snrs[i + 1]
+        validate = i == 0  # inputs are checked once; later steps reuse the same shapes
+        out = sampler.step_info(denoiser(z), z, lam_t, lam_s, frozen, temperature, generator, validate=validate)
+        if recorder is not None or callback is not None:
+            info = StepInfo(index=i, lam_t=lam_t, lam_s=lam_s, before=z, after=out.tokens,
+                            changed=out.tokens != z, selected=out.selected)
+            if recorder is not None:
+                recorder(info)
+            if callback is not None:
+                callback(info)
+        z = out.tokens
+    return SampleOutput(tokens=z, trace=recorder)
