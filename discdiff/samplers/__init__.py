@@ -9,7 +9,7 @@ runs one along an ascending log-SNR grid (``linear_alpha_grid``, ``cosine_grid``
 
 from discdiff.samplers.adaptive import Adaptive
 from discdiff.samplers.ancestral import Ancestral
-from discdiff.samplers.base import StepOutput, StepRule
+from discdiff.samplers.base import KernelStepRule, StepOutput, StepRule
 from discdiff.samplers.categorical import Denoised, Filters, inverse_cdf_draw
 from discdiff.samplers.confidence import Confidence
 from discdiff.samplers.greedy import Greedy
@@ -19,7 +19,7 @@ from discdiff.samplers.tau_leaping import TauLeaping
 from discdiff.samplers.trace import Trace
 
 __all__ = [
-    "StepRule", "StepOutput", "Ancestral", "TauLeaping", "Adaptive", "Greedy", "Confidence",
+    "StepRule", "KernelStepRule", "StepOutput", "Ancestral", "TauLeaping", "Adaptive", "Greedy", "Confidence",
     "Denoised", "Filters", "inverse_cdf_draw",
     "linear_alpha_grid", "cosine_grid", "schedule_grid", "check_grid",
     "sample", "SampleOutput", "StepInfo", "Trace",

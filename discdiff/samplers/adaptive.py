@@ -8,15 +8,16 @@ import math
 import torch
 
 from discdiff.kernels.base import Kernel
-from discdiff.samplers.base import StepOutput, StepRule
-from discdiff.samplers.categorical import Denoised, Filters
+from discdiff.samplers.base import KernelStepRule, StepOutput
+from discdiff.samplers.categorical import Denoised
 
 
-class Adaptive(StepRule):
+class Adaptive(KernelStepRule):
     """Each step commits the ``tokens_per_step`` unfrozen positions with the largest
     ``pi_prior(z) (max_j x_hat_j - x_hat_z)`` on the untempered ``x_hat`` (``pi_prior`` the
     kernel's prior ``pi_{-inf}``), writing the argmax (temperature 0) or a tempered draw.
-    Positions may be revisited.  With masked noise the confidence is ``max_j x_hat_j`` on masked
+    Positions may be revisited; positions with confidence 0 are never selected, so fewer than
+    ``tokens_per_step`` may change.  With masked noise the confidence is ``max_j x_hat_j`` on masked
     positions and 0 elsewhere (LLaDA's rule); with uniform noise it is how much the model prefers
     its best token over the current one.
     """
@@ -25,13 +26,11 @@ class Adaptive(StepRule):
                  top_p: float | None = None, min_p: float | None = None) -> None:
         if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
             raise ValueError(f"tokens_per_step must be an int >= 1, got {tokens_per_step!r}")
-        self.kernel = kernel
-        self.vocab_size = kernel.vocab_size
+        super().__init__(kernel, top_k=top_k, top_p=top_p, min_p=min_p)
         self.tokens_per_step = tokens_per_step
-        self.filters = Filters(top_k, top_p, min_p)
 
-    def __repr__(self) -> str:
-        return f"Adaptive({self.kernel!r}, tokens_per_step={self.tokens_per_step}, {self.filters})"
+    def _repr_extra(self) -> str:
+        return f"tokens_per_step={self.tokens_per_step}, "
 
     def confidence(self, logits, z_t) -> torch.Tensor:
         """``pi_prior(z_t) (max_j x_hat_j - x_hat_{z_t})`` per position, float64, untempered."""
@@ -43,6 +42,8 @@ class Adaptive(StepRule):
         conf = self.confidence(logits, z_t).masked_fill(frozen, -math.inf)
         k = min(self.tokens_per_step, z_t.shape[-1])
         top = conf.topk(k, dim=-1).indices
-        selected = torch.zeros_like(frozen).scatter(-1, top, True) & ~frozen
+        # a position with confidence 0 cannot improve (it holds the argmax already, or it is a
+        # clean token under masked noise, which is absorbing): never (re)write it
+        selected = torch.zeros_like(frozen).scatter(-1, top, True) & (conf > 0)
         new = Denoised(logits, self.kernel.mask_id, temperature, self.filters).sample(generator)
         return StepOutput(tokens=torch.where(selected, new, z_t), selected=selected)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from discdiff.kernels.base import Kernel
-from discdiff.samplers.base import StepOutput, StepRule, draw_from_marginal, move_or_stay
-from discdiff.samplers.categorical import Denoised, Filters
+from discdiff.samplers.base import KernelStepRule, StepOutput, draw_from_marginal, move_or_stay
+from discdiff.samplers.categorical import Denoised
 
 
-class Ancestral(StepRule):
+class Ancestral(KernelStepRule):
     """``p(z_s = j | z_t) = q_s(j | x_hat) q_{t|s}(z_t | j) / q_t(z_t | x_hat)`` (MATH.md, "Samplers";
     D3PM, Austin et al. 2021; GIDD, arXiv 2503.04482), for any kernel.
 
@@ -21,15 +20,6 @@ class Ancestral(StepRule):
     probabilities are float64.  With a :class:`~discdiff.kernels.Masked` kernel this is MDLM's
     ancestral sampler.
     """
-
-    def __init__(self, kernel: Kernel, *, top_k: int | None = None, top_p: float | None = None,
-                 min_p: float | None = None) -> None:
-        self.kernel = kernel
-        self.vocab_size = kernel.vocab_size
-        self.filters = Filters(top_k, top_p, min_p)
-
-    def __repr__(self) -> str:
-        return f"Ancestral({self.kernel!r}, {self.filters})"
 
     def _step(self, logits, z_t, lam_t, lam_s, frozen, temperature, generator) -> StepOutput:
         x0 = Denoised(logits, self.kernel.mask_id, temperature, self.filters)

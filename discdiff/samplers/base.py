@@ -10,7 +10,8 @@ from torch import Tensor
 
 from discdiff._checks import align_log_snr, check_log_snr, check_tokens
 from discdiff._typing import Logits, LogSNR, Mask, Tokens
-from discdiff.samplers.categorical import check_temperature
+from discdiff.kernels.base import Kernel
+from discdiff.samplers.categorical import Filters, check_temperature
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,13 @@ class StepRule(ABC):
     Subclasses implement :meth:`_step`; validation happens here, once.
     """
 
-    vocab_size: int
+    vocab_size: int | None = None  # the kernel's; None for rules that accept any vocabulary
 
-    def step(self, logits: Logits, z_t: Tokens, lam_t: LogSNR, lam_s: LogSNR, frozen: Mask | None = None,
+    def step(self, logits: Logits, z_t: Tokens, lam_t: LogSNR | float, lam_s: LogSNR | float, frozen: Mask | None = None,
              temperature: float = 1.0, generator: torch.Generator | None = None, *, validate: bool = True) -> Tokens:
         return self.step_info(logits, z_t, lam_t, lam_s, frozen, temperature, generator, validate=validate).tokens
 
-    def step_info(self, logits: Logits, z_t: Tokens, lam_t: LogSNR, lam_s: LogSNR, frozen: Mask | None = None,
+    def step_info(self, logits: Logits, z_t: Tokens, lam_t: LogSNR | float, lam_s: LogSNR | float, frozen: Mask | None = None,
                   temperature: float = 1.0, generator: torch.Generator | None = None, *,
                   validate: bool = True) -> StepOutput:
         """:meth:`step`, also returning which positions the rule selected."""
@@ -44,6 +45,8 @@ class StepRule(ABC):
         check_tokens("z_t", z_t, logits.shape[-1], validate=validate)
         if logits.shape[:-1] != z_t.shape:
             raise ValueError(f"logits have shape {tuple(logits.shape)}; expected {tuple(z_t.shape)} + (vocab,)")
+        if self.vocab_size is not None and logits.shape[-1] != self.vocab_size:
+            raise ValueError(f"logits have vocabulary {logits.shape[-1]} but the kernel has {self.vocab_size} states")
         if frozen is None:
             frozen = torch.zeros(z_t.shape, dtype=torch.bool, device=z_t.device)
         elif frozen.dtype != torch.bool or frozen.shape != z_t.shape:
@@ -65,6 +68,23 @@ class StepRule(ABC):
     def _step(self, logits: Tensor, z_t: Tensor, lam_t: Tensor, lam_s: Tensor, frozen: Tensor,
               temperature: float, generator: torch.Generator | None) -> StepOutput:
         """The rule itself; ``lam_t``/``lam_s`` are float64 and broadcast to ``z_t``'s shape."""
+
+
+class KernelStepRule(StepRule):
+    """A step rule built on a kernel, with the truncation filters every sampling user expects
+    (``top_k``, ``top_p``, ``min_p``; see :class:`~discdiff.samplers.Filters`)."""
+
+    def __init__(self, kernel: Kernel, *, top_k: int | None = None, top_p: float | None = None,
+                 min_p: float | None = None) -> None:
+        self.kernel = kernel
+        self.vocab_size = kernel.vocab_size
+        self.filters = Filters(top_k, top_p, min_p)
+
+    def _repr_extra(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.kernel!r}, {self._repr_extra()}{self.filters})"
 
 
 def draw_from_marginal(kernel, x0, lam: Tensor, generator: torch.Generator | None) -> Tokens:

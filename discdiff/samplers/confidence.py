@@ -8,18 +8,20 @@ import math
 import torch
 
 from discdiff.kernels.base import Kernel
-from discdiff.samplers.base import StepOutput, StepRule
-from discdiff.samplers.categorical import Denoised, Filters
+from discdiff.samplers.base import KernelStepRule, StepOutput
+from discdiff.samplers.categorical import Denoised
 
 
-class Confidence(StepRule):
+class Confidence(KernelStepRule):
     """Predict every masked position, keep the ``k`` most confident predictions, leave the
     rest masked.
 
     ``k`` per sequence is ``tokens_per_step`` when given, else the expected number of masked
     tokens a masked-diffusion step from ``lambda_t`` to ``lambda_s`` unmasks,
-    ``round(n_masked (alpha_s - alpha_t) / (1 - alpha_t))`` (MDLM), so a grid ending at
-    ``alpha = 1`` unmasks everything.  Confidence is ``x_hat`` of the predicted token
+    ``round(n_masked (alpha_s - alpha_t) / (1 - alpha_t))`` (MDLM) from the sequence's log-SNR
+    (its first position's, if given per token), so a grid ending at ``alpha = 1`` (``lambda =
+    +inf``) unmasks everything; Sumi's grids end at ``alpha = 1 - 1e-4`` and may leave about
+    ``1e-4`` of positions masked.  Confidence is ``x_hat`` of the predicted token
     (untempered).  ``by_confidence=False`` picks the ``k`` positions at random instead (LLaDA's
     "random remasking").  Needs a kernel with a mask state; clean tokens are never changed.
     """
@@ -31,15 +33,12 @@ class Confidence(StepRule):
         if tokens_per_step is not None and (isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int)
                                             or tokens_per_step < 1):
             raise ValueError(f"tokens_per_step must be an int >= 1 or None, got {tokens_per_step!r}")
-        self.kernel = kernel
-        self.vocab_size = kernel.vocab_size
+        super().__init__(kernel, top_k=top_k, top_p=top_p, min_p=min_p)
         self.tokens_per_step = tokens_per_step
         self.by_confidence = by_confidence
-        self.filters = Filters(top_k, top_p, min_p)
 
-    def __repr__(self) -> str:
-        return (f"Confidence({self.kernel!r}, tokens_per_step={self.tokens_per_step}, "
-                f"by_confidence={self.by_confidence}, {self.filters})")
+    def _repr_extra(self) -> str:
+        return f"tokens_per_step={self.tokens_per_step}, by_confidence={self.by_confidence}, "
 
     def _step(self, logits, z_t, lam_t, lam_s, frozen, temperature, generator) -> StepOutput:
         masked = (z_t == self.kernel.mask_id) & ~frozen

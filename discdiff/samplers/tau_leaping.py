@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from discdiff.kernels.base import Kernel
-from discdiff.samplers.base import StepOutput, StepRule, draw_from_marginal, move_or_stay
-from discdiff.samplers.categorical import Denoised, Filters
+from discdiff.samplers.base import KernelStepRule, StepOutput, draw_from_marginal, move_or_stay
+from discdiff.samplers.categorical import Denoised
 
 
-class TauLeaping(StepRule):
+class TauLeaping(KernelStepRule):
     """Euler step of the reverse CTMC in log-SNR, with ``x_hat`` plugged in.
 
     Letting ``s -> t`` in the exact posterior gives the reverse rate (per unit log-SNR) from
@@ -20,15 +19,6 @@ class TauLeaping(StepRule):
     each ``j != z_t`` is reached with probability ``(lambda_s - lambda_t) R_j`` exactly, the
     first-order expansion of :class:`Ancestral`.  Its error shrinks with the step size.
     """
-
-    def __init__(self, kernel: Kernel, *, top_k: int | None = None, top_p: float | None = None,
-                 min_p: float | None = None) -> None:
-        self.kernel = kernel
-        self.vocab_size = kernel.vocab_size
-        self.filters = Filters(top_k, top_p, min_p)
-
-    def __repr__(self) -> str:
-        return f"TauLeaping({self.kernel!r}, {self.filters})"
 
     def _step(self, logits, z_t, lam_t, lam_s, frozen, temperature, generator) -> StepOutput:
         x0 = Denoised(logits, self.kernel.mask_id, temperature, self.filters)

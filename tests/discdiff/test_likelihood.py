@@ -1,0 +1,368 @@
+"""NELBO estimation (:func:`discdiff.likelihood.nelbo`).
+
+Oracles: a dense float64 re-derivation of the ELBO integrand for a constant predictor ``p0``
+(written out here from MATH.md, independent of :mod:`discdiff.losses`), integrated by
+quadrature (``-log p0(x)`` over all log-SNRs, MATH.md invariant 6) and summed exactly over the
+noisy token ``z`` for the deterministic time grid; paired runs sharing one seeded generator
+(which makes clamped/unclamped and conditional/unconditional comparisons exact); a perfect
+predictor (NELBO 0).  Monte-Carlo comparisons use tolerances of 4 standard errors computed
+from the samples themselves.  All randomness goes through seeded ``torch.Generator`` objects.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from discdiff.kernels import Hybrid, Masked, Uniform
+from discdiff.likelihood import LikelihoodOutput, nelbo
+from discdiff.schedules import LinearAlpha
+
+F64 = torch.float64
+UNCLAMPED = LinearAlpha(log_snr_min=-math.inf, log_snr_max=math.inf)
+CLAMPED = LinearAlpha()  # [-9, 9], the default
+V = 4
+KINDS = ("uniform", "masked", "hybrid")
+
+try:  # under pytest's jaxtyping hook a shape/dtype mismatch is caught before the library's check
+    from jaxtyping import TypeCheckError as _HookError
+except ImportError:  # pragma: no cover
+    _HookError = TypeError
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def make_kernel(kind: str, vocab: int = V):
+    if kind == "uniform":
+        return Uniform(vocab)
+    if kind == "masked":
+        return Masked(vocab, vocab - 1)
+    return Hybrid(vocab, vocab - 1, shift=0.0, scale=1.0)
+
+
+def p0_of(vocab: int = V) -> torch.Tensor:
+    """A fixed predictor with mass on every state (the mask state too: it must be dropped)."""
+    return torch.softmax(torch.randn(vocab, generator=gen(0), dtype=F64), 0)
+
+
+def clean_p0(kernel) -> torch.Tensor:
+    p = p0_of(kernel.vocab_size).clone()
+    if kernel.mask_id is not None:
+        p[kernel.mask_id] = 0.0
+    return p / p.sum()
+
+
+def constant_denoiser(kernel):
+    log_p0 = torch.log(p0_of(kernel.vocab_size))
+
+    def denoiser(z):
+        return log_p0.expand(*z.shape, kernel.vocab_size)
+    return denoiser
+
+
+def clean_tokens(kernel, shape, g) -> torch.Tensor:
+    n = kernel.vocab_size - (kernel.mask_id is not None)
+    return torch.randint(n, shape, generator=g)  # the mask id is the last id: never drawn
+
+
+# -- the dense oracle ---------------------------------------------------------------------
+def _pi_and_dpi(kernel, lam: torch.Tensor):
+    """``pi_lambda`` and ``d pi / d lambda`` as [L, V] from MATH.md (u excludes the mask)."""
+    Vk, L = kernel.vocab_size, lam.shape[0]
+    if isinstance(kernel, Uniform):
+        return torch.full((L, Vk), 1.0 / Vk, dtype=F64), torch.zeros(L, Vk, dtype=F64)
+    m = kernel.mask_id
+    u = torch.full((Vk,), 1.0 / (Vk - 1), dtype=F64)
+    u[m] = 0.0
+    e_m = torch.zeros(Vk, dtype=F64)
+    e_m[m] = 1.0
+    if isinstance(kernel, Masked):
+        return e_m.expand(L, Vk), torch.zeros(L, Vk, dtype=F64)
+    s = torch.sigmoid(kernel.scale * lam + kernel.shift)[:, None]
+    return s * u + (1 - s) * e_m, kernel.scale * s * (1 - s) * (u - e_m)
+
+
+def expected_integrand(kernel, p0: torch.Tensor, x: int, lam: torch.Tensor) -> torch.Tensor:
+    """``E_{z ~ q_lambda(.|x)}[w (KL + IS)]`` per unit log-SNR, z summed exactly, at every ``lam``."""
+    pi, dpi = _pi_and_dpi(kernel, lam)
+    a, b = torch.sigmoid(lam)[:, None], torch.sigmoid(-lam)[:, None]
+    e_x = torch.zeros(kernel.vocab_size, dtype=F64)
+    e_x[x] = 1.0
+    q, p = a * e_x + b * pi, a * p0 + b * pi
+    live = q > 0
+    kl = torch.where(live, q * torch.log(q / p), torch.zeros_like(q)).sum(-1, keepdim=True)
+    r = q / p
+    w = (pi - dpi) / (pi + torch.exp(lam)[:, None] * e_x)
+    return torch.where(live, q * w * (kl + r - torch.log(r) - 1), torch.zeros_like(q)).sum(-1)
+
+
+def grid_expectation(kernel, p0: torch.Tensor, points: int) -> torch.Tensor:
+    """The exact expectation over z of the midpoint-grid estimator (alpha = 1 - t), per clean x."""
+    t = (torch.arange(points, dtype=F64) + 0.5) / points
+    lam = torch.log1p(-t) - torch.log(t)
+    n = kernel.vocab_size - (kernel.mask_id is not None)
+    return torch.stack([(expected_integrand(kernel, p0, x, lam) / (t * (1 - t))).mean() for x in range(n)])
+
+
+def clamped_integral(kernel, p0: torch.Tensor, lo: float = -9.0, hi: float = 9.0) -> torch.Tensor:
+    lam = torch.linspace(lo, hi, 3601, dtype=F64)
+    n = kernel.vocab_size - (kernel.mask_id is not None)
+    return torch.stack([torch.trapezoid(expected_integrand(kernel, p0, x, lam), lam) for x in range(n)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_oracle_is_tight_and_clamp_falls_short(kind):
+    """The oracle itself: over all log-SNRs it integrates to -log p0(x); over [-9, 9] it falls short."""
+    kernel = make_kernel(kind)
+    p0 = clean_p0(kernel)
+    full = clamped_integral(kernel, p0, -60.0, 60.0)
+    target = -torch.log(p0[: full.numel()])
+    torch.testing.assert_close(full, target, rtol=0, atol=1e-8)
+    inner = clamped_integral(kernel, p0)
+    assert bool((inner < target - 1e-6).all()) and bool((inner > 0.99 * target).all())
+
+
+# -- tightness and convergence of the deterministic grid ------------------------------------
+def _mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    values = values.flatten()
+    return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deterministic_grid_is_tight_and_converges(kind):
+    kernel = make_kernel(kind)
+    p0 = clean_p0(kernel)
+    den = constant_denoiser(kernel)
+    g = gen(100)
+    neg_log_p0 = -torch.log(p0)
+    biases = []
+    # same cost per grid size: tokens x points = 2^20; deterministic grid -> tokens are iid
+    for points, shape in [(4, (128, 2048)), (16, (64, 1024)), (128, (32, 256))]:
+        x = clean_tokens(kernel, shape, g)
+        out = nelbo(den, kernel, x, schedule=UNCLAMPED, points=points, generator=g)
+        exact = grid_expectation(kernel, p0, points)  # E_z of the estimator, per clean state
+        mean, se = _mean_and_se(out.per_token - exact[x])
+        assert abs(mean) < 4 * se, (points, mean, se)
+        bias_mc, se_mc = _mean_and_se(out.per_token - neg_log_p0[x])
+        biases.append((float((exact - neg_log_p0[: exact.numel()]).abs().max()), bias_mc, se_mc))
+    (b4, mc4, se4), (b16, _, _), (b128, mc128, se128) = biases
+    # at 128 points the estimate equals -log p0(x) within the Monte-Carlo error
+    assert abs(mc128) < 4 * se128, (mc128, se128)
+    if kind == "masked":
+        # alpha = 1 - t makes the masked integrand constant in t: every grid is exact in expectation
+        assert b4 < 1e-12 and b16 < 1e-12 and b128 < 1e-12
+    else:
+        assert b4 > b16 > b128 and b128 < 5e-3  # the quadrature bias shrinks with the grid
+        assert mc4 < -4 * se4  # and at 4 points it is large enough for the estimate to see
+
+
+def test_default_clamped_grid_at_128_points_never_reaches_the_clamp():
+    # midpoints t in [1/256, 255/256] give |lambda| <= log 255 < 9: the clamp changes nothing
+    kernel = make_kernel("uniform")
+    x = clean_tokens(kernel, (4, 16), gen(1))
+    a = nelbo(constant_denoiser(kernel), kernel, x, points=128, generator=gen(2))
+    b = nelbo(constant_denoiser(kernel), kernel, x, schedule=UNCLAMPED, points=128, generator=gen(2))
+    assert torch.equal(a.per_token, b.per_token)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "masked"])
+def test_clamped_schedule_falls_short(kind):
+    """Paired runs (one seed): with stratified times some points fall beyond |lambda| = 9; the
+    default schedule gives them zero speed, the unclamped one their (non-negative) integrand.
+    Everywhere else both see the same z, so clamped <= unclamped token by token."""
+    kernel = make_kernel(kind)
+    x = clean_tokens(kernel, (1024, 16), gen(3))
+    den = constant_denoiser(kernel)
+    clamped = nelbo(den, kernel, x, points=32, stratified=True, generator=gen(4))
+    unclamped = nelbo(den, kernel, x, schedule=UNCLAMPED, points=32, stratified=True, generator=gen(4))
+    diff = unclamped.per_token - clamped.per_token
+    assert bool((diff >= -1e-9).all())
+    touched = diff.sum(-1) > 1e-9  # sequences with a time point in the clamped region
+    # P(a given sequence's first or last stratum lands in the clamp) = 2 * 32 * sigmoid(-9) ~ 0.8%
+    assert 2 <= int(touched.sum()) <= 25
+    assert bool((clamped.per_sequence < unclamped.per_sequence - 1e-9)[touched].all())
+    assert torch.equal(clamped.per_token[~touched], unclamped.per_token[~touched])
+
+
+# -- stratified times -------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["uniform", "masked", "hybrid"])
+def test_stratified_is_unbiased(kind):
+    kernel = make_kernel(kind)
+    p0 = clean_p0(kernel)
+    x = clean_tokens(kernel, (256, 64), gen(5))
+    out = nelbo(constant_denoiser(kernel), kernel, x, points=32, stratified=True, generator=gen(6))
+    target = clamped_integral(kernel, p0)[x]  # the exact NELBO over the schedule's [-9, 9]
+    # times are drawn per sequence: sequences are the independent units.  Their means are
+    # right-skewed (a first stratum just inside lambda = 9 has speed up to ~8100), so a typical
+    # sample sits below the mean with an underestimated SE: 5 SE (4 failed 2 of ~40 seeds tried).
+    mean, se = _mean_and_se((out.per_token - target).mean(-1))
+    assert abs(mean) < 5 * se, (mean, se)
+
+
+def test_stratified_is_reproducible_and_random():
+    kernel = make_kernel("hybrid")
+    x = clean_tokens(kernel, (8, 32), gen(7))
+    den = constant_denoiser(kernel)
+    a = nelbo(den, kernel, x, points=16, stratified=True, generator=gen(8))
+    b = nelbo(den, kernel, x, points=16, stratified=True, generator=gen(8))
+    c = nelbo(den, kernel, x, points=16, stratified=True, generator=gen(9))
+    d = nelbo(den, kernel, x, points=16, stratified=False, generator=gen(8))
+    assert torch.equal(a.per_token, b.per_token)
+    assert not torch.equal(a.per_token, c.per_token)
+    assert not torch.equal(a.per_token, d.per_token)
+
+
+# -- effective SNR ----------------------------------------------------------------------------
+def _plain_and_effective(kernel, shape, points, seed):
+    x = clean_tokens(kernel, shape, gen(seed))
+    den = constant_denoiser(kernel)
+    plain = nelbo(den, kernel, x, points=points, generator=gen(seed + 1))
+    eff = nelbo(den, kernel, x, points=points, effective_snr=True, generator=gen(seed + 2))
+    return x, plain, eff
+
+
+def test_effective_snr_close_to_plain_on_long_sequences_masked():
+    kernel = make_kernel("masked")
+    x, plain, eff = _plain_and_effective(kernel, (48, 512), 32, 10)
+    m_p, se_p = _mean_and_se(plain.per_token_mean)
+    m_e, se_e = _mean_and_se(eff.per_token_mean)
+    assert abs(m_p - m_e) < 4 * math.hypot(se_p, se_e), (m_p, m_e, se_p, se_e)
+    target = float(-torch.log(clean_p0(kernel))[x].mean())
+    assert abs(m_e - target) < 4 * se_e
+
+
+@pytest.mark.parametrize("family", ["uniform", "hybrid"])
+def test_effective_snr_close_to_plain_on_long_sequences_with_uniform_noise(family):
+    """Uniform noise can redraw x itself: the match rate must be corrected for it (at V = 4 an
+    uncorrected estimate was ~1 nat/token too high)."""
+    kernel = make_kernel(family)
+    _, plain, eff = _plain_and_effective(kernel, (48, 512), 32, 20)
+    m_p, se_p = _mean_and_se(plain.per_token_mean)
+    m_e, se_e = _mean_and_se(eff.per_token_mean)
+    assert abs(m_p - m_e) < 4 * math.hypot(se_p, se_e), (m_p, m_e, se_p, se_e)
+
+
+# -- conditional likelihood (frozen context) ---------------------------------------------------
+def test_frozen_context_is_never_noised_nor_counted():
+    kernel = make_kernel("hybrid")
+    g = gen(40)
+    B, S = 6, 20
+    x = clean_tokens(kernel, (B, S), g)
+    frozen = torch.zeros(B, S, dtype=torch.bool)
+    frozen[:, :5] = True
+    frozen[2, 10:12] = True
+    frozen[5] = True  # a fully frozen sequence: nothing counted
+    log_p0 = torch.log(p0_of())
+    seen_noise = []
+
+    def denoiser(z):
+        assert torch.equal(z[frozen], x[frozen]), "frozen context reached the denoiser changed"
+        seen_noise.append(bool((z[~frozen] != x[~frozen]).any()))
+        return log_p0.expand(*z.shape, V)
+
+    for effective_snr in (False, True):
+        out = nelbo(denoiser, kernel, x, points=8, frozen=frozen, effective_snr=effective_snr, generator=g)
+        assert bool((out.per_token[frozen] == 0).all())
+        assert bool((out.per_token[~frozen] > 0).any())
+        assert out.num_tokens.tolist() == (~frozen).sum(-1).tolist()
+        torch.testing.assert_close(out.per_sequence, out.per_token.sum(-1), rtol=0, atol=1e-12)
+        assert float(out.per_token_mean[5]) == 0.0
+    assert any(seen_noise)  # the rest was noised
+
+
+def test_conditional_equals_unconditional_for_a_context_blind_denoiser():
+    """The denoiser ignores context, so conditioning changes nothing but what is counted: with
+    one seed (frozen positions still consume their draws) the unfrozen values are identical,
+    and with independent seeds they agree in expectation."""
+    kernel = make_kernel("uniform")
+    x = clean_tokens(kernel, (64, 64), gen(50))
+    frozen = torch.zeros_like(x, dtype=torch.bool)
+    frozen[:, :16] = True
+    den = constant_denoiser(kernel)
+    cond = nelbo(den, kernel, x, points=32, frozen=frozen, generator=gen(51))
+    uncond = nelbo(den, kernel, x, points=32, generator=gen(51))
+    torch.testing.assert_close(cond.per_token[~frozen], uncond.per_token[~frozen], rtol=0, atol=1e-12)
+    other = nelbo(den, kernel, x, points=32, generator=gen(52))
+    m_c, se_c = _mean_and_se(cond.per_token[~frozen])
+    m_u, se_u = _mean_and_se(other.per_token[~frozen])
+    assert abs(m_c - m_u) < 4 * math.hypot(se_c, se_u)
+    torch.testing.assert_close(cond.per_token_mean, cond.per_token[:, 16:].sum(-1) / 48, rtol=0, atol=1e-12)
+
+
+# -- bookkeeping --------------------------------------------------------------------------------
+def test_output_bookkeeping_and_callback():
+    kernel = make_kernel("masked")
+    x = clean_tokens(kernel, (3, 7), gen(60))
+    calls = []
+    out = nelbo(constant_denoiser(kernel), kernel, x, points=5, generator=gen(61),
+                callback=lambda i, n: calls.append((i, n)))
+    assert isinstance(out, LikelihoodOutput)
+    assert calls == [(i, 5) for i in range(1, 6)]
+    assert out.per_token.shape == (3, 7) and out.per_token.dtype == F64
+    torch.testing.assert_close(out.per_sequence, out.per_token.sum(-1), rtol=0, atol=1e-12)
+    assert out.num_tokens.tolist() == [7, 7, 7]
+    torch.testing.assert_close(out.per_token_mean, out.per_sequence / 7, rtol=0, atol=1e-12)
+    one = []
+    nelbo(constant_denoiser(kernel), kernel, x, points=1, generator=gen(62), callback=lambda i, n: one.append((i, n)))
+    assert one == [(1, 1)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["grid", "stratified", "effective"])
+def test_perfect_predictor_gives_zero(kind, mode):
+    kernel = make_kernel(kind)
+    x = clean_tokens(kernel, (4, 32), gen(70))
+    logits = torch.full((*x.shape, V), -math.inf, dtype=F64)
+    logits.scatter_(-1, x.unsqueeze(-1), 0.0)
+
+    def denoiser(z):  # closes over x: it always knows the answer
+        return logits
+
+    out = nelbo(denoiser, kernel, x, schedule=UNCLAMPED if mode == "grid" else CLAMPED, points=16,
+                stratified=mode == "stratified", effective_snr=mode == "effective", generator=gen(71))
+    assert bool(torch.isfinite(out.per_token).all())
+    assert float(out.per_token.abs().max()) < 1e-12
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def _call(x, **kw):
+    kernel = kw.pop("kernel", Masked(V, V - 1))
+    return nelbo(constant_denoiser(kernel), kernel, x, generator=gen(0), **kw)
+
+
+GOOD = torch.zeros(2, 3, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    "x, kw, exc, match",
+    [
+        (torch.zeros(6, dtype=torch.long), {}, ValueError, "x must be"),
+        (torch.zeros(1, 2, 3, dtype=torch.long), {}, ValueError, "x must be"),
+        (torch.tensor([[0, 4]]), {}, ValueError, "x"),
+        (torch.tensor([[0, -1]]), {}, ValueError, "x"),
+        (torch.tensor([[0, 3]]), {}, ValueError, "mask id"),  # Masked(4, 3): the mask id
+        (torch.zeros(2, 3), {}, (TypeError,), "x"),
+        (GOOD, {"points": 0}, ValueError, "points"),
+        (GOOD, {"points": -2}, ValueError, "points"),
+        (GOOD, {"points": 2.0}, (ValueError, TypeError), "points"),
+        (GOOD, {"points": True}, (ValueError, TypeError), "points"),
+        (GOOD, {"frozen": torch.zeros(2, 4, dtype=torch.bool)}, (ValueError, _HookError), "frozen"),
+        (GOOD, {"frozen": torch.zeros(3, dtype=torch.bool)}, (ValueError, _HookError), "frozen"),
+        (GOOD, {"frozen": torch.zeros(2, 3, dtype=torch.long)}, (ValueError, TypeError), "frozen"),
+    ],
+    ids=["1d", "3d", "id-too-big", "negative-id", "mask-id", "float-x", "points-0", "points-neg",
+         "points-float", "points-bool", "frozen-shape", "frozen-1d", "frozen-dtype"],
+)
+def test_nelbo_rejects_bad_input(x, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        _call(x, **kw)
+
+
+def test_uniform_kernel_rejects_out_of_range_ids():
+    with pytest.raises(ValueError, match="x"):
+        _call(torch.tensor([[0, V]]), kernel=Uniform(V))
+    _call(torch.tensor([[0, V - 1]]), kernel=Uniform(V), points=2)  # every id is clean without a mask

@@ -1,0 +1,855 @@
+"""Samplers: every step rule against an independent oracle.
+
+Oracles: ``Dense.of(kernel).posterior`` (Bayes' rule over explicit matrices) for Ancestral;
+the exact one-step matrix of the tau-leaping (CTMC Euler) rule built from the reverse rates with
+``Dense``'s finite-difference ``pi'``; exact transport of the marginals of a constant predictor;
+closed forms for grids and filters.  Statistical checks compare counts from one batched draw
+with the exact probabilities, entry by entry, within 5 standard errors plus a 1.5-count
+continuity allowance (``assert_frequencies``), and with a chi-square bound (Wilson-Hilferty
+quantile at z = 5).  Every draw uses an explicit seeded ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import discdiff as dd
+from discdiff.samplers import (
+    Adaptive,
+    Ancestral,
+    Confidence,
+    Denoised,
+    Filters,
+    Greedy,
+    TauLeaping,
+    check_grid,
+    cosine_grid,
+    inverse_cdf_draw,
+    linear_alpha_grid,
+    sample,
+    schedule_grid,
+)
+
+F64 = torch.float64
+INF = math.inf
+ZERO = 1e-12  # an oracle probability below this is an exact zero up to solver round-off
+
+
+# ----------------------------------------------------------------------------- helpers
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _unigram(V: int, seed: int = 0) -> torch.Tensor:
+    return torch.softmax(torch.randn(V, generator=_gen(seed), dtype=F64), 0)
+
+
+def _logits(V: int, seed: int, shape: tuple[int, ...] = (), scale: float = 1.5) -> torch.Tensor:
+    return scale * torch.randn(*shape, V, generator=_gen(seed), dtype=F64)
+
+
+def _x_hat(logits: torch.Tensor, mask_id: int | None, temperature: float = 1.0) -> torch.Tensor:
+    """``softmax(logits / T)`` with the mask state removed: the test's own oracle."""
+    lg = logits.to(F64) / temperature
+    if mask_id is not None:
+        lg = lg.clone()
+        lg[..., mask_id] = -INF
+    return torch.softmax(lg, -1)
+
+
+def _argmax_no_mask(logits: torch.Tensor, mask_id: int | None) -> torch.Tensor:
+    lg = logits.clone()
+    if mask_id is not None:
+        lg[..., mask_id] = -INF
+    return lg.argmax(-1)
+
+
+def _chi2_bound(df: int, z: float = 5.0) -> float:
+    """Wilson-Hilferty upper quantile of chi-square(df) at a standard-normal z (z=5: p ~ 3e-7)."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def assert_frequencies(counts: torch.Tensor, probs: torch.Tensor, n: int | torch.Tensor, what: str = "",
+                       chi2: bool = False) -> None:
+    """``counts[..., K]`` of ``n`` draws (per row) against exact ``probs[..., K]``: no draw where the
+    probability is 0; every entry within 5 standard errors (+1.5 counts); optionally each row's
+    chi-square statistic under its z = 5 bound."""
+    counts = counts.to(F64)
+    probs = probs.to(F64).clamp_min(0.0)
+    n = torch.as_tensor(n, dtype=F64)
+    if n.dim() == 1:
+        n = n.unsqueeze(-1)
+    never = probs <= ZERO
+    assert not bool((counts[never] > 0).any()), f"{what}: drew a state of probability 0\n{counts}\n{probs}"
+    freq = counts / n
+    tol = 5 * torch.sqrt(probs * (1 - probs) / n) + 1.5 / n
+    bad = (freq - probs).abs() > tol
+    assert not bool(bad.any()), f"{what}: frequencies off by more than 5 SE\nfreq={freq}\nprobs={probs}"
+    if chi2:
+        for c, p, m, nn in zip(counts.reshape(-1, counts.shape[-1]), probs.reshape(-1, probs.shape[-1]),
+                               (~never).reshape(-1, never.shape[-1]), n.expand(*counts.shape[:-1], 1).reshape(-1)):
+            if int(m.sum()) < 2:
+                continue
+            expected = nn * p[m]
+            stat = float(((c[m] - expected) ** 2 / expected).sum())
+            assert stat < _chi2_bound(int(m.sum()) - 1), f"{what}: chi-square {stat} too large"
+
+
+def _counts(tokens: torch.Tensor, V: int) -> torch.Tensor:
+    return torch.bincount(tokens.reshape(-1), minlength=V)
+
+
+def _tau_matrix(kernel, x0: torch.Tensor, lam_t: float, lam_s: float) -> torch.Tensor:
+    """The exact one-step matrix ``T[z_t, z_s]`` of the Euler (tau-leaping) step of the reverse CTMC.
+
+    Rate out of ``z`` to ``j != z`` per unit log-SNR: ``R_j = beta_t (pi_t - pi'_t)(z) q_t(j|x_hat) / q_t(z|x_hat)``
+    (the ``s -> t`` limit of Bayes' rule, since ``q_{t|s}(z|j) ~ h beta_t (pi - pi')(z)``); the
+    step moves with probability ``min(1, h sum_j R_j / (1 - q_t(z)))`` i.e. ``T[z, j] = p q_t(j)``
+    off the diagonal with ``p = min(1, h beta_t (pi - pi')(z) / q_t(z))``.  ``pi'`` comes from
+    ``Dense``'s finite differences, not the kernel's closed form.
+    """
+    d = dd.Dense.of(kernel)
+    h = lam_s - lam_t
+    q_t = d.marginal_of_probs(x0, lam_t)
+    out = torch.sigmoid(torch.tensor(-lam_t, dtype=F64)) * (d.pi(lam_t) - d.dpi(lam_t))
+    p_move = torch.where(q_t > 0, (h * out / torch.where(q_t > 0, q_t, 1.0)).clamp(0.0, 1.0), torch.zeros_like(q_t))
+    T = p_move.unsqueeze(-1) * q_t.unsqueeze(0)
+    T.diagonal().copy_(1 - p_move * (1 - q_t))
+    return T
+
+
+def _draw_x(p0: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    return torch.multinomial(p0, math.prod(shape), replacement=True, generator=gen).reshape(shape)
+
+
+def _constant_denoiser(log_p0: torch.Tensor):
+    return lambda z: log_p0.expand(*z.shape, log_p0.shape[-1])
+
+
+ANCESTRAL_KERNELS = [
+    dd.Uniform(5),
+    dd.Masked(6, 2),
+    dd.Hybrid(6, 5, shift=0.0, scale=1.0),
+    dd.Hybrid(7, 3, shift=2.0, scale=0.5),
+    dd.Hybrid(5, 0, shift=-1.0, scale=0.0),
+    dd.GIDD(6, 5, p_uniform=0.2),
+    dd.Prior(_unigram(6)),
+    dd.Prior(torch.tensor([0.5, 0.0, 0.25, 0.25], dtype=F64)),
+]
+LAM_PAIRS = [(-INF, -1.0), (-2.0, 0.5), (0.5, 0.9), (1.0, 4.0)]
+
+
+# ----------------------------------------------------------------------------- 1. Ancestral step
+@pytest.mark.parametrize("lam_t, lam_s", LAM_PAIRS)
+@pytest.mark.parametrize("kernel", ANCESTRAL_KERNELS, ids=repr)
+def test_ancestral_step_matches_dense_posterior(kernel, lam_t, lam_s):
+    V, n = kernel.vocab_size, 20_000
+    logits = _logits(V, seed=V * 7 + 1)
+    x0 = _x_hat(logits, kernel.mask_id)
+    post = dd.Dense.of(kernel).posterior(x0, lam_t, lam_s)  # [z_t, z_s]
+    reachable = torch.nonzero(post.sum(-1) > 0.5).squeeze(-1)
+    assert reachable.numel() >= 1  # from the all-mask prior only the mask is reachable
+    # the closed form agrees with the matrix oracle on every reachable z_t
+    closed = kernel.posterior(x0.expand(V, V), torch.arange(V), torch.full((V,), lam_t, dtype=F64),
+                              torch.full((V,), lam_s, dtype=F64))
+    torch.testing.assert_close(closed[reachable], post[reachable], atol=1e-12, rtol=0)
+    # one batched step: row r holds n copies of z_t = reachable[r]
+    z_t = reachable.unsqueeze(-1).expand(-1, n).contiguous()
+    z_s = Ancestral(kernel).step(logits.expand(*z_t.shape, V), z_t, torch.tensor(lam_t, dtype=F64),
+                                 torch.tensor(lam_s, dtype=F64), generator=_gen(11))
+    assert z_s.shape == z_t.shape and z_s.dtype == z_t.dtype
+    counts = torch.stack([_counts(row, V) for row in z_s])
+    assert_frequencies(counts, post[reachable], n, what=f"{kernel!r} {lam_t}->{lam_s}")
+
+
+@pytest.mark.parametrize("kernel", ANCESTRAL_KERNELS, ids=repr)
+def test_ancestral_zero_step_is_identity(kernel):
+    V = kernel.vocab_size
+    z_t = torch.randint(0, V, (8, 64), generator=_gen(3))
+    choices = torch.tensor([-INF, -3.0, 0.0, 2.5, 9.0, INF], dtype=F64)
+    lam = choices[torch.randint(0, len(choices), (8, 64), generator=_gen(4))]  # per token, ends included
+    out = Ancestral(kernel).step(_logits(V, 5, (8, 64)), z_t, lam, lam.clone(), generator=_gen(6))
+    assert torch.equal(out, z_t)
+
+
+# ----------------------------------------------------------------------------- 2. full ancestral run
+FULL_RUN_KERNELS = [
+    dd.Uniform(5),
+    dd.Masked(6, 2),
+    dd.Hybrid(6, 5, shift=0.0, scale=1.0),
+    dd.Hybrid(7, 3, shift=2.0, scale=0.5),
+    dd.GIDD(6, 5, p_uniform=0.2),
+    dd.Prior(_unigram(6, seed=3)),
+]
+
+
+@pytest.mark.parametrize("kernel", FULL_RUN_KERNELS, ids=repr)
+def test_ancestral_run_from_prior_transports_constant_predictor(kernel):
+    """With ``x_hat = p0`` everywhere the ancestral chain started at the prior has marginal
+    ``q_lambda(. | p0)`` after every step (MATH.md invariant 4), hence ~p0 at the end."""
+    V, shape = kernel.vocab_size, (5, 10_000)
+    n = math.prod(shape)
+    log_p0 = torch.log(_x_hat(_logits(V, 21), kernel.mask_id))  # -inf at the mask
+    p0 = log_p0.exp()
+    grid = torch.cat([torch.tensor([-INF], dtype=F64), linear_alpha_grid(8, log_snr_min=-30.0, log_snr_max=30.0)])
+    gen = _gen(22)
+    canvas = kernel.corrupt(_draw_x(p0, shape, gen), torch.tensor(-INF, dtype=F64), generator=gen)
+    dense = dd.Dense.of(kernel)
+    assert_frequencies(_counts(canvas, V), dense.pi(-INF), n, what="prior canvas")
+
+    def check(info):
+        want = dense.marginal_of_probs(p0, info.lam_s)
+        assert_frequencies(_counts(info.after, V), want, n, what=f"after step {info.index}", chi2=True)
+
+    out = sample(_constant_denoiser(log_p0), Ancestral(kernel), canvas, grid, generator=gen, callback=check)
+    final = dense.marginal_of_probs(p0, grid[-1])
+    assert float((final - p0).abs().max()) < 2e-4  # alpha = 1 - 1e-4 at the end of the grid
+    counts = _counts(out.tokens, V)
+    assert_frequencies(counts, final, n, what="final", chi2=True)
+    # ~p0 itself: a kernel with a mask keeps ~1e-4 of the positions masked at alpha = 1 - 1e-4
+    clean = torch.ones(V, dtype=torch.bool) if kernel.mask_id is None else torch.arange(V) != kernel.mask_id
+    if kernel.mask_id is not None:
+        assert int(counts[kernel.mask_id]) <= n * 1e-4 + 5 * math.sqrt(n * 1e-4) + 2
+    assert_frequencies(counts[clean], p0[clean], n, what="final vs p0")
+
+
+# ----------------------------------------------------------------------------- 3. tau-leaping
+TAU_KERNELS = [dd.Uniform(5), dd.Masked(6, 2), dd.Hybrid(6, 5, shift=0.0, scale=1.0), dd.GIDD(6, 5, p_uniform=0.3)]
+
+
+@pytest.mark.parametrize("lam_t, lam_s", [(0.0, 0.1), (-2.0, 3.0)])  # small step; large step (clamped)
+@pytest.mark.parametrize("kernel", TAU_KERNELS, ids=repr)
+def test_tau_leaping_step_matches_its_exact_matrix(kernel, lam_t, lam_s):
+    V, n = kernel.vocab_size, 20_000
+    logits = _logits(V, 31)
+    x0 = _x_hat(logits, kernel.mask_id)
+    T = _tau_matrix(kernel, x0, lam_t, lam_s)
+    reachable = torch.nonzero(dd.Dense.of(kernel).marginal_of_probs(x0, lam_t) > 0).squeeze(-1)
+    torch.testing.assert_close(T.sum(-1), torch.ones(V, dtype=F64))
+    assert bool((T >= 0).all())
+    z_t = reachable.unsqueeze(-1).expand(-1, n).contiguous()
+    z_s = TauLeaping(kernel).step(logits.expand(*z_t.shape, V), z_t, torch.tensor(lam_t, dtype=F64),
+                                  torch.tensor(lam_s, dtype=F64), generator=_gen(32))
+    counts = torch.stack([_counts(row, V) for row in z_s])
+    assert_frequencies(counts, T[reachable], n, what=f"tau {kernel!r} {lam_t}->{lam_s}")
+
+
+@pytest.mark.parametrize("kernel", TAU_KERNELS, ids=repr)
+def test_tau_leaping_is_first_order_in_the_step(kernel):
+    """``T_tau(h) - P_exact(h) = O(h^2)`` (exact matrices; halving h quarters the error), and the
+    off-diagonal ``T_tau(h) / h`` is the reverse rate, the derivative of the exact posterior."""
+    V = kernel.vocab_size
+    x0 = _x_hat(_logits(V, 33), kernel.mask_id)
+    d = dd.Dense.of(kernel)
+    reach = d.marginal_of_probs(x0, 0.3) > 0
+    errs = []
+    for h in (0.08, 0.04, 0.02, 0.01):
+        diff = (_tau_matrix(kernel, x0, 0.3, 0.3 + h) - d.posterior(x0, 0.3, 0.3 + h))[reach]
+        errs.append(float(diff.abs().max()))
+    assert errs[0] > 1e-6
+    for a, b in zip(errs, errs[1:]):
+        assert 3.0 < a / b < 5.0, errs
+
+
+def _tau_exact_final(kernel, p0, grid) -> torch.Tensor:
+    d = dd.Dense.of(kernel)
+    m = d.marginal_of_probs(p0, grid[0])
+    for lt, ls in zip(grid[:-1].tolist(), grid[1:].tolist()):
+        m = m @ _tau_matrix(kernel, p0, lt, ls)
+    return m
+
+
+@pytest.mark.parametrize("kernel", [dd.Uniform(5), dd.Hybrid(6, 5, shift=0.0, scale=1.0)], ids=repr)
+def test_tau_leaping_run_converges_with_more_steps(kernel):
+    V, shape = kernel.vocab_size, (4, 8_000)
+    n = math.prod(shape)
+    log_p0 = torch.log(_x_hat(_logits(V, 41, scale=2.0), kernel.mask_id))
+    p0 = log_p0.exp()
+    tv_exact, tv_emp = {}, {}
+    for steps in (4, 64):
+        grid = linear_alpha_grid(steps, log_snr_min=-30.0, log_snr_max=30.0)
+        want = _tau_exact_final(kernel, p0, grid)
+        target = dd.Dense.of(kernel).marginal_of_probs(p0, grid[-1])
+        tv_exact[steps] = 0.5 * float((want - target).abs().sum())
+        gen = _gen(42 + steps)
+        canvas = kernel.corrupt(_draw_x(p0, shape, gen), grid[0], generator=gen)
+        out = sample(_constant_denoiser(log_p0), TauLeaping(kernel), canvas, grid, generator=gen).tokens
+        counts = _counts(out, V)
+        assert_frequencies(counts, want, n, what=f"tau-leaping {steps} steps", chi2=True)
+        tv_emp[steps] = 0.5 * float((counts / n - p0).abs().sum())
+    # the exact bias shrinks far more than the sampling noise in TV (~0.005 at n = 32k, V <= 6)
+    assert tv_exact[4] > 0.05 and tv_exact[64] < 0.5 * tv_exact[4], tv_exact
+    assert tv_emp[64] < tv_emp[4], tv_emp
+    # and asymptotically at first order: 4x the steps, ~1/4 of the bias (exact matrices only)
+    grid = linear_alpha_grid(256, log_snr_min=-30.0, log_snr_max=30.0)
+    tv_256 = 0.5 * float((_tau_exact_final(kernel, p0, grid) - dd.Dense.of(kernel).marginal_of_probs(p0, grid[-1]))
+                         .abs().sum())
+    assert 3.0 < tv_exact[64] / tv_256 < 5.0, (tv_exact, tv_256)
+
+
+# ----------------------------------------------------------------------------- 4. frozen, seeds, RNG
+MASK_KERNEL = dd.Masked(7, 3)
+HYBRID_KERNEL = dd.Hybrid(7, 6, shift=0.0, scale=1.0)
+RULES = [
+    Ancestral(HYBRID_KERNEL),
+    Ancestral(dd.Uniform(7), top_k=3),
+    TauLeaping(dd.Uniform(7)),
+    TauLeaping(HYBRID_KERNEL),
+    Adaptive(dd.Uniform(7), tokens_per_step=3),
+    Adaptive(MASK_KERNEL, tokens_per_step=2),
+    Greedy(mask_id=3),
+    Confidence(MASK_KERNEL, tokens_per_step=2),
+    Confidence(MASK_KERNEL),
+    Confidence(MASK_KERNEL, by_confidence=False),
+]
+
+
+@given(rule=st.sampled_from(RULES), seed=st.integers(0, 2**31 - 1), p_frozen=st.floats(0.0, 1.0),
+       temperature=st.sampled_from([0.0, 0.7, 1.0]))
+def test_frozen_positions_never_change(rule, seed, p_frozen, temperature):
+    V, shape = 7, (4, 16)
+    gen = _gen(seed)
+    z_t = torch.randint(0, V, shape, generator=gen)
+    frozen = torch.rand(shape, generator=gen) < p_frozen
+    logits = 3.0 * torch.randn(*shape, V, generator=gen, dtype=F64)
+    out = rule.step_info(logits, z_t, torch.tensor(-1.0, dtype=F64), torch.tensor(2.0, dtype=F64), frozen,
+                         temperature, gen)
+    assert torch.equal(out.tokens[frozen], z_t[frozen])
+    assert not bool((out.selected & frozen).any())
+    assert out.tokens.shape == z_t.shape and out.tokens.dtype == z_t.dtype
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_seeded_and_global_rng_untouched(rule):
+    V, shape = 7, (6, 32)
+    z_t = torch.randint(0, V, shape, generator=_gen(51))
+    frozen = torch.rand(shape, generator=_gen(52)) < 0.3
+    logits = _logits(V, 53, shape, scale=1.0)
+    lam_t, lam_s = torch.tensor(-1.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    state = torch.get_rng_state()
+    a = rule.step(logits, z_t, lam_t, lam_s, frozen, generator=_gen(54))
+    b = rule.step(logits, z_t, lam_t, lam_s, frozen, generator=_gen(54))
+    assert torch.equal(a, b)
+    grid = linear_alpha_grid(5)
+    out1 = sample(lambda z: _logits(V, 55, tuple(z.shape), scale=1.0), rule, z_t, grid, frozen, generator=_gen(56))
+    out2 = sample(lambda z: _logits(V, 55, tuple(z.shape), scale=1.0), rule, z_t, grid, frozen, generator=_gen(56))
+    assert torch.equal(out1.tokens, out2.tokens)
+    assert torch.equal(out1.tokens[frozen], z_t[frozen])  # frozen through a whole run
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG was used"
+    if not isinstance(rule, Greedy):  # stochastic rules depend on the seed (overwhelmingly likely here)
+        c = rule.step(logits, z_t, lam_t, lam_s, frozen, generator=_gen(57))
+        d = rule.step(logits, z_t, lam_t, lam_s, frozen, generator=_gen(58))
+        assert not torch.equal(c, d)
+        assert torch.equal(torch.get_rng_state(), state)
+
+
+# ----------------------------------------------------------------------------- 5. greedy
+def test_greedy_is_argmax_without_mask_and_deterministic():
+    V, m, shape = 9, 4, (5, 40)
+    logits = _logits(V, 61, shape)
+    logits[..., m] = logits.max(-1).values + 5.0  # the mask logit is the largest everywhere
+    z_t = torch.randint(0, V, shape, generator=_gen(62))
+    want = _argmax_no_mask(logits, m)
+    assert not bool((want == m).any())
+    rule = Greedy(mask_id=m)
+    for T, seed in [(1.0, 1), (0.0, 2), (2.5, 3)]:
+        out = rule.step_info(logits, z_t, torch.tensor(-5.0, dtype=F64), torch.tensor(5.0, dtype=F64),
+                             temperature=T, generator=_gen(seed))
+        assert torch.equal(out.tokens, want)
+        assert bool(out.selected.all())
+    # without a mask id the plain argmax, mask logit included
+    assert torch.equal(Greedy().step(logits, z_t, torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64)),
+                       logits.argmax(-1))
+
+
+# ----------------------------------------------------------------------------- 6. adaptive
+ADAPTIVE_KERNELS = [
+    dd.Uniform(6),
+    dd.Masked(6, 0),
+    dd.Hybrid(6, 5, shift=1.0, scale=0.0),   # a fixed mix: the prior has mask and uniform mass
+    dd.Hybrid(6, 5, shift=0.0, scale=1.0),   # all-mask prior
+    dd.GIDD(6, 5, p_uniform=0.3),
+    dd.Prior(_unigram(6, seed=9)),
+]
+
+
+def _adaptive_case(kernel, seed):
+    V, B, S = kernel.vocab_size, 12, 10
+    gen = _gen(seed)
+    z_t = torch.randint(0, V, (B, S), generator=gen)
+    frozen = torch.rand(B, S, generator=gen) < 0.35
+    frozen[0] = True                       # nothing to select
+    frozen[1] = True
+    frozen[1, 3] = False                   # one unfrozen position < k
+    frozen[2] = False                      # everything open
+    logits = 2.0 * torch.randn(B, S, V, generator=gen, dtype=F64)
+    return z_t, frozen, logits
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("kernel", ADAPTIVE_KERNELS, ids=repr)
+def test_adaptive_selects_top_k_generalized_confidence(kernel, k):
+    z_t, frozen, logits = _adaptive_case(kernel, seed=70 + k)
+    # the oracle confidence pi_prior(z) (max x_hat - x_hat_z), pi_prior = pi at lambda = -inf
+    pi_prior = dd.Dense.of(kernel).pi(-INF)
+    x0 = _x_hat(logits, kernel.mask_id)
+    conf = pi_prior[z_t] * (x0.max(-1).values - x0.gather(-1, z_t.unsqueeze(-1)).squeeze(-1))
+    rule = Adaptive(kernel, tokens_per_step=k)
+    torch.testing.assert_close(rule.confidence(logits, z_t), conf, atol=1e-12, rtol=0)
+    lam_t, lam_s = torch.tensor(-1.0, dtype=F64), torch.tensor(0.0, dtype=F64)
+    out = rule.step_info(logits, z_t, lam_t, lam_s, frozen, temperature=0.0, generator=_gen(1))
+    again = rule.step_info(logits, z_t, lam_t, lam_s, frozen, temperature=0.0, generator=_gen(2))
+    assert torch.equal(out.tokens, again.tokens) and torch.equal(out.selected, again.selected)
+    sel = out.selected
+    open_ = ~frozen
+    # exactly min(k, #unfrozen positions that can improve): confidence 0 is never selected
+    assert torch.equal(sel.sum(-1), torch.clamp((open_ & (conf > 0)).sum(-1), max=k))
+    assert not bool((sel & frozen).any()) and bool((conf[sel] > 0).all())
+    for row in range(z_t.shape[0]):
+        chosen, rest = conf[row][sel[row]], conf[row][open_[row] & ~sel[row]]
+        if chosen.numel() and rest.numel():
+            assert float(chosen.min()) >= float(rest.max()) - 1e-12, f"row {row}: not the top-{k}"
+    argmax = _argmax_no_mask(logits, kernel.mask_id)
+    assert torch.equal(out.tokens[sel], argmax[sel])
+    assert torch.equal(out.tokens[~sel], z_t[~sel])
+    # tempered: same selection (untempered confidence), selected positions get non-mask draws
+    hot = rule.step_info(logits, z_t, lam_t, lam_s, frozen, temperature=1.0, generator=_gen(3))
+    assert torch.equal(hot.selected, sel)
+    assert torch.equal(hot.tokens[~sel], z_t[~sel])
+    if kernel.mask_id is not None:
+        assert not bool((hot.tokens[sel] == kernel.mask_id).any())
+
+
+def test_adaptive_exact_top_k_without_ties():
+    """Uniform noise, distinct confidences: the selected set is exactly the top-k, and a position
+    already at its argmax (confidence 0) is picked only after every positive one."""
+    kernel, k = dd.Uniform(6), 3
+    logits = _logits(6, 81, (4, 9), scale=2.0)
+    z_t = torch.randint(0, 6, (4, 9), generator=_gen(82))
+    x0 = _x_hat(logits, None)
+    conf = (x0.max(-1).values - x0.gather(-1, z_t.unsqueeze(-1)).squeeze(-1)) / 6
+    out = Adaptive(kernel, k).step_info(logits, z_t, torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64),
+                                        temperature=0.0)
+    want = torch.zeros_like(out.selected).scatter(-1, conf.topk(k, -1).indices, True)
+    assert torch.equal(out.selected, want)
+
+
+def test_adaptive_masked_confidence_only_on_masked_positions():
+    kernel = dd.Masked(6, 0)
+    z_t = torch.randint(0, 6, (8, 20), generator=_gen(91))
+    logits = _logits(6, 92, (8, 20))
+    conf = Adaptive(kernel, 2).confidence(logits, z_t)
+    masked = z_t == 0
+    assert bool(masked.any()) and bool((~masked).any())
+    assert bool((conf[~masked] == 0).all())
+    torch.testing.assert_close(conf[masked], _x_hat(logits, 0).max(-1).values[masked], atol=1e-12, rtol=0)
+    # k no larger than the masked count in every row: only masked positions are written
+    k = int(masked.sum(-1).min())
+    out = Adaptive(kernel, k).step_info(logits, z_t, torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64),
+                                        temperature=0.0)
+    assert bool((out.selected <= masked).all())
+
+
+# ----------------------------------------------------------------------------- 7. confidence (masked)
+def _masked_case(m=3, V=7, B=6, S=20, seed=100):
+    gen = _gen(seed)
+    z_t = torch.randint(0, V - 1, (B, S), generator=gen)
+    z_t = z_t + (z_t >= m).long()  # clean tokens, never the mask
+    n_masked = [0, 1, 3, 8, 15, 20][:B]
+    for row, nm in enumerate(n_masked):
+        pos = torch.randperm(S, generator=gen)[:nm]
+        z_t[row, pos] = m
+    logits = 2.0 * torch.randn(B, S, V, generator=gen, dtype=F64)
+    logits[..., m] = 10.0  # the mask logit is the largest: it must be excluded
+    return z_t, logits
+
+
+@pytest.mark.parametrize("k", [1, 4, 50])
+def test_confidence_unmasks_min_k_most_confident(k):
+    m = 3
+    kernel = dd.Masked(7, m)
+    z_t, logits = _masked_case(m)
+    masked = z_t == m
+    out = Confidence(kernel, tokens_per_step=k).step_info(logits, z_t, torch.tensor(-1.0, dtype=F64),
+                                                          torch.tensor(0.0, dtype=F64), temperature=0.0)
+    changed = out.tokens != z_t
+    assert torch.equal(out.selected, changed)  # argmax is never the mask: every selected position changes
+    assert bool((changed <= masked).all()), "a clean token changed"
+    assert not bool((out.tokens[changed] == m).any())
+    assert torch.equal(changed.sum(-1), torch.clamp(masked.sum(-1), max=k))
+    argmax = _argmax_no_mask(logits, m)
+    assert torch.equal(out.tokens[changed], argmax[changed])
+    conf = _x_hat(logits, m).max(-1).values
+    for row in range(z_t.shape[0]):
+        chosen, rest = conf[row][changed[row]], conf[row][masked[row] & ~changed[row]]
+        if chosen.numel() and rest.numel():
+            assert float(chosen.min()) > float(rest.max())
+    # tempered draws: still only masked positions, never to the mask, same counts
+    hot = Confidence(kernel, tokens_per_step=k).step_info(logits, z_t, torch.tensor(-1.0, dtype=F64),
+                                                          torch.tensor(0.0, dtype=F64), temperature=1.0,
+                                                          generator=_gen(5))
+    assert bool((hot.selected <= masked).all())
+    assert torch.equal(hot.tokens[~hot.selected], z_t[~hot.selected])
+    assert not bool((hot.tokens[hot.selected] == m).any())
+    assert torch.equal(hot.selected.sum(-1), torch.clamp(masked.sum(-1), max=k))
+
+
+def test_confidence_default_count_follows_mdlm_share():
+    """Without tokens_per_step a step unmasks round(n_masked (alpha_s - alpha_t) / (1 - alpha_t)),
+    per sequence (each row its own log-SNRs)."""
+    m = 3
+    kernel = dd.Masked(7, m)
+    z_t, logits = _masked_case(m)
+    masked = z_t == m
+    a_t = [0.2, 0.05, 0.5, 0.31, 0.1, 0.0]
+    a_s = [0.45, 0.9, 0.52, 0.77, 0.6, 0.33]
+    lam_t = torch.tensor([math.log(a / (1 - a)) if a > 0 else -INF for a in a_t], dtype=F64)
+    lam_s = torch.tensor([math.log(a / (1 - a)) for a in a_s], dtype=F64)
+    out = Confidence(kernel).step_info(logits, z_t, lam_t, lam_s, temperature=0.0)
+    want = []
+    for nm, at, as_ in zip(masked.sum(-1).tolist(), a_t, a_s):
+        x = nm * (as_ - at) / (1 - at)
+        assert abs(x - math.floor(x) - 0.5) > 1e-6  # no rounding tie in the oracle
+        want.append(round(x))
+    assert out.selected.sum(-1).tolist() == want
+    assert bool((out.selected <= masked).all())
+
+
+def _remaining_after_grid(n: int, lams: list[float]) -> int:
+    """The MDLM count recurrence n <- n - round(n (a_s - a_t) / (1 - a_t)), in plain Python."""
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x)) if x != INF else 1.0  # noqa: E731
+    for lt, ls in zip(lams[:-1], lams[1:]):
+        at, as_ = sig(lt), sig(ls)
+        n -= round(n * (as_ - at) / (1 - at)) if at < 1 else n
+    return n
+
+
+def test_confidence_full_run_and_what_stays_masked():
+    """A full run from an all-mask canvas.  The default linear grid ends at alpha = 1 - 1e-4, clamped
+    to lambda = 9 (alpha = sigmoid(9) = 1 - 1.23e-4), so the last step unmasks only a share
+    ``1 - 1.23e-4 / (1 - alpha_{N-1})`` of what is left: a small canvas ends fully unmasked, but a
+    large one stepped coarsely keeps ~n * 1.2e-4 masks (1 of 10,000 and 2 of 20,000 in one step).  Appending
+    lambda = +inf to the grid (alpha_s = 1) unmasks everything."""
+    m = 3
+    kernel = dd.Masked(7, m)
+    rule = Confidence(kernel)
+    den = lambda z: _logits(7, 111, tuple(z.shape))  # noqa: E731
+    # independent grid: alpha = linspace(1e-4, 1 - 1e-4), lambda clamped to [-9, 9]
+    for (B, S), steps, leftover in [((4, 64), 16, 0), ((1, 10_000), 1, 1), ((1, 20_000), 1, 2)]:
+        lams = [min(9.0, max(-9.0, math.log(a / (1 - a))))
+                for a in np.linspace(1e-4, 1 - 1e-4, steps + 1).tolist()]
+        assert _remaining_after_grid(S, lams) == leftover
+        canvas = torch.full((B, S), m, dtype=torch.long)
+        out = sample(den, rule, canvas, linear_alpha_grid(steps), temperature=0.0).tokens
+        assert ((out == m).sum(-1) == leftover).all()
+        full = torch.cat([linear_alpha_grid(steps), torch.tensor([INF], dtype=F64)])
+        out = sample(den, rule, canvas, full, temperature=0.0).tokens
+        assert not bool((out == m).any())
+        assert torch.equal(out, _argmax_no_mask(_logits(7, 111, (B, S)), m))
+
+
+def test_confidence_random_positions():
+    """``by_confidence=False``: the k unmasked positions are uniform among the masked ones
+    (each with probability k / n_masked), whatever the confidences, and depend on the seed."""
+    m, V, B, S, k = 3, 7, 20_000, 8, 2
+    kernel = dd.Masked(V, m)
+    z_t = torch.full((B, S), m, dtype=torch.long)
+    z_t[:, 5] = 0  # one clean position per row
+    logits = _logits(V, 121, (S,), scale=3.0).expand(B, S, V)  # the same confidence order in every row
+    rule = Confidence(kernel, tokens_per_step=k, by_confidence=False)
+    lam_t, lam_s = torch.tensor(-1.0, dtype=F64), torch.tensor(0.0, dtype=F64)
+    sel = rule.step_info(logits, z_t, lam_t, lam_s, temperature=0.0, generator=_gen(122)).selected
+    assert torch.equal(sel.sum(-1), torch.full((B,), k))
+    assert not bool(sel[:, 5].any())
+    probs = torch.full((S,), k / (S - 1), dtype=F64)
+    probs[5] = 0.0
+    counts = sel.sum(0)
+    assert_frequencies(torch.stack([counts, B - counts], -1), torch.stack([probs, 1 - probs], -1), B,
+                       what="random positions")
+    again = rule.step_info(logits[:4], z_t[:4], lam_t, lam_s, temperature=0.0, generator=_gen(123)).selected
+    other = rule.step_info(logits[:4], z_t[:4], lam_t, lam_s, temperature=0.0, generator=_gen(124)).selected
+    same = rule.step_info(logits[:4], z_t[:4], lam_t, lam_s, temperature=0.0, generator=_gen(123)).selected
+    assert torch.equal(again, same) and not torch.equal(again, other)
+
+
+def test_confidence_needs_a_mask():
+    with pytest.raises(ValueError, match="mask"):
+        Confidence(dd.Uniform(5))
+    with pytest.raises(ValueError, match="mask"):
+        Confidence(dd.Prior(_unigram(5)))
+
+
+# ----------------------------------------------------------------------------- 8. filters, draws
+def _oracle_filter(probs: np.ndarray, top_k=None, top_p=None, min_p=None) -> np.ndarray:
+    """Per row: the kept support by the textbook definitions, renormalized (float64 numpy)."""
+    out = np.zeros_like(probs)
+    for i, p in enumerate(probs):
+        keep = p > 0
+        order = np.argsort(-p, kind="stable")
+        if top_k is not None:
+            k_keep = np.zeros_like(keep)
+            k_keep[order[:top_k]] = True
+            keep &= k_keep
+        if min_p is not None:
+            keep &= p >= min_p * p.max()
+        if top_p is not None:
+            csum = np.cumsum(p[order])
+            n_keep = int(np.searchsorted(csum, top_p - 1e-12, side="left")) + 1  # smallest prefix reaching p
+            p_keep = np.zeros_like(keep)
+            p_keep[order[:n_keep]] = True
+            keep &= p_keep
+        out[i] = np.where(keep, p, 0.0) / p[keep].sum()
+    return out
+
+
+@pytest.mark.parametrize("filters", [
+    dict(top_k=1), dict(top_k=3), dict(top_k=11), dict(top_k=40),
+    dict(top_p=0.05), dict(top_p=0.5), dict(top_p=0.9), dict(top_p=1.0),
+    dict(min_p=0.0), dict(min_p=0.1), dict(min_p=0.5), dict(min_p=1.0),
+    dict(top_k=5, min_p=0.2),
+], ids=str)
+@pytest.mark.parametrize("mask_id", [None, 4])
+def test_filters_match_their_definitions(filters, mask_id):
+    V = 20
+    logits = _logits(V, 131, (64,), scale=2.0)
+    x0 = Denoised(logits, mask_id, 1.0, Filters(**filters))
+    got = x0.log_probs.exp()
+    want = _oracle_filter(_x_hat(logits, mask_id).numpy(), **filters)
+    torch.testing.assert_close(got, torch.from_numpy(want), atol=1e-12, rtol=0)
+    if "top_k" in filters and "min_p" not in filters:
+        n_support = (got > 0).sum(-1)
+        assert bool((n_support == min(filters["top_k"], V - (mask_id is not None))).all())
+    if mask_id is not None:
+        assert bool((got[..., mask_id] == 0).all())
+
+
+@pytest.mark.parametrize("T", [0.3, 1.0, 2.5])
+def test_temperature_scaling(T):
+    logits = _logits(9, 141, (16,), scale=2.0)
+    for m in (None, 2):
+        got = Denoised(logits, m, T).log_probs.exp()
+        torch.testing.assert_close(got, _x_hat(logits, m, T), atol=1e-12, rtol=0)
+        z = torch.randint(0, 9, (16,), generator=_gen(1))
+        torch.testing.assert_close(Denoised(logits, m, T).prob_at(z), _x_hat(logits, m, T).gather(-1, z[:, None])[:, 0],
+                                   atol=1e-12, rtol=0)
+
+
+def test_temperature_zero_is_argmax():
+    logits = _logits(9, 151, (16,), scale=2.0)
+    logits[:, 2] = 50.0
+    x0 = Denoised(logits, 2, 0.0)
+    want = _argmax_no_mask(logits, 2)
+    assert torch.equal(x0.sample(_gen(1)), want) and torch.equal(x0.sample(_gen(2)), want)
+    assert torch.equal(x0.prob_at(want), torch.ones(16, dtype=F64))
+    assert torch.equal(x0.max_prob(), torch.ones(16, dtype=F64))
+    z = (want + 1) % 9
+    assert torch.equal(x0.prob_at(z), torch.zeros(16, dtype=F64))
+
+
+def test_ancestral_with_filters_draws_the_filtered_distribution():
+    """From lambda = -inf to +inf an ancestral step is one draw from the filtered, tempered x_hat."""
+    V, n = 10, 100_000
+    logits = _logits(V, 161, scale=2.0)
+    kernel = dd.Hybrid(V, 7, shift=0.0, scale=1.0)
+    probs = _x_hat(logits, 7, 0.7).numpy()[None]
+    for kw in (dict(top_k=3), dict(top_p=0.8), dict(min_p=0.15)):
+        want = torch.from_numpy(_oracle_filter(probs, **kw)[0])
+        z_t = torch.full((4, n // 4), 7, dtype=torch.long)
+        out = Ancestral(kernel, **kw).step(logits.expand(4, n // 4, V), z_t, torch.tensor(-INF, dtype=F64),
+                                           torch.tensor(INF, dtype=F64), temperature=0.7, generator=_gen(162))
+        assert_frequencies(_counts(out, V), want, n, what=str(kw), chi2=True)
+
+
+def test_inverse_cdf_draw_frequencies_small_vocab():
+    V, n = 7, 100_000
+    probs = torch.tensor([0.3, 0.0, 0.25, 1e-3, 0.2, 0.149, 0.1], dtype=F64)
+    out = inverse_cdf_draw(probs.log().expand(n, V), _gen(171), chunk=997)  # chunk boundaries exercised
+    assert out.shape == (n,) and out.dtype == torch.long
+    assert_frequencies(_counts(out, V), probs, n, what="inverse cdf", chi2=True)
+    # float32 log-probs, batched shape
+    out32 = inverse_cdf_draw(probs.log().float().expand(10, n // 10, V), _gen(172))
+    assert out32.shape == (10, n // 10)
+    assert_frequencies(_counts(out32, V), probs, n, what="inverse cdf float32")
+
+
+VOCAB = 100_278
+
+
+def test_inverse_cdf_draw_large_vocab_frequencies():
+    """At V = 100,278: frequencies of a few heavy ids spread over the vocabulary (ends included),
+    and no zero-probability id (a block around each heavy id, and id 0) is ever drawn."""
+    n = 512
+    probs = torch.zeros(VOCAB, dtype=F64)
+    heavy = {7: 0.2, 50_001: 0.25, VOCAB - 1: 0.15, VOCAB - 3: 0.1}
+    spread = torch.rand(VOCAB, generator=_gen(181), dtype=F64)
+    spread[0] = 0.0
+    for j in heavy:
+        spread[j - 1:j + 2] = 0.0
+    probs += 0.3 * spread / spread.sum()
+    for j, p in heavy.items():
+        probs[j] = p
+    out = inverse_cdf_draw(probs.log().expand(n, VOCAB), _gen(182))
+    assert not bool((probs[out] == 0).any())
+    ids = torch.tensor(list(heavy))
+    counts = torch.stack([(out == j).sum() for j in ids] + [(~torch.isin(out, ids)).sum()])
+    want = torch.cat([probs[ids], (1 - probs[ids].sum()).reshape(1)])
+    assert_frequencies(counts, want, n, what="V=100278", chi2=True)
+
+
+def test_inverse_cdf_draw_is_exact_for_a_rare_token_at_full_vocab():
+    """White-box (pins the convention: one float64 uniform per row, drawn first, mapped through the
+    CDF with ``searchsorted(right=True)``): replaying the generator gives every row's ``u``, so each
+    draw must equal the inverse CDF computed exactly (rational arithmetic).  The distribution is
+    built around the first ``u`` so that it falls inside the interval of a token of mass 1e-6 at
+    id 70,001 (after ~70k other tokens, where a float32 CDF has drifted by more than 1e-6): the
+    float64 draw must return exactly that rare id.  Zero-probability ids are never returned."""
+    n, rare, width = 128, 70_001, 1e-6
+    state = _gen(191).get_state()
+    u = torch.rand(n, generator=torch.Generator().set_state(state), dtype=F64)
+    u0 = float(u[0])
+    assert 0.1 < u0 < 0.9
+    w = torch.rand(VOCAB, generator=_gen(192), dtype=F64) + 0.5
+    w[::5] = 0.0                      # every fifth id impossible
+    w[[rare - 1, rare + 1]] = 0.0     # the rare id's neighbours too
+    before, after = w[:rare].sum(), w[rare + 1:].sum()
+    probs = torch.cat([w[:rare] / before * (u0 - width / 2), torch.tensor([width], dtype=F64),
+                       w[rare + 1:] / after * (1 - u0 - width / 2)])
+    log_probs = probs.log()
+    out = inverse_cdf_draw(log_probs.expand(n, VOCAB), torch.Generator().set_state(state))
+    assert int(out[0]) == rare
+    assert not bool((probs[out] == 0).any())
+    # the exact CDF of exp(log_probs), in rationals; each u maps to the first id whose CDF exceeds u * total
+    p_exact = [Fraction(v) for v in log_probs.exp().tolist()]
+    cdf, acc = [], Fraction(0)
+    for v in p_exact:
+        acc += v
+        cdf.append(acc)
+    for i in range(n):
+        target = Fraction(float(u[i])) * acc
+        j = bisect.bisect_right(cdf, target)
+        # skip a u within 1e-12 of a boundary (float64 CDF round-off; never happens at this seed)
+        near = any(abs(float(cdf[k] - target)) < 1e-12 for k in (j - 1, j) if 0 <= k < VOCAB)
+        if not near:
+            assert int(out[i]) == min(j, VOCAB - 1), f"row {i}"
+
+
+# ----------------------------------------------------------------------------- 9. grids
+@pytest.mark.parametrize("steps", [1, 2, 16, 128])
+def test_linear_alpha_grid_closed_form(steps):
+    g = linear_alpha_grid(steps)
+    assert g.shape == (steps + 1,) and g.dtype == F64
+    assert bool((g[1:] >= g[:-1]).all())
+    alpha = [1e-4 + i * (1 - 2e-4) / steps for i in range(steps + 1)]
+    want = torch.tensor([min(9.0, max(-9.0, math.log(a / (1 - a)))) for a in alpha], dtype=F64)
+    torch.testing.assert_close(g, want, atol=1e-12, rtol=0)
+    assert float(g[0]) == -9.0 and float(g[-1]) == 9.0  # logit(1e-4) = -9.21 is clamped
+    wide = linear_alpha_grid(steps, log_snr_min=-30.0, log_snr_max=30.0)
+    torch.testing.assert_close(torch.sigmoid(wide), torch.tensor(alpha, dtype=F64), atol=1e-12, rtol=0)
+    check_grid(g)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 64])
+def test_cosine_grid_closed_form(steps):
+    g = cosine_grid(steps)
+    assert g.shape == (steps + 1,) and bool((g[1:] > g[:-1]).all())
+    tau = [0.999 + i * (0.001 - 0.999) / steps for i in range(steps + 1)]
+    alpha = [0.5 + 0.5 * math.cos(math.pi * t) for t in tau]
+    want = torch.tensor([min(9.0, max(-9.0, math.log(a / (1 - a)))) for a in alpha], dtype=F64)
+    torch.testing.assert_close(g, want, atol=1e-9, rtol=0)
+    assert float(g.min()) >= -9.0 and float(g.max()) <= 9.0
+    check_grid(g)
+
+
+@pytest.mark.parametrize("schedule", [dd.LinearAlpha(), dd.Cosine(), dd.LinearAlpha(log_snr_min=-4.0, log_snr_max=6.0)],
+                         ids=repr)
+def test_schedule_grid_closed_form(schedule):
+    steps = 10
+    g = schedule_grid(schedule, steps)
+    assert g.shape == (steps + 1,) and bool((g[1:] >= g[:-1]).all())
+    ts = [1 - i / steps for i in range(steps + 1)]
+    if isinstance(schedule, dd.Cosine):
+        raw = [2 * math.log(1 / math.tan(math.pi * t / 2)) if 0 < t < 1 else (-INF if t == 1 else INF) for t in ts]
+    else:
+        raw = [math.log((1 - t) / t) if 0 < t < 1 else (-INF if t == 1 else INF) for t in ts]
+    want = torch.tensor([min(schedule.log_snr_max, max(schedule.log_snr_min, r)) for r in raw], dtype=F64)
+    torch.testing.assert_close(g, want, atol=1e-9, rtol=0)
+    check_grid(g)
+
+
+def test_check_grid_rejects_bad_grids():
+    with pytest.raises(ValueError, match="ascending"):
+        check_grid(torch.tensor([0.0, 1.0, 0.5], dtype=F64))
+    with pytest.raises(ValueError, match="NaN"):
+        check_grid(torch.tensor([0.0, math.nan, 1.0], dtype=F64))
+    with pytest.raises(TypeError):
+        check_grid(torch.zeros(2, 2, dtype=F64))
+    with pytest.raises(ValueError, match="2"):
+        check_grid(torch.tensor([0.0], dtype=F64))
+    with pytest.raises(TypeError):
+        check_grid(torch.tensor([0, 1]))
+    # ties and infinite ends are fine
+    check_grid(torch.tensor([-INF, 0.0, 0.0, INF], dtype=F64))
+    for bad in (0, -1, 2.0, True):  # a non-int may be caught by the type checker first
+        with pytest.raises((ValueError, TypeError)):
+            linear_alpha_grid(bad)
+        with pytest.raises((ValueError, TypeError)):
+            cosine_grid(bad)
+
+
+# ----------------------------------------------------------------------------- 10. bad input
+def _bad_input_case():
+    V = 7
+    z_t = torch.randint(0, V, (2, 5), generator=_gen(201))
+    logits = _logits(V, 202, (2, 5))
+    return z_t, logits, torch.tensor(-1.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_bad_inputs_raise(rule):
+    z_t, logits, lt, ls = _bad_input_case()
+    with pytest.raises(ValueError, match="temperature"):
+        rule.step(logits, z_t, lt, ls, temperature=-0.5)
+    with pytest.raises(TypeError):
+        rule.step(logits, z_t, lt, ls, temperature=math.nan)
+    with pytest.raises((ValueError, TypeError)):
+        rule.step(logits, z_t, lt, ls, frozen=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises((ValueError, TypeError)):
+        rule.step(logits, z_t, lt, ls, frozen=torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="lam_s"):
+        rule.step(logits, z_t, ls, lt)
+    with pytest.raises((ValueError, TypeError)):
+        rule.step(logits[:, :4], z_t, lt, ls)
+    with pytest.raises((ValueError, TypeError)):
+        rule.step(logits, z_t + 7, lt, ls)  # ids outside the vocabulary
+    with pytest.raises(ValueError, match="NaN"):
+        rule.step(logits, z_t, torch.tensor(math.nan, dtype=F64), ls)
+    with pytest.raises(ValueError, match="ascending"):
+        sample(lambda z: _logits(7, 1, tuple(z.shape)), rule, z_t, torch.tensor([1.0, 0.0], dtype=F64))
+
+
+def test_bad_constructor_arguments():
+    for bad in (0, -2, True):
+        with pytest.raises(ValueError, match="tokens_per_step"):
+            Adaptive(dd.Uniform(5), tokens_per_step=bad)
+        with pytest.raises(ValueError, match="tokens_per_step"):
+            Confidence(dd.Masked(5, 0), tokens_per_step=bad)
+    for bad in (1.5, None, "2"):  # wrong type: ValueError from the check, or the type checker's TypeError
+        with pytest.raises((ValueError, TypeError)):
+            Adaptive(dd.Uniform(5), tokens_per_step=bad)
+    with pytest.raises((ValueError, TypeError)):
+        Confidence(dd.Masked(5, 0), tokens_per_step=2.0)
+    for kw in (dict(top_k=0), dict(top_k=True), dict(top_p=0.0), dict(top_p=1.5), dict(min_p=-0.1), dict(min_p=1.1)):
+        with pytest.raises(ValueError):
+            Filters(**kw)
+        with pytest.raises(ValueError):
+            Ancestral(dd.Uniform(5), **kw)
+    with pytest.raises(ValueError, match="temperature"):
+        Denoised(_logits(5, 1), None, -1.0)
