@@ -79,7 +79,7 @@ class Denoised:
     """
 
     def __init__(self, logits: Logits, mask_id: int | None, temperature: float = 1.0,
-                 filters: Filters = Filters()) -> None:
+                 filters: Filters | None = None) -> None:
         temperature = check_temperature(temperature)
         logits = logits.to(compute_dtype(logits))
         if mask_id is not None:
@@ -90,7 +90,8 @@ class Denoised:
             self.argmax = logits.argmax(-1)
         else:
             scaled = logits if temperature == 1.0 else logits / temperature  # no copy at T = 1
-            log_probs = filters.apply(torch.log_softmax(scaled, dim=-1))
+            log_probs = torch.log_softmax(scaled, dim=-1)
+            log_probs = log_probs if filters is None else filters.apply(log_probs)
             self.log_probs = log_probs
             self.argmax = log_probs.argmax(-1)
 
