@@ -1,0 +1,140 @@
+"""The Sumi transformer: a plain ``nn.Module`` whose parameter names are the released Hugging
+Face keys (``model.layers.{i}.self_attn.q_proj.weight``, ..., ``lm_head.weight``).
+
+Bidirectional, no time input, RMSNorm in float32, rotate-half RoPE, GQA, SwiGLU, untied head,
+no biases, off-by-one attention (:mod:`sumi.model.attention`).  Build it on the meta device and
+call :meth:`Sumi.init_weights` after moving it (``to_empty``): a 7B model is then described
+without allocating it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sumi.configs.model import ModelConfig
+from sumi.model.attention import BACKENDS, flash_available
+from sumi.model.layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        h, d = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(h, config.num_attention_heads * d, bias=False)
+        self.k_proj = nn.Linear(h, config.num_key_value_heads * d, bias=False)
+        self.v_proj = nn.Linear(h, config.num_key_value_heads * d, bias=False)
+        self.o_proj = nn.Linear(config.num_attention_heads * d, h, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None,
+                document_ids: Tensor | None, backend: str) -> Tensor:
+        batch, seq, _ = x.shape
+        c = self.config
+        q = self.q_proj(x).view(batch, seq, c.num_attention_heads, c.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = BACKENDS[backend](q, k, v, key_mask, document_ids)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = SelfAttention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None,
+                document_ids: Tensor | None, backend: str) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, key_mask, document_ids, backend)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """``model.*`` in the checkpoint: embeddings, blocks, final norm."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Sumi(nn.Module):
+    """``model(input_ids, attention_mask=None) -> logits [batch, seq, vocab]``.
+
+    ``attention_mask``: 1/True for real tokens (keys with 0 are ignored).  ``document_ids``:
+    packed documents attend only within themselves.  ``position_ids``: default ``0..seq-1``.
+    ``return_hidden=True`` returns the final normed hidden states ``[batch, seq, hidden]``
+    instead of logits (for a fused loss that never builds the logits).  ``backend`` overrides
+    ``config.attention_backend`` for one call.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                document_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                return_hidden: bool = False, backend: str | None = None) -> Tensor:
+        backend = backend or self.config.attention_backend
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose from {sorted(BACKENDS)}")
+        if backend == "flash" and not flash_available():
+            raise RuntimeError("attention_backend='flash' needs CUDA and the flash-attn package "
+                               "(pip install .[gpu]); use 'sdpa' otherwise")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        batch, seq = input_ids.shape
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
+                             f"({self.config.max_position_embeddings})")
+        key_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+            key_mask = attention_mask.bool()
+        if document_ids is not None and document_ids.shape != input_ids.shape:
+            raise ValueError(f"document_ids must have shape {tuple(input_ids.shape)}, got {tuple(document_ids.shape)}")
+        if position_ids is None:
+            position_ids = torch.arange(seq, device=input_ids.device)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, key_mask, document_ids, backend)
+        x = self.model.norm(x)
+        return x if return_hidden else self.lm_head(x)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Normal(0, initializer_range) for embeddings and linear layers, ones for norms (the
+        LLaMA/HF initialization).  Call after ``to_empty(device=...)`` on a meta-built model."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std, generator=generator)
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
+
+    @classmethod
+    def on_meta(cls, config: ModelConfig) -> Sumi:
+        """The model with every parameter on the meta device (no memory)."""
+        with torch.device("meta"):
+            return cls(config)
+
+    @classmethod
+    def initialized(cls, config: ModelConfig, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None) -> Sumi:
+        """Build on meta, allocate on ``device`` in ``dtype``, initialize (one copy of the weights)."""
+        model = cls.on_meta(config).to_empty(device=device)
+        model.init_weights(generator)
+        return model.to(dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+

@@ -1,0 +1,247 @@
+"""The Sumi transformer: presets and counts, the off-by-one attention in every backend against
+an independent float64 oracle, masks, RoPE and RMSNorm conventions, meta-device construction."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sumi
+from sumi.configs import ModelConfig, sumi_1b, sumi_7b, sumi_150m, tiny
+from sumi.model import eager_attention, flash_attention, flash_available, flops_per_token, num_parameters, sdpa_attention
+from sumi.model.layers import RMSNorm, apply_rope, rope_cos_sin
+
+F64 = torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- presets and counts -----------------------------------------------------------------------
+def test_sumi_7b_on_meta_has_the_released_parameter_count():
+    model = sumi.Sumi.on_meta(sumi_7b())
+    assert model.num_parameters() == 7_767_543_808 == num_parameters(sumi_7b())
+    assert all(p.is_meta for p in model.parameters())
+    c = sumi_7b()
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+            c.intermediate_size, c.vocab_size, c.max_position_embeddings) == (36, 4096, 32, 8, 128, 12288, 100278, 4864)
+    assert (c.bos_token_id, c.eos_token_id, c.pad_token_id, c.rope_theta, c.rms_norm_eps) == (100256, 100257, 100277, 500000.0, 1e-5)
+    keys = set(dict(model.named_parameters()))
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+            "model.layers.35.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight",
+            "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight"} <= keys
+
+
+@pytest.mark.parametrize("preset, low, high", [(sumi_1b, 0.9e9, 1.2e9), (sumi_150m, 1.2e8, 1.8e8), (tiny, 1e4, 1e6)])
+def test_presets_follow_the_shape_rules(preset, low, high):
+    c = preset()
+    n = sumi.Sumi.on_meta(c).num_parameters()
+    assert n == num_parameters(c) and low < n < high
+    assert c.num_attention_heads % c.num_key_value_heads == 0
+    if preset is not tiny:
+        assert c.head_dim == 128 and c.num_key_value_groups == 4 and c.intermediate_size == 3 * c.hidden_size
+
+
+def test_flops_per_token_formula():
+    c = sumi_7b()
+    non_embedding = 7_767_543_808 - 100_278 * 4096
+    assert num_parameters(c, embeddings=False) == non_embedding
+    assert flops_per_token(c, 1184) == 6 * non_embedding + 12 * 36 * 32 * 128 * 1184
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(hidden_size=100, num_attention_heads=3), "divisible"),
+    (dict(num_attention_heads=6, num_key_value_heads=4, hidden_size=96), "multiple"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(bos_token_id=600), "bos_token_id"),
+    (dict(attention_backend="xformers"), "attention_backend"),
+    (dict(head_dim=15), "even"),
+])
+def test_invalid_configs_fail_clearly(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**bad)
+
+
+# -- attention: an independent float64 oracle --------------------------------------------------
+def _oracle_attention(q, k, v, allowed):
+    """Loops over batch, head and query: softmax_1(s)_j = exp(s_j) / (1 + sum_k exp(s_k)), KV head
+    j serving query heads j*rep .. j*rep + rep - 1."""
+    B, H, S, D = q.shape
+    rep = H // k.shape[1]
+    out = torch.zeros(B, H, S, D, dtype=F64)
+    for b in range(B):
+        for h in range(H):
+            kv = h // rep
+            for i in range(S):
+                keys = [j for j in range(S) if allowed[b][i][j]]
+                if not keys:
+                    continue
+                s = torch.stack([q[b, h, i].double() @ k[b, kv, j].double() / math.sqrt(D) for j in keys])
+                w = torch.exp(s) / (1 + torch.exp(s).sum())
+                out[b, h, i] = sum(wj * v[b, kv, j].double() for wj, j in zip(w, keys))
+    return out
+
+
+@pytest.mark.parametrize("masking", ["none", "padding", "documents", "both"])
+@pytest.mark.parametrize("backend", [eager_attention, sdpa_attention], ids=["eager", "sdpa"])
+def test_attention_matches_the_off_by_one_oracle(backend, masking):
+    g = _gen(0)
+    B, H, KV, S, D = 2, 4, 2, 6, 8
+    q, k, v = (3 * torch.randn(B, n, S, D, generator=g) for n in (H, KV, KV))
+    key_mask = torch.ones(B, S, dtype=torch.bool)
+    docs = torch.zeros(B, S, dtype=torch.long)
+    if masking in ("padding", "both"):
+        key_mask[1, 4:] = False
+    if masking in ("documents", "both"):
+        docs[0, 3:] = 1
+        docs[1, 2:] = 1
+    allowed = [[[bool(key_mask[b, j]) and bool(docs[b, i] == docs[b, j]) for j in range(S)] for i in range(S)] for b in range(B)]
+    got = backend(q, k, v, key_mask if masking in ("padding", "both") else None,
+                  docs if masking in ("documents", "both") else None)
+    want = _oracle_attention(q, k, v, allowed)
+    valid = key_mask[:, None, :, None].expand_as(got)
+    torch.testing.assert_close(got.double()[valid], want[valid], atol=2e-6, rtol=1e-5)
+
+
+def test_sink_gives_zero_output_for_a_fully_masked_row_and_attenuates():
+    q = torch.zeros(1, 1, 2, 4)
+    k = torch.zeros(1, 1, 2, 4)
+    v = torch.ones(1, 1, 2, 4)
+    # all logits 0: each of the 2 keys gets exp(0) / (1 + 2) = 1/3, so the output is 2/3 (not 1)
+    for fn in (eager_attention, sdpa_attention):
+        torch.testing.assert_close(fn(q, k, v), torch.full((1, 1, 2, 4), 2 / 3))
+        out = fn(q, k, v, torch.zeros(1, 2, dtype=torch.bool))
+        assert torch.equal(out, torch.zeros_like(out))  # only the sink: no NaN
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not flash_available(), reason="flash-attn with CUDA not available")
+def test_flash_backend_matches_eager_on_cuda():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B, H, KV, S, D = 2, 8, 2, 64, 64
+    q, k, v = (torch.randn(B, n, S, D, generator=g, device="cuda", dtype=torch.bfloat16) for n in (H, KV, KV))
+    key_mask = torch.ones(B, S, dtype=torch.bool, device="cuda")
+    key_mask[1, 40:] = False
+    docs = torch.zeros(B, S, dtype=torch.long, device="cuda")
+    docs[0, 20:] = 1
+    got = flash_attention(q, k, v, key_mask, docs).float()
+    want = eager_attention(q.float(), k.float(), v.float(), key_mask, docs)
+    valid = key_mask[:, None, :, None].expand_as(got)
+    torch.testing.assert_close(got[valid], want[valid], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_sdpa_bf16_on_cuda_matches_eager_fp32():
+    config = tiny()
+    model = sumi.Sumi.initialized(config, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    ids = torch.randint(config.vocab_size, (2, 64), device="cuda")
+    want = model(ids, backend="eager")
+    got = model.to(torch.bfloat16)(ids, backend="sdpa").float()
+    torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
+
+
+# -- the whole model ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model():
+    return sumi.Sumi.initialized(tiny(vocab_size=97), generator=_gen(1)).eval()
+
+
+def test_backends_agree_on_the_model(model):
+    ids = torch.randint(97, (3, 12), generator=_gen(2))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[2, 9:] = False
+    docs = torch.zeros(3, 12, dtype=torch.long)
+    docs[1, 6:] = 1
+    a = model(ids, mask, document_ids=docs, backend="eager")
+    b = model(ids, mask, document_ids=docs, backend="sdpa")
+    torch.testing.assert_close(a[mask], b[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_does_not_change_real_positions(model):
+    ids = torch.randint(97, (1, 8), generator=_gen(3))
+    alone = model(ids)
+    padded = torch.cat([ids, torch.full((1, 5), 96)], dim=1)
+    mask = torch.tensor([[True] * 8 + [False] * 5])
+    for backend in ("eager", "sdpa"):
+        torch.testing.assert_close(model(padded, mask, backend=backend)[:, :8], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_documents_are_isolated_and_attention_is_bidirectional(model):
+    ids = torch.randint(97, (1, 10), generator=_gen(4))
+    docs = torch.tensor([[0] * 5 + [1] * 5])
+    base = model(ids, document_ids=docs)
+    changed = ids.clone()
+    changed[0, 7] = (changed[0, 7] + 1) % 97
+    other = model(changed, document_ids=docs)
+    torch.testing.assert_close(other[:, :5], base[:, :5])        # doc 0 does not see doc 1
+    assert not torch.allclose(other[:, 5:7], base[:, 5:7])       # earlier positions see a later token
+    free = model(changed)
+    assert not torch.allclose(free[:, :5], model(ids)[:, :5])    # without documents everyone sees it
+
+
+def test_return_hidden_and_head(model):
+    ids = torch.randint(97, (2, 5), generator=_gen(5))
+    hidden = model(ids, return_hidden=True)
+    assert hidden.shape == (2, 5, 64)
+    torch.testing.assert_close(model.lm_head(hidden), model(ids))
+
+
+def test_no_time_input_and_deterministic(model):
+    ids = torch.randint(97, (2, 5), generator=_gen(6))
+    assert torch.equal(model(ids), model(ids))
+
+
+def test_init_weights_statistics_and_seed():
+    config = tiny(vocab_size=2000)
+    a = sumi.Sumi.initialized(config, generator=_gen(7))
+    b = sumi.Sumi.initialized(config, generator=_gen(7))
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+    w = a.model.embed_tokens.weight
+    assert abs(w.std().item() - config.initializer_range) < 0.02 * config.initializer_range * 10
+    assert torch.equal(a.model.norm.weight, torch.ones(64))
+    state = torch.get_rng_state()
+    sumi.Sumi.initialized(config, generator=_gen(8))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_rmsnorm_convention():
+    norm = RMSNorm(8, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = torch.randn(3, 8, generator=_gen(9), dtype=torch.bfloat16)
+    h = x.double()
+    want = (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).float().to(torch.bfloat16) * norm.weight.to(torch.bfloat16)
+    got = norm.to(torch.bfloat16)(x)
+    torch.testing.assert_close(got, want)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    g = _gen(10)
+    q, k = torch.randn(1, 1, 1, 16, generator=g), torch.randn(1, 1, 1, 16, generator=g)
+    def score(i, j):
+        ci, si = rope_cos_sin(torch.tensor([i]), 16, 500_000.0)
+        cj, sj = rope_cos_sin(torch.tensor([j]), 16, 500_000.0)
+        return float((apply_rope(q, ci, si) * apply_rope(k, cj, sj)).sum())
+    assert score(3, 7) == pytest.approx(score(103, 107), rel=1e-4, abs=1e-5)
+    assert score(3, 7) != pytest.approx(score(3, 8), rel=1e-3)
+    # rotate-half layout: position 0 is the identity
+    c0, s0 = rope_cos_sin(torch.tensor([0]), 16, 500_000.0)
+    torch.testing.assert_close(apply_rope(q, c0, s0), q)
+
+
+def test_bad_inputs(model):
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(torch.zeros(1, 513, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 5))
+    with pytest.raises(ValueError, match="input_ids"):
+        model(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="backend"):
+        model(torch.zeros(1, 4, dtype=torch.long), backend="xformers")
+    if not flash_available():
+        with pytest.raises(RuntimeError, match="flash-attn"):
+            model(torch.zeros(1, 4, dtype=torch.long), backend="flash")
