@@ -138,3 +138,9 @@ class Sumi(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def save_pretrained(self, path, **kwargs) -> None:
+        """Write config.json + safetensors in the Hugging Face layout (:func:`sumi.hf.save_pretrained`)."""
+        from sumi.hf import save_pretrained  # sumi.hf imports this module
+
+        save_pretrained(self, path, **kwargs)
+
