@@ -1,11 +1,13 @@
 """sumi: the Sumi uniform diffusion language model and its recipe, built on discdiff.
 
 ``sumi.configs`` (ModelConfig, presets), ``sumi.Sumi`` (the transformer),
-``sumi.from_pretrained`` / ``model.save_pretrained`` (Hugging Face layout, safetensors only).
+``sumi.from_pretrained`` / ``model.save_pretrained`` (Hugging Face layout, safetensors only),
+``sumi.SumiTokenizer`` (a local ``tokenizer.json``, or the embedded byte-level default).
 """
 
 from sumi import configs, hf
 from sumi.hf import convert, from_pretrained, save_pretrained
 from sumi.model import Sumi
+from sumi.tokenizer import SumiTokenizer
 
-__all__ = ["configs", "hf", "Sumi", "from_pretrained", "save_pretrained", "convert"]
+__all__ = ["configs", "hf", "Sumi", "SumiTokenizer", "from_pretrained", "save_pretrained", "convert"]
