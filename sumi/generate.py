@@ -1,0 +1,248 @@
+"""Text generation with Sumi's canvas semantics, on top of :mod:`discdiff.samplers`.
+
+The released inference layout (Sumi, arXiv 2606.19005; MATH.md, "Sumi facts"), per sequence
+of a ``[batch, canvas_length]`` canvas::
+
+    | prompt (frozen) | answer budget (max_new_tokens) | EOS | BOS | tail ................ |
+      0 .. P-1          P .. P+M-1                      P+M   P+M+1  P+M+2 .. canvas_length-1
+
+* the prompt is frozen at the front.  It is used as given: the caller's tokenizer adds BOS
+  (``SumiTokenizer.encode(text, add_bos=True)``), this module adds nothing to it;
+* EOS then BOS are pinned (frozen) right after the answer budget, so an answer can be at most
+  ``max_new_tokens`` long and the model sees "end of this document, start of the next";
+* the tail (the rest of the canvas) starts as noise and is denoised together with the answer,
+  as released (the model writes a next document there).  With ``denoise_end=False`` the tail is
+  frozen to ``pad_token_id`` *and* hidden from attention (``attention_mask = 0``), so the
+  answer is computed as if the canvas ended at the pinned BOS (shapes stay static, so the
+  tail's positions are still computed, but nothing attends to them);
+* everything not frozen starts from the uniform kernel's prior: pure uniform noise over the
+  whole vocabulary, special ids included.
+
+Rows may have prompts of different lengths: each row gets its own layout in one batch.  The
+answer of a row is the canvas after its prompt, cut at the first EOS (excluded); the pinned
+EOS guarantees a cut within the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from discdiff.kernels import Uniform
+from discdiff.samplers import Adaptive, Ancestral, Greedy, StepRule, Trace, cosine_grid, linear_alpha_grid, sample
+
+SAMPLERS = ("ancestral", "adaptive", "greedy")
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """``tokens``: the answer of each prompt (the ids after the prompt, cut at the first EOS,
+    EOS excluded), one list per prompt.  ``canvas``: the final ``[batch, canvas_length]``
+    canvas.  ``seed``: the seed of the generator that drew every random number (pass it back as
+    ``seed=`` to reproduce the run).  ``trace``: the :class:`~discdiff.samplers.Trace` of every
+    step when ``trace=True`` (``trace.tokens[0]`` is the initial canvas), else ``None``."""
+
+    tokens: list[list[int]]
+    canvas: Tensor
+    seed: int
+    trace: Trace | None = None
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """An initial canvas and what stays fixed: ``tokens`` and ``frozen`` are ``[batch, L]``;
+    ``attention_mask`` is ``None`` (everything attends) or bool ``[batch, L]``;
+    ``prompt_lengths`` are the rows' prompt lengths ``P`` (answer budget at ``P .. P+M-1``)."""
+
+    tokens: Tensor
+    frozen: Tensor
+    attention_mask: Tensor | None
+    prompt_lengths: list[int]
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _prompt_rows(prompt_ids) -> list[list[int]]:
+    """One prompt (a list of ids or a 1-D tensor) or a batch (a list of lists, or a 2-D tensor)
+    as a list of rows of Python ints."""
+    if isinstance(prompt_ids, Tensor):
+        if prompt_ids.is_floating_point() or prompt_ids.is_complex() or prompt_ids.dtype == torch.bool:
+            raise ValueError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}")
+        if prompt_ids.dim() not in (1, 2):
+            raise ValueError(f"a prompt tensor must be 1-D (one prompt) or 2-D (a batch), got shape "
+                             f"{tuple(prompt_ids.shape)}")
+        prompt_ids = prompt_ids.tolist()
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
+        raise ValueError("prompt_ids must be a list of token ids or a list of such lists (tokenize text first)")
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids is empty: a prompt needs at least one token (its BOS)")
+    rows = [prompt_ids] if not isinstance(prompt_ids[0], (Sequence, Tensor)) else list(prompt_ids)
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, Tensor):
+            row = row.tolist()
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+            raise ValueError(f"prompt {i} must be a list of token ids, got {type(row).__name__}")
+        if len(row) == 0:
+            raise ValueError(f"prompt {i} is empty: a prompt needs at least one token (its BOS)")
+        for tok in row:
+            if isinstance(tok, bool) or not isinstance(tok, int):
+                raise ValueError(f"prompt {i} holds {tok!r}; token ids must be ints")
+        out.append([int(t) for t in row])
+    return out
+
+
+def build_canvas(prompts: list[list[int]], max_new_tokens: int, canvas_length: int, *, vocab_size: int,
+                 eos_id: int, bos_id: int, pad_id: int, denoise_end: bool = True,
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Canvas:
+    """The initial canvas of the module docstring's layout (inputs already validated)."""
+    batch = len(prompts)
+    kernel = Uniform(vocab_size)
+    prior = torch.full((batch, canvas_length), -math.inf, dtype=torch.float64, device=device)
+    tokens = kernel.sample_pi(prior, generator)  # pure uniform noise over all V ids
+    frozen = torch.zeros((batch, canvas_length), dtype=torch.bool, device=device)
+    attention_mask = None if denoise_end else torch.ones((batch, canvas_length), dtype=torch.bool, device=device)
+    for b, prompt in enumerate(prompts):
+        p, end = len(prompt), len(prompt) + max_new_tokens
+        tokens[b, :p] = torch.tensor(prompt, dtype=tokens.dtype)
+        tokens[b, end], tokens[b, end + 1] = eos_id, bos_id
+        frozen[b, :p] = True
+        frozen[b, end:end + 2] = True
+        if not denoise_end:
+            tokens[b, end + 2:] = pad_id
+            frozen[b, end + 2:] = True
+            attention_mask[b, end + 2:] = False
+    return Canvas(tokens=tokens, frozen=frozen, attention_mask=attention_mask, prompt_lengths=[len(p) for p in prompts])
+
+
+def make_sampler(sampler: str, vocab_size: int, *, tokens_per_step: int = 1, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None) -> StepRule:
+    """The step rule named by ``sampler`` on a ``Uniform(vocab_size)`` kernel.  ``greedy`` takes
+    no filters (they never remove the argmax, so they would change nothing)."""
+    kernel = Uniform(vocab_size)
+    if sampler == "ancestral":
+        return Ancestral(kernel, top_k=top_k, top_p=top_p, min_p=min_p)
+    if sampler == "adaptive":
+        return Adaptive(kernel, tokens_per_step, top_k=top_k, top_p=top_p, min_p=min_p)
+    if sampler == "greedy":
+        return Greedy()
+    raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+
+
+def step_grid(schedule: str, steps: int) -> Tensor:
+    """Sumi's step grids (MATH.md): ``"linear"`` in alpha or ``"cosine"``; ascending log-SNRs."""
+    _check_int("steps", steps, 1)
+    if schedule == "linear":
+        return linear_alpha_grid(steps)
+    if schedule == "cosine":
+        return cosine_grid(steps)
+    raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+
+
+def _model_device(model: nn.Module, device) -> torch.device:
+    param = next(model.parameters(), None)
+    if device is None:
+        return param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    if param is not None and (param.device.type != device.type or
+                              (device.index is not None and param.device.index != device.index)):
+        raise ValueError(f"the model is on {param.device} but device={device} was asked for; move the model first")
+    return device
+
+
+def answers(canvas: Tensor, prompt_lengths: list[int], eos_id: int) -> list[list[int]]:
+    """Per row: the ids after the prompt, up to (excluding) the first EOS."""
+    out = []
+    for row, p in zip(canvas.tolist(), prompt_lengths):
+        rest = row[p:]
+        out.append(rest[:rest.index(eos_id)] if eos_id in rest else rest)
+    return out
+
+
+def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length: int = 2048, steps: int = 128,
+             sampler: str = "ancestral", tokens_per_step: int = 1, schedule: str = "linear",
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             min_p: float | None = None, seed: int | None = None, denoise_end: bool = True, trace: bool = False,
+             progress: bool = False, device: torch.device | str | None = None) -> GenerationOutput:
+    """Generate an answer to each prompt with a Sumi model (canvas layout: module docstring).
+
+    ``model``: a :class:`sumi.Sumi` (or any module with a ``config`` holding ``vocab_size``,
+    ``bos/eos/pad_token_id`` and ``max_position_embeddings``, called as
+    ``model(input_ids, attention_mask=None) -> logits``); it runs in eval mode under
+    ``torch.no_grad()`` and its train/eval mode is restored afterwards.
+    ``prompt_ids``: one prompt (a list of ids, BOS included: this function adds nothing) or a
+    batch (a list of lists, lengths may differ).  ``max_new_tokens``: the answer budget.
+    ``sampler``: ``"ancestral"`` (exact posterior, the default), ``"adaptive"``
+    (``tokens_per_step`` most confident positions per step) or ``"greedy"`` (argmax
+    everywhere, every step; ignores ``temperature`` and the filters).  ``schedule``:
+    ``"linear"`` (linear in alpha) or ``"cosine"``; ``steps`` model calls.  ``top_k``,
+    ``top_p``, ``min_p``: truncation of the model's distribution before sampling.
+    ``seed``: seeds a private ``torch.Generator`` (a fresh random seed when ``None``, returned in
+    the output); the global RNGs are never used.  ``denoise_end``: denoise the tail after the
+    pinned BOS with the answer (released behaviour), or freeze it to pad ids hidden from
+    attention.  ``progress``: a tqdm bar over steps on stderr.  ``device``: where the canvas
+    lives (default: the model's device; the model is not moved).
+    """
+    config = model.config
+    vocab_size = config.vocab_size
+    prompts = _prompt_rows(prompt_ids)
+    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    canvas_length = _check_int("canvas_length", canvas_length, 1)
+    if canvas_length > config.max_position_embeddings:
+        raise ValueError(f"canvas_length {canvas_length} exceeds the model's max_position_embeddings "
+                         f"({config.max_position_embeddings})")
+    for i, prompt in enumerate(prompts):
+        lo, hi = min(prompt), max(prompt)
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"prompt {i} holds ids in [{lo}, {hi}], outside [0, {vocab_size}) of the model's vocabulary")
+        need = len(prompt) + max_new_tokens + 2
+        if need > canvas_length:
+            raise ValueError(f"prompt {i} ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) + EOS/BOS "
+                             f"needs {need} positions, more than canvas_length={canvas_length}")
+    log_snrs = step_grid(schedule, steps)
+    rule = make_sampler(sampler, vocab_size, tokens_per_step=_check_int("tokens_per_step", tokens_per_step, 1),
+                        top_k=top_k, top_p=top_p, min_p=min_p)
+    if seed is None:
+        seed = secrets.randbits(63)  # not torch.seed(): that would reseed the global RNG
+    elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    device = _model_device(model, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    canvas = build_canvas(prompts, max_new_tokens, canvas_length, vocab_size=vocab_size,
+                          eos_id=config.eos_token_id, bos_id=config.bos_token_id, pad_id=config.pad_token_id,
+                          denoise_end=denoise_end, generator=generator, device=device)
+    mask = canvas.attention_mask
+
+    def denoiser(z: Tensor) -> Tensor:
+        return model(z) if mask is None else model(z, attention_mask=mask)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr, leave=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = sample(denoiser, rule, canvas.tokens, log_snrs, canvas.frozen, temperature=temperature,
+                         generator=generator, callback=(lambda info: bar.update(1)) if bar is not None else None,
+                         trace=trace)
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return GenerationOutput(tokens=answers(out.tokens, canvas.prompt_lengths, config.eos_token_id),
+                            canvas=out.tokens, seed=seed, trace=out.trace)
