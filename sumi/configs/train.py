@@ -1,0 +1,167 @@
+"""Training configuration and presets (Sumi, arXiv 2606.19005; MATH.md "Sumi facts").
+
+The released recipe: AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, WSD schedule with 2000
+warmup steps, peak 2e-4, floor 2e-5, global batch 4608 x 1184 tokens (~5.5M); 1.3T pretraining
+tokens at 1184, then 130B mid-training at 1184 and 120B at 4864 (mix: 32.5% code, 29.7% math,
+21.0% general, 16.8% reasoning); pure uniform noise, lambda in [-9, 9], a share of sequences with
+per-token t.  Derived values (steps per phase, gradient accumulation) are computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+
+from sumi.configs.model import ModelConfig, sumi_1b, sumi_7b, sumi_150m, tiny
+
+RELEASED_TOKENS_PER_STEP = 4608 * 1184
+PHASES = {  # name: (tokens, sequence length, mixture weights)
+    "pretrain": (1_300_000_000_000, 1184, None),
+    "mid": (130_000_000_000, 1184, {"code": 0.325, "math": 0.297, "general": 0.210, "reasoning": 0.168}),
+    "long": (120_000_000_000, 4864, {"code": 0.325, "math": 0.297, "general": 0.210, "reasoning": 0.168}),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs besides its data and output paths."""
+
+    model: ModelConfig
+    seq_len: int
+    global_batch_size: int          # sequences per optimizer step, all ranks together
+    micro_batch_size: int           # sequences per rank per forward/backward
+    steps: int
+    peak_lr: float
+    floor_lr: float
+    warmup_steps: int               # clipped to the run's length (a short --steps run still works)
+    decay_fraction: float = 0.2     # share of the steps spent decaying (WSD)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    per_token_share: float = 0.5    # share of sequences with per-token t
+    z_loss: float = 1e-5
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 1
+    mixed_precision: bool = False   # bf16 parameters, fp32 reductions (GPU)
+    activation_checkpointing: bool = False
+    compile: bool = False
+    phase: str = "pretrain"
+    mixture: dict[str, float] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        positive = ("seq_len", "global_batch_size", "micro_batch_size", "steps", "checkpoint_every", "keep_last",
+                    "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.seq_len > self.model.max_position_embeddings:
+            raise ValueError(f"seq_len ({self.seq_len}) exceeds the model's max_position_embeddings "
+                             f"({self.model.max_position_embeddings})")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not 0 < self.floor_lr <= self.peak_lr:
+            raise ValueError(f"need 0 < floor_lr <= peak_lr, got {self.floor_lr}, {self.peak_lr}")
+        for name in ("decay_fraction", "per_token_share", "beta1", "beta2"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip <= 0 or self.z_loss < 0:
+            raise ValueError("weight_decay and z_loss must be >= 0 and grad_clip > 0")
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {sorted(PHASES)}, got {self.phase!r}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                             f"micro_batch_size ({self.micro_batch_size})")
+
+    def grad_accumulation(self, world_size: int) -> int:
+        """Micro-batches per rank per step; the world size must divide the global batch."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ValueError(f"global_batch_size ({self.global_batch_size}) is not divisible by "
+                             f"micro_batch_size x world_size ({self.micro_batch_size} x {world_size})")
+        return self.global_batch_size // per_step
+
+    @property
+    def effective_warmup_steps(self) -> int:
+        return min(self.warmup_steps, self.steps)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+    def override(self, assignments: list[str]) -> TrainConfig:
+        """Apply ``key=value`` strings (``--set``); ``model.key=value`` reaches the model config.
+        Values parse as JSON (numbers, true/false, strings in quotes, lists) or else as a string."""
+        top, model = {}, {}
+        known = {f.name: f for f in fields(self)}
+        known_model = {f.name for f in fields(self.model)}
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set expects key=value, got {item!r}")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            if key.startswith("model."):
+                name = key[len("model."):]
+                if name not in known_model:
+                    raise ValueError(f"unknown model config key {name!r}; known: {', '.join(sorted(known_model))}")
+                model[name] = value
+            elif key in known and key != "model":
+                top[key] = value
+            else:
+                raise ValueError(f"unknown config key {key!r}; known: {', '.join(sorted(set(known) - {'model'}))} "
+                                 "or model.<key>")
+        new_model = self.model.replace(**model) if model else self.model
+        return dataclasses.replace(self, model=new_model, **top)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _released(model: ModelConfig, phase: str, **overrides) -> TrainConfig:
+    tokens, seq_len, mixture = PHASES[phase]
+    # keep ~5.5M tokens per step at every sequence length
+    global_batch = max(1, round(RELEASED_TOKENS_PER_STEP / seq_len))
+    fields_ = dict(model=model, seq_len=seq_len, global_batch_size=global_batch, micro_batch_size=1,
+                   steps=max(1, round(tokens / (global_batch * seq_len))), peak_lr=2e-4, floor_lr=2e-5,
+                   warmup_steps=2000 if phase == "pretrain" else 0, mixed_precision=True,
+                   activation_checkpointing=True, phase=phase, mixture=mixture)
+    return TrainConfig(**{**fields_, **overrides})
+
+
+def train_sumi_7b(phase: str = "pretrain", **overrides) -> TrainConfig:
+    """The released recipe for one phase (``pretrain``, ``mid``, ``long``).  At 4864 tokens the
+    global batch keeps ~5.5M tokens per step (1122 sequences); MATH.md does not state it."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {sorted(PHASES)}, got {phase!r}")
+    return _released(sumi_7b(), phase, **overrides)
+
+
+def train_sumi_1b(**overrides) -> TrainConfig:
+    """A ~1B GPU preset: released hyperparameters, 20B tokens at 1184 (global batch 512)."""
+    fields_ = dict(model=sumi_1b(), seq_len=1184, global_batch_size=512, micro_batch_size=8,
+                   steps=33_000, peak_lr=3e-4, floor_lr=3e-5, warmup_steps=1000, mixed_precision=True)
+    return TrainConfig(**{**fields_, **overrides})
+
+
+def train_sumi_150m(**overrides) -> TrainConfig:
+    """A ~150M GPU preset: 3B tokens at 1184 (global batch 256)."""
+    fields_ = dict(model=sumi_150m(), seq_len=1184, global_batch_size=256, micro_batch_size=16,
+                   steps=10_000, peak_lr=6e-4, floor_lr=6e-5, warmup_steps=500, mixed_precision=True)
+    return TrainConfig(**{**fields_, **overrides})
+
+
+def train_tiny(vocab_size: int = 512, **overrides) -> TrainConfig:
+    """The CPU embedded default: the tiny model, 128-token sequences, a few minutes on 2 cores."""
+    fields_ = dict(model=tiny(vocab_size), seq_len=128, global_batch_size=16, micro_batch_size=16, steps=400,
+                   peak_lr=3e-3, floor_lr=3e-4, warmup_steps=20, checkpoint_every=100, log_every=10)
+    return TrainConfig(**{**fields_, **overrides})
+
+
+TRAIN_PRESETS = {"tiny": train_tiny, "sumi_150m": train_sumi_150m, "sumi_1b": train_sumi_1b, "sumi_7b": train_sumi_7b}
