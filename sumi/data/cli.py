@@ -1,0 +1,75 @@
+"""``sumi data prepare``: tokenize local files into packed shards (see :mod:`sumi.data.prepare`).
+
+Wired into ``sumi.cli.COMMANDS`` as the ``data`` command: :func:`add_arguments` adds the
+``prepare`` sub-command, :func:`run` does the work.  Mistakes in user input raise
+``sumi.cli.UsageError`` (one line on stderr, exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_SEQ_LEN = 1184  # the released recipe's pretraining / mid-training length (MATH.md)
+DEFAULT_TOKENIZER = "default"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = sub.add_parser("prepare", help="tokenize files into packed shards (documents as BOS text EOS)",
+                       description="Tokenize local files into packed uint32 shards of seq-len tokens "
+                                   "(each document BOS text EOS) plus manifest.json.")
+    p.add_argument("--source", action="append", default=[], metavar="PATH_OR_GLOB",
+                   help="a .txt/.md/.py file (one document), a .jsonl file (one document per line), "
+                        "a directory or a glob; repeat for more")
+    p.add_argument("--stdlib", action="store_true",
+                   help="add the running Python's standard library .py files (a corpus every install has)")
+    p.add_argument("--out", required=True, help="the directory to write (must not exist or be empty)")
+    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
+                   help=f"tokens per row (default {DEFAULT_SEQ_LEN}, the released recipe)")
+    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                   help="a tokenizer.json or a directory holding one, or 'default': the embedded tokenizer")
+    p.add_argument("--text-field", default="text", help="the JSONL field holding the text (default 'text')")
+    p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default 8192)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sumi.cli import UsageError  # lazy: sumi.cli imports this module
+
+    if args.data_command != "prepare":
+        raise UsageError(f"unknown action {args.data_command!r}")
+    sources: list = list(args.source)
+    if args.stdlib:
+        from sumi.data.sources import stdlib_files
+
+        sources += stdlib_files()
+    if not sources:
+        raise UsageError("no data: give --source PATH_OR_GLOB (repeatable) and/or --stdlib")
+    if args.seq_len < 2:
+        raise UsageError(f"--seq-len must be >= 2, got {args.seq_len}")
+    if args.shard_rows is not None and args.shard_rows < 1:
+        raise UsageError(f"--shard-rows must be >= 1, got {args.shard_rows}")
+    from sumi.data.prepare import DEFAULT_SHARD_SEQUENCES, prepare
+    from sumi.tokenizer import SumiTokenizer
+
+    if args.tokenizer == DEFAULT_TOKENIZER:
+        tokenizer = SumiTokenizer.default()
+    else:
+        if not Path(args.tokenizer).exists():
+            raise UsageError(f"no tokenizer at {args.tokenizer} (or pass --tokenizer {DEFAULT_TOKENIZER})")
+        try:
+            tokenizer = SumiTokenizer.from_file(args.tokenizer)
+        except (OSError, ValueError) as e:
+            raise UsageError(str(e)) from None
+    try:
+        m = prepare(sources, tokenizer, args.out, args.seq_len, text_field=args.text_field,
+                    shard_sequences=args.shard_rows or DEFAULT_SHARD_SEQUENCES, overwrite=args.overwrite,
+                    progress=True)
+    except (OSError, ValueError) as e:  # missing/empty sources, a non-empty --out, too little text
+        raise UsageError(str(e)) from None
+    print(f"sumi: wrote {args.out}: {m.total_rows} rows x {m.seq_len} tokens in {len(m.shards)} shards "
+          f"({m.documents} documents from {m.files} files; {m.dropped_tokens} tokens of the last partial row "
+          f"dropped)", file=sys.stderr)
+    return 0

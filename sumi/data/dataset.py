@@ -1,0 +1,156 @@
+"""Reading packed shards: :class:`PackedDataset` (one prepared directory) and :class:`Mixture`.
+
+A row is ``seq_len`` token ids (``numpy.uint32``, read-only, memory-mapped): a window of the
+``BOS text EOS BOS text EOS ...`` stream written by :func:`sumi.data.prepare.prepare`.
+
+Phases (MATH.md "Sumi facts": pretraining, then mid-training with a code/math/general/reasoning
+mix): one :class:`Mixture` per phase, each with its own weights and size.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sumi.data.prepare import Manifest
+
+
+class PackedDataset:
+    """The rows of one prepared directory, memory-mapped (nothing is read until indexed).
+
+    Checks the manifest and that every shard exists with dtype uint32 and shape
+    ``[shard_rows[i], seq_len]``.  Token ids themselves are checked only by :meth:`check_ids`
+    (it reads every shard).
+    """
+
+    def __init__(self, path) -> None:
+        self.path = Path(path)
+        self.manifest: Manifest = Manifest.load(self.path)
+        self.shards: list[np.ndarray] = []
+        for name, rows in zip(self.manifest.shards, self.manifest.shard_rows):
+            file = self.path / name
+            if not file.is_file():
+                raise FileNotFoundError(f"{self.path}: shard {name} listed in the manifest is missing")
+            try:
+                arr = np.load(file, mmap_mode="r", allow_pickle=False)
+            except ValueError as e:
+                raise ValueError(f"{file} is not a .npy array: {e}") from None
+            if arr.dtype != np.uint32 or arr.shape != (rows, self.seq_len):
+                raise ValueError(f"{file}: expected uint32 [{rows}, {self.seq_len}] (the manifest), "
+                                 f"got {arr.dtype} {list(arr.shape)}")
+            self.shards.append(arr)
+        self._starts = np.cumsum([0, *self.manifest.shard_rows])
+
+    seq_len = property(lambda self: self.manifest.seq_len)
+    vocab_size = property(lambda self: self.manifest.vocab_size)
+
+    def __len__(self) -> int:
+        return self.manifest.total_rows
+
+    def __getitem__(self, i) -> np.ndarray:
+        i = int(np.int64(i)) if isinstance(i, np.integer) else i
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise TypeError(f"row index must be an int, got {type(i).__name__}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} out of range for {n} rows")
+        i %= n
+        s = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self.shards[s][i - self._starts[s]]
+
+    def check_ids(self, vocab_size: int | None = None) -> None:
+        """Raise ``ValueError`` naming shard, row and column of the first id ``>= vocab_size``
+        (default: the manifest's).  Reads every shard, in blocks."""
+        vocab_size = self.vocab_size if vocab_size is None else vocab_size
+        for name, arr in zip(self.manifest.shards, self.shards):
+            for lo in range(0, arr.shape[0], 4096):
+                block = arr[lo:lo + 4096]
+                bad = np.flatnonzero(block >= vocab_size)
+                if bad.size:
+                    r, c = divmod(int(bad[0]), self.seq_len)
+                    raise ValueError(f"{self.path / name}: row {lo + r}, column {c} holds id "
+                                     f"{int(block[r, c])} >= vocab_size {vocab_size}")
+
+    def __repr__(self) -> str:
+        return f"PackedDataset({str(self.path)!r}, rows={len(self)}, seq_len={self.seq_len})"
+
+
+class Mixture:
+    """Rows drawn from several datasets in proportion to their weights; deterministic in ``seed``.
+
+    ``sources``: ``{name: (dataset, weight)}`` with weights >= 0 (normalized; at least one > 0).
+    All datasets share ``seq_len`` and tokenizer.  The mixture has ``rows`` rows (default: the
+    most possible with no row used twice, ``min_s len_s / p_s``); source ``s`` gets
+    ``n_s = round(p_s * rows)`` of them (largest remainders, so they sum to ``rows``).  Its rows are
+    a seeded permutation of the source's rows, cycled when ``n_s > len_s`` (upsampling).  The
+    mixture's row order interleaves the sources by a seeded permutation of all ``rows`` positions.
+    """
+
+    def __init__(self, sources: Mapping[str, tuple[object, float]], seed: int, *, rows: int | None = None) -> None:
+        if not sources:
+            raise ValueError("a Mixture needs at least one source")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.names = list(sources)
+        self.datasets = [sources[n][0] for n in self.names]
+        weights = [sources[n][1] for n in self.names]
+        for name, ds, w in zip(self.names, self.datasets, weights):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"weight of source {name!r} must be a finite number >= 0, got {w!r}")
+            if len(ds) == 0 and w > 0:
+                raise ValueError(f"source {name!r} is empty")
+            if ds.seq_len != self.datasets[0].seq_len:
+                raise ValueError(f"source {name!r} has seq_len {ds.seq_len}, source {self.names[0]!r} "
+                                 f"{self.datasets[0].seq_len}: all must match")
+            fp = getattr(getattr(ds, "manifest", None), "tokenizer_sha256", None)
+            fp0 = getattr(getattr(self.datasets[0], "manifest", None), "tokenizer_sha256", None)
+            if fp != fp0:
+                raise ValueError(f"source {name!r} was tokenized with another tokenizer than {self.names[0]!r}")
+        total = float(sum(weights))
+        if total <= 0:
+            raise ValueError("at least one Mixture weight must be > 0")
+        self.weights = [w / total for w in weights]
+        if rows is None:
+            rows = math.floor(min(len(ds) / p for ds, p in zip(self.datasets, self.weights) if p > 0) * (1 + 1e-12))
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be an int >= 1, got {rows!r}")
+        self.rows, self.seq_len = rows, self.datasets[0].seq_len
+        exact = [p * rows for p in self.weights]
+        counts = [int(x) for x in exact]
+        for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[:rows - sum(counts)]:
+            counts[i] += 1
+        self.counts = counts
+        g = torch.Generator().manual_seed(seed)
+        # source id and index within the source of each mixture position, interleaved
+        src = torch.cat([torch.full((c,), i, dtype=torch.int64) for i, c in enumerate(counts)])
+        within = torch.cat([torch.arange(c, dtype=torch.int64) for c in counts])
+        order = torch.randperm(rows, generator=g)
+        self._src, self._within = src[order].numpy(), within[order].numpy()
+        self._perms = []
+        for name, ds in zip(self.names, self.datasets):
+            gs = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+            self._perms.append(torch.randperm(len(ds), generator=gs).numpy() if len(ds) else np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def source_of(self, j: int) -> str:
+        """The name of the source that mixture row ``j`` comes from."""
+        return self.names[int(self._src[j])]
+
+    def __getitem__(self, j) -> np.ndarray:
+        j = int(j)
+        if not -self.rows <= j < self.rows:
+            raise IndexError(f"row {j} out of range for {self.rows} rows")
+        s, k = int(self._src[j]), int(self._within[j])
+        perm = self._perms[s]
+        return self.datasets[s][int(perm[k % len(perm)])]
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n}: {c}" for n, c in zip(self.names, self.counts))
+        return f"Mixture(rows={self.rows}, {{{parts}}})"

@@ -1,0 +1,230 @@
+"""Tokenize documents into packed shards: the on-disk format of Sumi's training data.
+
+Packing (MATH.md "Sumi facts": documents packed as ``BOS text EOS``): every document becomes
+``[bos_id, *encode(text), eos_id]``; the documents are concatenated in source order into one
+stream, which is cut into rows of exactly ``seq_len`` tokens.  Documents cross row boundaries
+freely (no padding, no per-row BOS); the last partial row is dropped and its length reported as
+``dropped_tokens``.
+
+Layout of ``out_dir``::
+
+    manifest.json        Manifest below (format "sumi-packed-v1")
+    shard-00000.npy      uint32 [rows, seq_len], ``shard_sequences`` rows (the last shard fewer)
+    shard-00001.npy      ...
+
+The directory is written to a temporary sibling and renamed into place at the end, so a failure
+leaves nothing that looks like a dataset.  An existing non-empty ``out_dir`` is replaced only
+with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from sumi.data.sources import iter_documents
+
+FORMAT = "sumi-packed-v1"
+MANIFEST = "manifest.json"
+DEFAULT_SHARD_SEQUENCES = 8192  # 8192 x 1184 x 4 bytes = 39 MB per shard
+_ENCODE_CHARS = 1 << 18  # text per encode_batch call: bounds the backend's per-token Encoding objects
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.npy"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's JSON and its special ids / model vocab: equal iff ids mean the same."""
+    h = hashlib.sha256(tokenizer.backend.to_str().encode("utf-8"))
+    h.update(f"|{tokenizer.vocab_size}|{tokenizer.bos_id}|{tokenizer.eos_id}".encode())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` holds.  ``shards``: the file names; ``shard_rows``: rows in each."""
+
+    seq_len: int
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    shard_sequences: int
+    shards: list[str]
+    shard_rows: list[int]
+    total_rows: int
+    total_tokens: int
+    documents: int
+    dropped_tokens: int
+    tokenizer_sha256: str
+    sources: list[str]
+    files: int
+    dtype: str = "uint32"
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Manifest:
+        """Read and check ``path/manifest.json`` (``path`` a dataset directory or the file itself)."""
+        path = Path(path)
+        file = path / MANIFEST if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no {MANIFEST} in {path}: not a prepared dataset (run `sumi data prepare`)")
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file} is not valid JSON: {e}") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ValueError(f"{file}: format must be {FORMAT!r}, got {raw.get('format') if isinstance(raw, dict) else raw!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - raw.keys() - {"dtype", "format"})
+        if missing:
+            raise ValueError(f"{file}: missing keys {missing}")
+        m = cls(**{k: v for k, v in raw.items() if k in names})
+        ints = ("seq_len", "vocab_size", "bos_id", "eos_id", "shard_sequences", "total_rows", "total_tokens")
+        for key in ints:
+            v = getattr(m, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{file}: {key} must be a non-negative int, got {v!r}")
+        if m.dtype != "uint32" or m.seq_len < 1 or len(m.shards) != len(m.shard_rows) \
+                or sum(m.shard_rows) != m.total_rows or m.total_tokens != m.total_rows * m.seq_len:
+            raise ValueError(f"{file}: inconsistent manifest (dtype, seq_len, shard list or row/token totals)")
+        if not (m.bos_id < m.vocab_size and m.eos_id < m.vocab_size):
+            raise ValueError(f"{file}: bos_id/eos_id must lie in [0, vocab_size={m.vocab_size})")
+        return m
+
+
+def prepare(sources: str | os.PathLike | Iterable[str | os.PathLike], tokenizer, out_dir: str | os.PathLike,
+            seq_len: int, *, shard_sequences: int = DEFAULT_SHARD_SEQUENCES, text_field: str = "text",
+            overwrite: bool = False, progress: bool = False) -> Manifest:
+    """Tokenize the documents of ``sources`` (see :mod:`sumi.data.sources`) into packed shards in ``out_dir``.
+
+    ``tokenizer``: a :class:`sumi.SumiTokenizer`.  Returns the :class:`Manifest` written.
+    Raises ``FileExistsError`` if ``out_dir`` exists and is not empty (unless ``overwrite``),
+    ``ValueError`` if the sources hold less than one row of tokens.
+    """
+    for name, v, low in (("seq_len", seq_len, 2), ("shard_sequences", shard_sequences, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    if tokenizer.vocab_size > 2**32:
+        raise ValueError(f"vocab_size {tokenizer.vocab_size} does not fit uint32 shards")
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"out_dir {out} exists and is not a directory")
+        if any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"out_dir {out} exists and is not empty: pass overwrite=True (--overwrite) "
+                                  "to replace it")
+    source_list = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    from sumi.data.sources import resolve_files
+
+    files = resolve_files(source_list)  # checks every input before any work
+    docs = iter_documents(files, text_field=text_field)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest = _write(docs, tokenizer, tmp, seq_len, shard_sequences, progress,
+                          sources=[str(s) for s in source_list], files=len(files))
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write(docs, tokenizer, tmp: Path, seq_len: int, shard_sequences: int, progress: bool, *,
+           sources: list[str], files: int) -> Manifest:
+    shard_tokens = shard_sequences * seq_len
+    buffer: list[np.ndarray] = []  # pending token chunks (uint32), fewer than shard_tokens in all
+    pending = 0
+    shards: list[str] = []
+    shard_rows: list[int] = []
+    n_docs = 0
+
+    def flush(rows: int) -> None:
+        nonlocal buffer, pending
+        stream = np.concatenate(buffer) if len(buffer) != 1 else buffer[0]
+        take = rows * seq_len
+        shards.append(shard_name(len(shards)))
+        shard_rows.append(rows)
+        np.save(tmp / shards[-1], np.ascontiguousarray(stream[:take]).reshape(rows, seq_len))
+        rest = stream[take:]
+        buffer, pending = ([rest] if rest.size else []), int(rest.size)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="tokenizing", unit="doc", file=sys.stderr)
+    eos = np.array([tokenizer.eos_id], dtype=np.uint32)
+    for chunk in _chunks(docs, _ENCODE_CHARS):
+        for ids in tokenizer.encode_batch(chunk, add_bos=True):
+            arr = np.asarray(ids, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= tokenizer.vocab_size):
+                raise ValueError(f"the tokenizer produced an id outside [0, vocab_size={tokenizer.vocab_size})")
+            buffer += [arr.astype(np.uint32), eos]
+            pending += arr.size + 1
+        n_docs += len(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+        while pending >= shard_tokens:
+            flush(shard_sequences)
+    if bar is not None:
+        bar.close()
+    if n_docs == 0:
+        raise ValueError(f"the sources {sources} hold no (non-empty) documents")
+    if pending >= seq_len:
+        flush(pending // seq_len)
+    total_rows = sum(shard_rows)
+    if total_rows == 0:
+        raise ValueError(f"the sources hold {pending} tokens ({n_docs} documents), fewer than one row of "
+                         f"seq_len={seq_len}")
+    manifest = Manifest(seq_len=seq_len, vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id,
+                        eos_id=tokenizer.eos_id, shard_sequences=shard_sequences, shards=shards,
+                        shard_rows=shard_rows, total_rows=total_rows, total_tokens=total_rows * seq_len,
+                        documents=n_docs, dropped_tokens=pending, tokenizer_sha256=tokenizer_fingerprint(tokenizer),
+                        sources=sources, files=files)
+    (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")  # last: its presence means complete
+    return manifest
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``; an old ``out`` (overwrite, checked by the caller) goes last."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "data")
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / "data", out)  # put the old dataset back
+            raise
+    else:
+        os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _chunks(it, max_chars: int):
+    """Lists of consecutive documents of about ``max_chars`` characters (at least one document)."""
+    chunk: list[str] = []
+    chars = 0
+    for x in it:
+        chunk.append(x)
+        chars += len(x)
+        if chars >= max_chars:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk

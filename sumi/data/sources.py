@@ -1,0 +1,109 @@
+"""Where documents come from: local files, named by paths, directories or globs.
+
+Conventions:
+
+- ``.txt``, ``.md``, ``.py``: the whole file (UTF-8) is one document.
+- ``.jsonl``: one JSON object per non-blank line; its ``text_field`` (a string) is one document.
+- A directory stands for every supported file under it (recursively); a glob (``*``, ``?``, ``[``,
+  ``**``) for every supported file it matches.  Files are read in sorted order, so the same
+  inputs always give the same documents in the same order.
+- Empty documents (``""``) are skipped: they would pack to a bare ``BOS EOS``.
+- Missing or empty inputs are errors that name the path (``FileNotFoundError`` / ``ValueError``),
+  raised when :func:`iter_documents` is called, before any document is read.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sysconfig
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+TEXT_SUFFIXES = (".txt", ".md", ".py")
+JSONL_SUFFIXES = (".jsonl",)
+SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES
+_STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+def stdlib_files() -> list[Path]:
+    """The ``.py`` files of the running Python's standard library, sorted (a corpus every install has).
+
+    Found under ``sysconfig.get_paths()["stdlib"]``; third-party packages (``site-packages``) and
+    test suites (``test``/``tests``/``idle_test`` directories) are left out.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py")
+                   if p.is_file() and not _STDLIB_SKIP & set(p.relative_to(root).parts[:-1]))
+    if not files:
+        raise FileNotFoundError(f"no standard-library .py files under {root}")
+    return files
+
+
+def resolve_files(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The files that ``paths_or_globs`` names, in order (each entry's files sorted), duplicates kept once."""
+    entries = [paths_or_globs] if isinstance(paths_or_globs, (str, os.PathLike)) else list(paths_or_globs)
+    if not entries:
+        raise ValueError("no data sources given: pass at least one file, directory or glob")
+    files: list[Path] = []
+    for entry in entries:
+        if not isinstance(entry, (str, os.PathLike)) or not str(entry):
+            raise ValueError(f"a data source must be a non-empty path or glob, got {entry!r}")
+        text = str(entry)
+        if any(c in text for c in "*?["):
+            matched = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            found = [p for p in matched if p.is_file() and p.suffix in SUFFIXES]
+            if not found:
+                raise FileNotFoundError(f"the glob {text} matches no {'/'.join(SUFFIXES)} files")
+        else:
+            path = Path(entry)
+            if path.is_dir():
+                found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+                if not found:
+                    raise ValueError(f"the directory {path} holds no {'/'.join(SUFFIXES)} files")
+            elif path.is_file():
+                if path.suffix not in SUFFIXES:
+                    raise ValueError(f"{path}: unsupported file type {path.suffix!r} "
+                                     f"(expected one of {', '.join(SUFFIXES)})")
+                found = [path]
+            else:
+                raise FileNotFoundError(f"no such data file or directory: {path}")
+        files.extend(found)
+    return list(dict.fromkeys(files))
+
+
+def iter_documents(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike],
+                   text_field: str = "text") -> Iterator[str]:
+    """Yield the documents of ``paths_or_globs`` in order (see the module docstring).
+
+    The inputs are resolved and checked now; the files are read lazily as the iterator advances.
+    """
+    files = resolve_files(paths_or_globs)
+    return _documents(files, text_field)
+
+
+def _documents(files: list[Path], text_field: str) -> Iterator[str]:
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+        if path.suffix in TEXT_SUFFIXES:
+            if text:
+                yield text
+            continue
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON object: {e}") from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise ValueError(f"{path}:{lineno}: no {text_field!r} field (set text_field / --text-field)")
+            doc = record[text_field]
+            if not isinstance(doc, str):
+                raise ValueError(f"{path}:{lineno}: field {text_field!r} is {type(doc).__name__}, not a string")
+            if doc:
+                yield doc

@@ -1,0 +1,399 @@
+"""sumi.data: packing oracle (BOS text EOS across row boundaries), sources, manifest, atomic and
+non-overwriting writes, id validation, and the loader's determinism, rank slicing, resume and
+epoch rollover; mixtures by weight."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sumi.cli import UsageError, _Parser
+from sumi.data import Loader, Manifest, Mixture, PackedDataset, iter_documents, prepare, stdlib_files
+from sumi.data import cli as data_cli
+from sumi.tokenizer import SumiTokenizer
+
+# the package exports the function prepare(), which hides the submodule of the same name
+prepare_mod = importlib.import_module("sumi.data.prepare")
+
+DOCS = ["the cat sat on the mat.", "a dog", "", "x" * 40, "end of the story\n"]
+
+
+@pytest.fixture(scope="module")
+def tok() -> SumiTokenizer:
+    return SumiTokenizer.default()
+
+
+def _write_docs(root: Path, docs=DOCS) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, d in enumerate(docs):
+        (p := root / f"doc{i:02d}.txt").write_text(d, encoding="utf-8")
+        paths.append(p)
+    return paths
+
+
+def _hand_dataset(path: Path, shards: list[np.ndarray], vocab_size: int = 100, sha: str = "x") -> Path:
+    """A prepared directory written by hand (no tokenizer): shards as given, a matching manifest."""
+    path.mkdir(parents=True)
+    names = [prepare_mod.shard_name(i) for i in range(len(shards))]
+    for n, s in zip(names, shards):
+        np.save(path / n, s.astype(np.uint32))
+    rows = [s.shape[0] for s in shards]
+    seq = shards[0].shape[1]
+    m = Manifest(seq_len=seq, vocab_size=vocab_size, bos_id=vocab_size - 2, eos_id=vocab_size - 1,
+                 shard_sequences=max(rows), shards=names, shard_rows=rows, total_rows=sum(rows),
+                 total_tokens=sum(rows) * seq, documents=1, dropped_tokens=0, tokenizer_sha256=sha,
+                 sources=["hand"], files=0)
+    (path / prepare_mod.MANIFEST).write_text(m.to_json())
+    return path
+
+
+def _rows_dataset(path: Path, n: int, seq: int = 4, fill: int | None = None, sha: str = "x") -> PackedDataset:
+    """n rows; row i is all ``i`` (or all ``fill``), so a batch says which rows it holds."""
+    vals = np.full(n, fill) if fill is not None else np.arange(n)
+    return PackedDataset(_hand_dataset(path, [np.repeat(vals[:, None], seq, axis=1)], vocab_size=n + 10, sha=sha))
+
+
+# -- packing ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("seq_len,shard", [(7, 2), (5, 100), (16, 1)])
+def test_packing_oracle(tmp_path, tok, seq_len, shard):
+    files = _write_docs(tmp_path / "src")
+    stream = []
+    for d in DOCS:
+        if d:  # empty documents are skipped
+            stream += [tok.bos_id, *tok.encode(d, add_bos=False), tok.eos_id]
+    n_rows = len(stream) // seq_len
+    expected = np.array(stream[:n_rows * seq_len]).reshape(n_rows, seq_len)
+
+    m = prepare(files, tok, tmp_path / "out", seq_len, shard_sequences=shard)
+    ds = PackedDataset(tmp_path / "out")
+    got = np.stack([ds[i] for i in range(len(ds))])
+    np.testing.assert_array_equal(got, expected)
+    assert (m.total_rows, m.dropped_tokens, m.documents) == (n_rows, len(stream) - n_rows * seq_len, 4)
+    assert m.shard_rows == [min(shard, n_rows - i) for i in range(0, n_rows, shard)]
+    assert all(np.load(tmp_path / "out" / s).dtype == np.uint32 for s in m.shards)
+    assert tok.decode(got.ravel(), skip_special_tokens=True).startswith("the cat sat on the mat.a dog")
+
+
+def test_manifest_contents(tmp_path, tok):
+    files = _write_docs(tmp_path / "src")
+    m = prepare(files, tok, tmp_path / "out", 8, shard_sequences=3)
+    raw = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert raw["format"] == "sumi-packed-v1" and raw["dtype"] == "uint32"
+    assert (raw["seq_len"], raw["vocab_size"], raw["bos_id"], raw["eos_id"]) == (8, tok.vocab_size, tok.bos_id, tok.eos_id)
+    assert raw["total_tokens"] == raw["total_rows"] * 8 and sum(raw["shard_rows"]) == raw["total_rows"]
+    assert raw["files"] == len(files) and raw["sources"] == [str(f) for f in files]
+    assert raw["tokenizer_sha256"] == prepare_mod.tokenizer_fingerprint(tok) and len(raw["tokenizer_sha256"]) == 64
+    assert Manifest.load(tmp_path / "out") == m
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", *m.shards]
+
+
+def test_refuses_to_overwrite(tmp_path, tok):
+    files = _write_docs(tmp_path / "src")
+    out = tmp_path / "out"
+    prepare(files, tok, out, 8)
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(FileExistsError, match="not empty.*overwrite"):
+        prepare(files, tok, out, 4)
+    assert (out / "manifest.json").read_text() == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        prepare(files, tok, tmp_path / "file", 4)
+    m = prepare(files, tok, out, 4, overwrite=True)
+    assert PackedDataset(out).seq_len == 4 == m.seq_len
+    (tmp_path / "empty").mkdir()
+    prepare(files, tok, tmp_path / "empty", 4)  # an empty directory is fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "out", "src"]  # no temp dirs left
+
+
+def test_failure_mid_write_leaves_nothing(tmp_path, tok, monkeypatch):
+    files = _write_docs(tmp_path / "src", ["word " * 50] * 6)
+    out = tmp_path / "out"
+    prepare(files, tok, out, 8, shard_sequences=2)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_save, calls = np.save, []
+
+    def failing_save(path, arr):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_save(path, arr)
+
+    monkeypatch.setattr(prepare_mod.np, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        prepare(files, tok, tmp_path / "new", 8, shard_sequences=2)
+    assert not (tmp_path / "new").exists()
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        prepare(files, tok, out, 8, shard_sequences=2, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # the old dataset survives intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
+# -- sources ----------------------------------------------------------------------------------
+def test_sources_text_jsonl_glob_dir(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("alpha")
+    (tmp_path / "d" / "sub" / "b.md").write_text("beta")
+    (tmp_path / "d" / "sub" / "ignored.bin").write_text("nope")
+    (tmp_path / "c.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "id": 2}\n{"text": ""}\n')
+    (tmp_path / "e.jsonl").write_text('{"body": "three"}\n')
+    assert list(iter_documents(tmp_path / "d")) == ["alpha", "beta"]
+    assert list(iter_documents(str(tmp_path / "c.jsonl"))) == ["one", "two"]
+    assert list(iter_documents([tmp_path / "e.jsonl"], text_field="body")) == ["three"]
+    assert list(iter_documents(str(tmp_path / "d" / "**" / "*.md"))) == ["beta"]
+    assert list(iter_documents([str(tmp_path / "d" / "*.txt"), tmp_path / "c.jsonl"])) == ["alpha", "one", "two"]
+    assert list(iter_documents([tmp_path / "d" / "a.txt", tmp_path / "d" / "a.txt"])) == ["alpha"]
+
+
+def test_stdlib_files_are_real():
+    files = stdlib_files()
+    assert len(files) > 100 and files == sorted(files)
+    tails = {"/".join(f.parts[-2:]) for f in files}
+    assert any(t.endswith("/os.py") for t in tails) and "json/__init__.py" in tails
+    assert not any("site-packages" in f.parts or "test" in f.parts or "tests" in f.parts for f in files)
+    assert "import" in next(iter_documents(files[:1])) or files[0].stat().st_size == 0
+
+
+@pytest.mark.parametrize("arg,exc,match", [
+    ([], ValueError, "no data sources"),
+    ("", ValueError, "non-empty path"),
+    ("MISSING/nope.txt", FileNotFoundError, "nope.txt"),
+    ("MISSING/*.jsonl", FileNotFoundError, r"glob .*\*\.jsonl"),
+    ("EMPTYDIR", ValueError, "EMPTYDIR holds no"),
+    ("BAD.csv", ValueError, "BAD.csv: unsupported"),
+])
+def test_bad_sources_name_the_path(tmp_path, arg, exc, match):
+    (tmp_path / "EMPTYDIR").mkdir()
+    (tmp_path / "BAD.csv").write_text("a,b")
+    arg = arg if arg in ("", []) else str(tmp_path / arg)
+    with pytest.raises(exc, match=match):
+        iter_documents(arg)  # raised at call time, before iteration
+
+
+def test_bad_jsonl_lines(tmp_path):
+    (p := tmp_path / "x.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:2: not a JSON"):
+        list(iter_documents(p))
+    p.write_text('{"text": 3}\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:1: field 'text' is int"):
+        list(iter_documents(p))
+    p.write_text('{"body": "a"}\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:1: no 'text' field"):
+        list(iter_documents(p))
+
+
+def test_prepare_bad_inputs(tmp_path, tok):
+    files = _write_docs(tmp_path / "src", ["hi"])
+    with pytest.raises(ValueError, match="seq_len"):
+        prepare(files, tok, tmp_path / "o", 1)
+    with pytest.raises(ValueError, match="shard_sequences"):
+        prepare(files, tok, tmp_path / "o", 8, shard_sequences=0)
+    with pytest.raises(ValueError, match="fewer than one row"):
+        prepare(files, tok, tmp_path / "o", 1000)
+    with pytest.raises(ValueError, match="no .*documents"):
+        prepare(_write_docs(tmp_path / "empty", [""]), tok, tmp_path / "o", 8)
+    assert not (tmp_path / "o").exists()
+
+
+# -- reading ----------------------------------------------------------------------------------
+def test_out_of_range_ids_detected(tmp_path):
+    bad = np.zeros((5, 6), np.uint32)
+    bad[3, 4] = 100
+    path = _hand_dataset(tmp_path / "ds", [np.zeros((2, 6)), bad], vocab_size=100)
+    ds = PackedDataset(path)
+    with pytest.raises(ValueError, match=r"shard-00001.npy: row 3, column 4 holds id 100 >= vocab_size 100"):
+        ds.check_ids()
+    ds.check_ids(101)
+    with pytest.raises(ValueError, match="row 0, column 0 holds id 0 >= vocab_size 0"):
+        ds.check_ids(0)
+
+
+def test_dataset_validation(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no manifest.json in .*nowhere"):
+        PackedDataset(tmp_path / "nowhere")
+    path = _hand_dataset(tmp_path / "ds", [np.zeros((3, 4))])
+    ds = PackedDataset(path)
+    assert len(ds) == 3 and ds[-1].shape == (4,) and ds[np.int64(2)].dtype == np.uint32
+    with pytest.raises(IndexError):
+        ds[3]
+    np.save(path / "shard-00000.npy", np.zeros((3, 5), np.uint32))
+    with pytest.raises(ValueError, match=r"shard-00000.npy: expected uint32 \[3, 4\]"):
+        PackedDataset(path)
+    np.save(path / "shard-00000.npy", np.zeros((3, 4), np.int64))
+    with pytest.raises(ValueError, match="expected uint32"):
+        PackedDataset(path)
+    (path / "shard-00000.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="shard-00000.npy .*missing"):
+        PackedDataset(path)
+    raw = json.loads((path / "manifest.json").read_text())
+    raw["total_rows"] = 4
+    (path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="inconsistent"):
+        PackedDataset(path)
+
+
+# -- loader -----------------------------------------------------------------------------------
+def _take(loader: Loader, n: int) -> list[torch.Tensor]:
+    return [loader.next_batch() for _ in range(n)]
+
+
+def test_loader_is_deterministic_and_seeded(tmp_path):
+    ds = _rows_dataset(tmp_path / "ds", 40)
+    a, b = _take(Loader(ds, 4, seed=3), 12), _take(Loader(ds, 4, seed=3), 12)
+    assert all(x.dtype == torch.int64 and x.shape == (4, 4) for x in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    c = _take(Loader(ds, 4, seed=4), 12)
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    state = torch.random.get_rng_state()
+    _take(Loader(ds, 4, seed=3), 3)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a[1][:, 0], perm[4:8])  # the documented order
+
+
+def test_ranks_partition_the_global_batch(tmp_path):
+    ds = _rows_dataset(tmp_path / "ds", 50)
+    one = Loader(ds, 6, seed=0)
+    r0, r1 = Loader(ds, 3, seed=0, rank=0, world_size=2), Loader(ds, 3, seed=0, rank=1, world_size=2)
+    seen = []
+    for _ in range(one.steps_per_epoch):
+        g, a, b = one.next_batch(), r0.next_batch(), r1.next_batch()
+        assert torch.equal(torch.cat([a, b]), g)
+        assert not set(a[:, 0].tolist()) & set(b[:, 0].tolist())
+        seen += g[:, 0].tolist()
+    assert len(seen) == len(set(seen)) == 48  # 50 // 6 steps, 2 rows dropped
+
+
+def test_resume_replays_exactly(tmp_path):
+    ds = _rows_dataset(tmp_path / "ds", 30)
+    full = _take(Loader(ds, 2, seed=7, world_size=1), 10)
+    first = Loader(ds, 2, seed=7)
+    before = _take(first, 3)
+    state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
+    assert state["epoch"] == 0 and state["step"] == 3 and state["seed"] == 7
+    resumed = Loader(ds, 2, seed=7)
+    resumed.load_state_dict(state)
+    after = _take(resumed, 7)
+    assert all(torch.equal(x, y) for x, y in zip(before + after, full))
+    rows = torch.cat(before + after)[:, 0].tolist()
+    assert len(rows) == len(set(rows)) == 20  # nothing skipped or repeated within the epoch
+    # same global batch on another world size resumes too
+    r1 = Loader(ds, 1, seed=7, rank=1, world_size=2)
+    r1.load_state_dict(state)
+    assert torch.equal(r1.next_batch(), full[3][1:])
+
+
+def test_epoch_rollover(tmp_path):
+    ds = _rows_dataset(tmp_path / "ds", 10)
+    loader = Loader(ds, 3, seed=1)
+    assert loader.steps_per_epoch == 3
+    e0 = torch.cat(_take(loader, 3))[:, 0]
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["step"] == 0
+    e1 = torch.cat(_take(loader, 3))[:, 0]
+    g = lambda e: torch.randperm(10, generator=torch.Generator().manual_seed(1 + e))  # noqa: E731
+    assert torch.equal(e0, g(0)[:9]) and torch.equal(e1, g(1)[:9])
+    keep = Loader(ds, 3, seed=1, drop_last=False)
+    assert keep.steps_per_epoch == 4
+    last = _take(keep, 4)[-1][:, 0]
+    assert torch.equal(last, g(0)[[9, 0, 1]])  # filled up from the start of the permutation
+    assert keep.state_dict()["epoch"] == 1
+
+
+def test_loader_bad_inputs(tmp_path):
+    ds = _rows_dataset(tmp_path / "ds", 10)
+    for kwargs, match in [(dict(batch_size=0), "batch_size"), (dict(world_size=0), "world_size"),
+                          (dict(rank=2, world_size=2), r"rank must lie in \[0, world_size=2\)"),
+                          (dict(rank=-1), "rank"), (dict(batch_size=6, world_size=2), "fewer than one global batch"),
+                          (dict(seed=1.5), "seed")]:
+        args = dict(batch_size=2, seed=0) | kwargs
+        with pytest.raises(ValueError, match=match):
+            Loader(ds, args.pop("batch_size"), **args)
+    loader = Loader(ds, 2, seed=0)
+    for change, match in [({"seed": 1}, "seed=1"), ({"rows": 11}, "rows=11"), ({"global_batch": 4}, "global_batch"),
+                          ({"step": 5}, "steps_per_epoch")]:
+        with pytest.raises(ValueError, match=match):
+            loader.load_state_dict(loader.state_dict() | change)
+
+
+# -- mixtures ---------------------------------------------------------------------------------
+def test_mixture_weights_and_determinism(tmp_path):
+    a, b, c = (_rows_dataset(tmp_path / n, k, fill=v) for n, k, v in (("a", 600, 1), ("b", 300, 2), ("c", 50, 3)))
+    mix = Mixture({"a": (a, 0.6), "b": (b, 0.3), "c": (c, 0.1)}, seed=5, rows=1000)
+    assert mix.counts == [600, 300, 100] and len(mix) == 1000  # c is upsampled (50 rows, used twice)
+    assert Counter(int(mix[j][0]) for j in range(len(mix))) == {1: 600, 2: 300, 3: 100}
+    assert all(mix.source_of(j) == "abc"[int(mix[j][0]) - 1] for j in range(50))
+    loader = Loader(mix, 50, seed=0)
+    drawn = Counter(torch.cat(_take(loader, 6))[:, 0].tolist())  # 300 rows: a statistical sample
+    for v, p in ((1, 0.6), (2, 0.3), (3, 0.1)):
+        assert abs(drawn[v] / 300 - p) < 4 * (p * (1 - p) / 300) ** 0.5
+    first = [mix.source_of(j) for j in range(40)]
+    assert len(set(first)) == 3  # interleaved, not in blocks
+    again = Mixture({"a": (a, 0.6), "b": (b, 0.3), "c": (c, 0.1)}, seed=5, rows=1000)
+    assert all(np.array_equal(mix[j], again[j]) for j in range(0, 1000, 7))
+    other = Mixture({"a": (a, 0.6), "b": (b, 0.3), "c": (c, 0.1)}, seed=6, rows=1000)
+    assert [other.source_of(j) for j in range(40)] != first
+    assert len(Mixture({"a": (a, 3), "b": (b, 1)}, seed=0)) == 800  # default: the most rows with none reused
+    assert len(Mixture({"a": (a, 0.7), "b": (b, 0.3)}, seed=0)) == 857  # 600 / 0.7
+
+
+def test_mixture_rows_are_distinct_until_upsampled(tmp_path):
+    a = _rows_dataset(tmp_path / "a", 100)
+    mix = Mixture({"a": (a, 1.0)}, seed=2, rows=100)
+    assert sorted(int(mix[j][0]) for j in range(100)) == list(range(100))
+
+
+def test_mixture_bad_inputs(tmp_path):
+    a = _rows_dataset(tmp_path / "a", 10)
+    b = _rows_dataset(tmp_path / "b", 10, seq=5)
+    c = _rows_dataset(tmp_path / "c", 10, sha="other")
+    for sources, match in [({}, "at least one source"), ({"a": (a, -1)}, "weight of source 'a'"),
+                           ({"a": (a, 0)}, "at least one Mixture weight"), ({"a": (a, 1), "b": (b, 1)}, "seq_len"),
+                           ({"a": (a, 1), "c": (c, 1)}, "another tokenizer"),
+                           ({"a": (a, float("nan"))}, "finite")]:
+        with pytest.raises(ValueError, match=match):
+            Mixture(sources, seed=0)
+    with pytest.raises(ValueError, match="rows"):
+        Mixture({"a": (a, 1)}, seed=0, rows=0)
+
+
+# -- command line -----------------------------------------------------------------------------
+def _cli(argv: list[str]) -> int:
+    parser = _Parser(prog="sumi data")
+    data_cli.add_arguments(parser)
+    return data_cli.run(parser.parse_args(argv))
+
+
+def test_cli_prepare(tmp_path, capsys):
+    files = _write_docs(tmp_path / "src")
+    out = tmp_path / "out"
+    assert _cli(["prepare", "--source", str(tmp_path / "src" / "*.txt"), "--out", str(out), "--seq-len", "8"]) == 0
+    assert "rows x 8 tokens" in capsys.readouterr().err
+    assert PackedDataset(out).manifest.files == len(files)
+    with pytest.raises(UsageError, match="not empty"):
+        _cli(["prepare", "--source", str(files[0]), "--out", str(out), "--seq-len", "8"])
+    with pytest.raises(UsageError, match="--source PATH_OR_GLOB"):
+        _cli(["prepare", "--out", str(tmp_path / "o")])
+    with pytest.raises(UsageError, match="nope.txt"):
+        _cli(["prepare", "--source", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")])
+    with pytest.raises(UsageError, match="no tokenizer at"):
+        _cli(["prepare", "--source", str(files[0]), "--out", str(tmp_path / "o"), "--tokenizer", "nope.json"])
+    with pytest.raises(UsageError, match="--seq-len"):
+        _cli(["prepare", "--source", str(files[0]), "--out", str(tmp_path / "o"), "--seq-len", "1"])
+    with pytest.raises(SystemExit):
+        _cli(["prepare", "--source", "x"])  # --out is required: argparse's one-line error
+
+
+def test_cli_stdlib(tmp_path, monkeypatch):
+    few = stdlib_files()[:3]  # the real corpus, cut short to keep the test fast
+    monkeypatch.setattr("sumi.data.sources.stdlib_files", lambda: few)
+    assert _cli(["prepare", "--stdlib", "--out", str(tmp_path / "out"), "--seq-len", "64"]) == 0
+    ds = PackedDataset(tmp_path / "out")
+    assert ds.manifest.sources == [str(f) for f in few] and len(ds) > 0
+    ds.check_ids()
