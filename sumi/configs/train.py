@@ -86,8 +86,13 @@ class TrainConfig:
         return self.global_batch_size // per_step
 
     @property
+    def decay_steps(self) -> int:
+        return round(self.decay_fraction * self.steps)
+
+    @property
     def effective_warmup_steps(self) -> int:
-        return min(self.warmup_steps, self.steps)
+        """``warmup_steps``, shortened so that warmup and decay fit in the run (``--steps 6``)."""
+        return min(self.warmup_steps, self.steps - self.decay_steps)
 
     @property
     def tokens_per_step(self) -> int:

@@ -32,7 +32,7 @@ def test_grad_accumulation_and_world_size():
 def test_overrides():
     c = train_tiny().override(["steps=6", "peak_lr=1e-3", "model.hidden_size=32", "compile=true", "phase=\"mid\""])
     assert (c.steps, c.peak_lr, c.model.hidden_size, c.compile, c.phase) == (6, 1e-3, 32, True, "mid")
-    assert c.effective_warmup_steps == 6  # warmup clipped to a short run
+    assert c.effective_warmup_steps == 6 - c.decay_steps  # warmup shortened so warmup + decay fit
     with pytest.raises(ValueError, match="unknown config key 'nope'"):
         train_tiny().override(["nope=1"])
     with pytest.raises(ValueError, match="unknown model config key 'layers'"):

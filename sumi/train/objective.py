@@ -1,0 +1,186 @@
+"""Sumi's training objective in one place: noise sampling and the loss terms.
+
+Sources: MATH.md, "Loss" and "Sumi facts"; the Sumi paper (arXiv 2606.19005); von Rütte et al.,
+"Scaling Behavior of Discrete Diffusion Language Models" (arXiv 2512.10858), Eqs. 1-5.
+
+- Forward process: pure uniform noise over the **full** vocabulary (``discdiff.kernels.Uniform``,
+  ``N = V``: every id, specials included, can be drawn as noise).
+- Time: ``t ~ U(0, 1)`` with ``alpha = 1 - t``, so ``lambda = logit(1 - t)`` clamped to
+  ``[-9, 9]`` (``discdiff.schedules.LinearAlpha``).  One ``t`` per sequence, except for a share of
+  sequences that draw one ``t`` per token.
+- Loss per token: the GIDD "unweighted ELBO" surrogate ``w KL + beta_IS w IS`` (``beta_IS = 1``)
+  plus a z-loss ``1e-5 * logsumexp(logits)^2``, averaged over all non-ignored tokens (clean ones
+  included: their ELBO weight handles them).
+
+:meth:`Objective.loss` returns **sums** over the counted tokens and their count, never means, so
+that a data-parallel caller can all-reduce both and divide by the *global* token count (a mean
+of per-rank means is wrong whenever ranks count different numbers of tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from discdiff.kernels import Uniform
+from discdiff.losses import gidd
+from discdiff.schedules import LinearAlpha
+
+
+@dataclass(frozen=True)
+class Noised:
+    """One noising of a clean batch ``x`` (``[batch, seq]``).
+
+    - ``z``: noisy tokens ``z ~ q_lambda(. | x)``, same shape and dtype as ``x``.
+    - ``lam``: log-SNR per token, ``[batch, seq]`` float32 (constant along a row for sequences
+      that drew one ``t``).
+    - ``t``: the diffusion time per token, ``[batch, seq]`` float32 (``alpha = 1 - t`` before the clamp).
+    - ``per_token``: bool ``[batch]``, the sequences that drew one ``t`` per token.
+    """
+
+    z: Tensor
+    lam: Tensor
+    t: Tensor
+    per_token: Tensor
+
+
+@dataclass(frozen=True)
+class ObjectiveTerms:
+    """Sums over the counted tokens (``mask``), in float32 or wider, and their count.
+
+    - ``loss_sum``: ``sum (w KL + beta_is w IS + z_loss * logsumexp(logits)^2)``; carries the graph.
+      Divide by the (global) ``num_tokens`` before ``backward``.
+    - ``kl_sum``: ``sum w KL``; ``is_sum``: ``sum w IS`` (not scaled by ``beta_is``);
+      ``z_loss_sum``: ``sum z_loss * logsumexp(logits)^2``.  These three are detached (metrics):
+      ``loss_sum = kl_sum + beta_is * is_sum + z_loss_sum`` up to rounding.
+    - ``num_tokens``: int64 scalar, the number of counted tokens.
+    """
+
+    loss_sum: Tensor
+    kl_sum: Tensor
+    is_sum: Tensor
+    z_loss_sum: Tensor
+    num_tokens: Tensor
+
+
+def _check_number(name: str, value: object, *, lo: float, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+class Objective:
+    """Sumi's training objective (MATH.md "Loss" / "Sumi facts"; arXiv 2606.19005).
+
+    Args:
+        vocab_size: ``V``; the uniform kernel covers all ``V`` ids.
+        per_token_share: probability that a sequence draws one ``t`` per token instead of one
+            per sequence (a Bernoulli draw per sequence).
+        z_loss: coefficient of ``logsumexp(logits)^2`` per token (Sumi: ``1e-5``).
+        beta_is: weight of the Itakura-Saito term (``1`` gives the ELBO integrand).
+        log_snr_min, log_snr_max: the clamp of ``lambda`` (Sumi and GIDD-scaling: ``[-9, 9]``).
+
+    Randomness: :meth:`sample` takes its ``torch.Generator`` explicitly and never touches the
+    global RNG.  The caller owns the generator (one per data-parallel rank, seeded differently
+    per rank, and saved in / restored from the checkpoint with ``get_state`` / ``set_state``),
+    so a resumed run draws exactly the noise the uninterrupted one would have drawn.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        per_token_share: float = 0.5,
+        z_loss: float = 1e-5,
+        beta_is: float = 1.0,
+        log_snr_min: float = -9.0,
+        log_snr_max: float = 9.0,
+    ) -> None:
+        self.kernel = Uniform(vocab_size)
+        self.vocab_size = self.kernel.vocab_size
+        self.per_token_share = _check_number("per_token_share", per_token_share, lo=0.0, hi=1.0)
+        self.z_loss = _check_number("z_loss", z_loss, lo=0.0)
+        self.beta_is = _check_number("beta_is", beta_is, lo=0.0)
+        log_snr_min = _check_number("log_snr_min", log_snr_min, lo=-math.inf)
+        log_snr_max = _check_number("log_snr_max", log_snr_max, lo=-math.inf)
+        if not log_snr_min < log_snr_max:
+            raise ValueError(f"log_snr_min ({log_snr_min}) must be smaller than log_snr_max ({log_snr_max})")
+        self.schedule = LinearAlpha(log_snr_min=log_snr_min, log_snr_max=log_snr_max)
+
+    def __repr__(self) -> str:
+        s = self.schedule
+        return (f"Objective(vocab_size={self.vocab_size}, per_token_share={self.per_token_share}, "
+                f"z_loss={self.z_loss}, beta_is={self.beta_is}, log_snr_min={s.log_snr_min}, "
+                f"log_snr_max={s.log_snr_max})")
+
+    # -- noise ---------------------------------------------------------------------------------
+    def sample(self, x: Tensor, generator: torch.Generator) -> Noised:
+        """Noise a clean batch ``x`` (``[batch, seq]`` ids in ``[0, V)``).
+
+        ``t ~ U(0, 1)`` per sequence; a Bernoulli(``per_token_share``) draw per sequence picks
+        the sequences that use an independent ``t ~ U(0, 1)`` per token instead.  Then
+        ``lambda = logit(1 - t)`` clamped (``LinearAlpha().log_snr(t)``) and
+        ``z = kernel.corrupt(x, lambda, generator)``.
+
+        ``generator`` is required (the caller's, per data-parallel rank, checkpointed; see the
+        class docstring).  The number of draws does not depend on ``per_token_share``, so the
+        stream stays aligned across configurations.
+        """
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (the caller owns the noise RNG), got {type(generator).__name__}")
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise ValueError(f"x must be a [batch, seq] tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        self.kernel.check_clean(x)
+        batch, seq = x.shape
+        device = x.device
+        t_seq = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        t_tok = torch.rand(batch, seq, generator=generator, device=device, dtype=torch.float64)
+        per_token = torch.rand(batch, generator=generator, device=device, dtype=torch.float64) < self.per_token_share
+        t = torch.where(per_token.unsqueeze(-1), t_tok, t_seq.unsqueeze(-1))
+        lam = self.schedule.log_snr(t)
+        z = self.kernel.corrupt(x, lam, generator, validate=False)
+        return Noised(z=z, lam=lam.float(), t=t.float(), per_token=per_token)
+
+    # -- loss ----------------------------------------------------------------------------------
+    def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None) -> ObjectiveTerms:
+        """Sums of the per-token loss terms over the tokens selected by ``mask`` (bool
+        ``[batch, seq]``, True = counted; ``None`` counts all).
+
+        ``logits``: ``[batch, seq, V]`` from ``model(z)``; ``lam``: ``[batch]``, ``[batch, 1]`` or
+        ``[batch, seq]``.  Per token: ``w KL + beta_is w IS`` (``discdiff.losses.gidd``, arXiv
+        2512.10858 Eq. 5) ``+ z_loss * logsumexp(logits)^2`` (Sumi), all in float32 or wider
+        (the logsumexp included, also for bf16 logits).  Besides the model's logits, the only
+        vocabulary-sized tensors are those ``gidd`` needs (``log_softmax``) and the logsumexp's.
+        """
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                raise TypeError("mask must be a bool tensor (True = counted)")
+            if mask.shape != x.shape:
+                raise ValueError(f"mask has shape {tuple(mask.shape)} but x has shape {tuple(x.shape)}")
+        out = gidd(self.kernel, logits, x, z, lam, self.beta_is, reduction="none", mask=mask)
+        per_token = out.loss  # zero where not counted
+        dtype = per_token.dtype
+        counted = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
+        zero = torch.zeros((), dtype=dtype, device=per_token.device)
+        if self.z_loss > 0:
+            lse = torch.logsumexp(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(dtype)
+            z_term = torch.where(counted, self.z_loss * lse.square(), zero)
+            per_token = per_token + z_term
+            z_loss_sum = z_term.detach().sum()
+        else:
+            z_loss_sum = zero
+        with torch.no_grad():
+            w = out.weight.to(dtype)
+            kl_sum = torch.where(counted, w * out.kl, zero).sum()
+            is_sum = torch.where(counted, w * out.is_div, zero).sum()
+        num_tokens = torch.as_tensor(x.numel() if mask is None else mask.sum(), dtype=torch.int64, device=x.device)
+        return ObjectiveTerms(loss_sum=per_token.sum(), kl_sum=kl_sum, is_sum=is_sum, z_loss_sum=z_loss_sum,
+                              num_tokens=num_tokens)
+
+
+__all__ = ["Objective", "Noised", "ObjectiveTerms"]

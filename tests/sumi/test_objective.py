@@ -1,0 +1,388 @@
+"""Sumi's training recipe (:mod:`sumi.train`): noise sampling, the loss terms against an
+independent float64 recomputation (``discdiff.losses.gidd`` + the z-loss written out), the WSD
+schedule in closed form, the optimizer's parameter groups, clipping, and a learning test: a tiny
+model trained on a Markov chain the test knows exactly reaches a NELBO near the chain's entropy
+and samples with the chain's statistics.  All randomness goes through seeded generators.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import sumi
+from discdiff.kernels import Uniform
+from discdiff.likelihood import nelbo
+from discdiff.losses import gidd
+from discdiff.samplers import Ancestral, linear_alpha_grid, sample
+from discdiff.schedules import LinearAlpha
+from sumi.configs import tiny
+from sumi.train import WSD, Noised, Objective, ObjectiveTerms, build_optimizer, clip_grad_norm, param_groups
+
+F64 = torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- noise sampling ----------------------------------------------------------------------------
+def test_sample_shapes_range_and_schedule(gen):
+    obj = Objective(11)
+    x = torch.randint(0, 11, (64, 20), generator=gen)
+    out = obj.sample(x, gen)
+    assert isinstance(out, Noised)
+    assert out.z.shape == x.shape and out.z.dtype == x.dtype
+    assert out.lam.shape == out.t.shape == x.shape and out.lam.dtype == torch.float32
+    assert out.per_token.shape == (64,) and out.per_token.dtype == torch.bool
+    assert bool(((out.lam >= -9) & (out.lam <= 9)).all())
+    assert bool(((out.t >= 0) & (out.t <= 1)).all())
+    assert bool(((out.z >= 0) & (out.z < 11)).all())
+    # lambda = logit(1 - t) clamped = LinearAlpha().log_snr(t)
+    torch.testing.assert_close(out.lam, LinearAlpha().log_snr(out.t.double()).float(), atol=2e-4, rtol=1e-4)
+
+
+def test_per_sequence_rows_have_constant_lambda_and_share_is_respected(gen):
+    obj = Objective(5, per_token_share=0.3)
+    x = torch.randint(0, 5, (4000, 8), generator=gen)
+    out = obj.sample(x, gen)
+    rows = ~out.per_token
+    assert bool((out.lam[rows] == out.lam[rows, :1]).all())
+    # per-token rows: independent t per token, so (almost surely) not constant
+    assert bool((out.lam[out.per_token].std(-1) > 0).all())
+    share = out.per_token.double().mean().item()
+    assert abs(share - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 4000)  # 4 standard errors
+    for p in (0.0, 1.0):
+        o = Objective(5, per_token_share=p).sample(x[:50], _gen(0))
+        assert bool((o.per_token == bool(p)).all())
+
+
+def test_sample_marginals_follow_t_uniform(gen):
+    """t is U(0, 1) and z keeps x with probability alpha + (1 - alpha)/V = 1 - t + t/V."""
+    V = 6
+    obj = Objective(V)
+    x = torch.randint(0, V, (2000, 32), generator=gen)
+    out = obj.sample(x, gen)
+    t = out.t.double()
+    assert abs(t.mean().item() - 0.5) < 0.01 and abs(t.var().item() - 1 / 12) < 0.005
+    expected = (1 - t + t / V).mean().item()
+    assert abs((out.z == x).double().mean().item() - expected) < 0.005
+
+
+def test_sample_is_reproducible_and_leaves_the_global_rng_alone():
+    obj = Objective(9)
+    x = torch.randint(0, 9, (8, 12), generator=_gen(3))
+    state = torch.get_rng_state()
+    a, b = obj.sample(x, _gen(7)), obj.sample(x, _gen(7))
+    assert torch.equal(torch.get_rng_state(), state)
+    for f in ("z", "lam", "t", "per_token"):
+        assert torch.equal(getattr(a, f), getattr(b, f))
+    assert not torch.equal(a.lam, obj.sample(x, _gen(8)).lam)
+    with pytest.raises(TypeError, match="generator"):
+        obj.sample(x, None)
+
+
+def test_sample_rejects_bad_tokens(gen):
+    obj = Objective(4)
+    with pytest.raises(ValueError):
+        obj.sample(torch.tensor([[0, 4]]), gen)
+    with pytest.raises(ValueError, match=r"\[batch, seq\]"):
+        obj.sample(torch.tensor([0, 1]), gen)
+
+
+@pytest.mark.parametrize("kwargs", [dict(per_token_share=1.5), dict(per_token_share=-0.1), dict(z_loss=-1.0),
+                                    dict(beta_is=float("nan")), dict(log_snr_min=2.0, log_snr_max=1.0),
+                                    dict(z_loss=True)])
+def test_objective_rejects_bad_args(kwargs):
+    with pytest.raises(ValueError):
+        Objective(8, **kwargs)
+
+
+# -- loss terms --------------------------------------------------------------------------------
+def _reference(logits, x, z, lam, z_loss, beta_is, mask):
+    """float64 recomputation: gidd per token, z-loss written out, sums over the mask."""
+    kernel = Uniform(logits.shape[-1])
+    out = gidd(kernel, logits.double(), x, z, lam.double(), beta_is)
+    lse = torch.log(torch.exp(logits.double()).sum(-1))
+    zl = z_loss * lse**2
+    m = mask.double()
+    return dict(loss_sum=((out.loss + zl) * m).sum(), kl_sum=(out.weight * out.kl * m).sum(),
+                is_sum=(out.weight * out.is_div * m).sum(), z_loss_sum=(zl * m).sum())
+
+
+@pytest.mark.parametrize("beta_is, z_loss", [(1.0, 1e-5), (0.5, 1e-2), (1.0, 0.0)])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_loss_terms_match_an_independent_recomputation(beta_is, z_loss, with_mask):
+    g = _gen(11)
+    V, B, S = 13, 5, 7
+    obj = Objective(V, beta_is=beta_is, z_loss=z_loss)
+    x = torch.randint(0, V, (B, S), generator=g)
+    noised = obj.sample(x, g)
+    logits = 3 * torch.randn(B, S, V, generator=g)
+    mask = torch.rand(B, S, generator=g) < 0.6 if with_mask else None
+    terms = obj.loss(logits, x, noised.z, noised.lam, mask)
+    assert isinstance(terms, ObjectiveTerms)
+    ref = _reference(logits, x, noised.z, noised.lam, z_loss, beta_is,
+                     torch.ones(B, S, dtype=torch.bool) if mask is None else mask)
+    for name, value in ref.items():
+        torch.testing.assert_close(getattr(terms, name).double(), value, rtol=1e-5, atol=1e-6, msg=name)
+    assert terms.num_tokens.dtype == torch.int64
+    assert int(terms.num_tokens) == (B * S if mask is None else int(mask.sum()))
+    # the identity between the parts
+    torch.testing.assert_close(terms.loss_sum.double(),
+                               (terms.kl_sum + beta_is * terms.is_sum + terms.z_loss_sum).double(), rtol=1e-5, atol=1e-6)
+
+
+def test_loss_sums_add_up_across_shards_and_masked_tokens_do_not_count(gen):
+    """Sums over two halves add to the sum over the batch (a distributed mean is sum / global
+    count); tokens outside the mask change nothing, whatever their logits."""
+    V = 7
+    obj = Objective(V)
+    x = torch.randint(0, V, (6, 9), generator=gen)
+    n = obj.sample(x, gen)
+    logits = torch.randn(6, 9, V, generator=gen)
+    whole = obj.loss(logits, x, n.z, n.lam)
+    a, b = obj.loss(logits[:2], x[:2], n.z[:2], n.lam[:2]), obj.loss(logits[2:], x[2:], n.z[2:], n.lam[2:])
+    torch.testing.assert_close(a.loss_sum + b.loss_sum, whole.loss_sum)
+    assert int(a.num_tokens + b.num_tokens) == 54
+    mask = torch.ones(6, 9, dtype=torch.bool)
+    mask[:, -3:] = False
+    other = logits.clone()
+    other[:, -3:] = 50 * torch.randn(6, 3, V, generator=gen)
+    t1, t2 = obj.loss(logits, x, n.z, n.lam, mask), obj.loss(other, x, n.z, n.lam, mask)
+    for f in ("loss_sum", "kl_sum", "is_sum", "z_loss_sum"):
+        torch.testing.assert_close(getattr(t1, f), getattr(t2, f))
+    assert int(t1.num_tokens) == 36
+    trimmed = obj.loss(logits[:, :-3], x[:, :-3], n.z[:, :-3], n.lam[:, :-3])
+    torch.testing.assert_close(t1.loss_sum, trimmed.loss_sum)
+    assert int(obj.loss(logits, x, n.z, n.lam, torch.zeros_like(mask)).num_tokens) == 0
+    with pytest.raises(TypeError):
+        obj.loss(logits, x, n.z, n.lam, mask.int())
+    with pytest.raises(ValueError):
+        obj.loss(logits, x, n.z, n.lam, mask[:, :4])
+
+
+def test_loss_accepts_per_sequence_lambda_and_bf16_logits(gen):
+    V = 10
+    obj = Objective(V)
+    x = torch.randint(0, V, (3, 5), generator=gen)
+    lam = torch.tensor([-3.0, 0.5, 6.0])
+    z = obj.kernel.corrupt(x, lam, gen)
+    logits = torch.randn(3, 5, V, generator=gen)
+    a = obj.loss(logits, x, z, lam)
+    b = obj.loss(logits, x, z, lam.unsqueeze(-1).expand(3, 5))
+    torch.testing.assert_close(a.loss_sum, b.loss_sum)
+    c = obj.loss(logits.bfloat16(), x, z, lam)
+    assert c.loss_sum.dtype == torch.float32 and c.z_loss_sum.dtype == torch.float32
+    ref = _reference(logits.bfloat16().float(), x, z, lam, 1e-5, 1.0, torch.ones(3, 5, dtype=torch.bool))
+    torch.testing.assert_close(c.loss_sum.double(), ref["loss_sum"], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_gradient_gradcheck_and_z_loss_gradient(gen):
+    V = 5
+    x = torch.randint(0, V, (2, 3), generator=gen)
+    obj = Objective(V, z_loss=0.1)
+    n = obj.sample(x, gen)
+    logits = torch.randn(2, 3, V, generator=gen, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda lg: obj.loss(lg, x, n.z, n.lam).loss_sum, (logits,))
+    # the z-loss part of the gradient is 2 c lse softmax(logits)
+    no_z = Objective(V, z_loss=0.0)
+    (g1,) = torch.autograd.grad(obj.loss(logits, x, n.z, n.lam).loss_sum, logits)
+    (g0,) = torch.autograd.grad(no_z.loss(logits, x, n.z, n.lam).loss_sum, logits)
+    lse = torch.logsumexp(logits.detach(), -1, keepdim=True)
+    torch.testing.assert_close(g1 - g0, 2 * 0.1 * lse * torch.softmax(logits.detach(), -1))
+    assert not obj.loss(logits, x, n.z, n.lam).kl_sum.requires_grad
+
+
+# -- WSD schedule ------------------------------------------------------------------------------
+def test_wsd_closed_form():
+    s = WSD(2e-4, 2e-5, warmup_steps=100, total_steps=1000, decay_fraction=0.2)
+    assert s.lr(0) == 0.0
+    assert s.lr(50) == pytest.approx(1e-4)
+    assert s.lr(100) == pytest.approx(2e-4)  # end of warmup = peak
+    assert s.lr(500) == s.lr(800) == pytest.approx(2e-4)  # stable up to the decay start (800)
+    assert s.lr(850) == pytest.approx(2e-5 + 1.8e-4 * (1 - math.sqrt(0.25)))  # 1 - sqrt cooldown
+    assert s.lr(1000) == pytest.approx(2e-5) and s.lr(5000) == pytest.approx(2e-5)  # floor
+    lin = WSD(2e-4, 2e-5, 100, 1000, 0.2, shape="linear")
+    assert lin.lr(900) == pytest.approx(2e-5 + 1.8e-4 * 0.5)
+    for sched in (s, lin):
+        lrs = [sched.lr(i) for i in range(1101)]
+        assert all(a < b for a, b in zip(lrs[:100], lrs[1:101]))  # warmup strictly increasing
+        assert all(a > b for a, b in zip(lrs[800:1000], lrs[801:1001]))  # decay strictly decreasing
+        assert max(lrs) == pytest.approx(2e-4) and min(lrs[100:]) >= 2e-5 - 1e-18
+
+
+def test_wsd_apply_and_state_dict():
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, lr=1.0)
+    s = WSD(1e-3, 1e-4, 10, 100)
+    assert s.apply(opt, 5) == pytest.approx(5e-4)
+    assert all(g["lr"] == pytest.approx(5e-4) for g in opt.param_groups)
+    other = WSD(1.0, 0.0, 0, 10, 0.5, shape="linear")
+    other.load_state_dict(s.state_dict())
+    assert [other.lr(i) for i in range(120)] == [s.lr(i) for i in range(120)]
+    with pytest.raises(ValueError):
+        other.load_state_dict({"peak_lr": 1.0})
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((0.0, 0.0, 10, 100), {}), ((1e-3, 2e-3, 10, 100), {}), ((1e-3, -1.0, 10, 100), {}),
+    ((1e-3, 1e-4, -1, 100), {}), ((1e-3, 1e-4, 10, 0), {}), ((1e-3, 1e-4, 90, 100), {}),
+    ((1e-3, 1e-4, 10, 100, 1.5), {}), ((1e-3, 1e-4, 10.0, 100), {}), ((1e-3, 1e-4, 10, 100), {"shape": "cos"}),
+    ((float("inf"), 1e-4, 10, 100), {}),
+])
+def test_wsd_rejects_bad_args(args, kwargs):
+    with pytest.raises(ValueError):
+        WSD(*args, **kwargs)
+
+
+def test_wsd_rejects_bad_steps():
+    s = WSD(1e-3, 1e-4, 10, 100)
+    for step in (-1, 1.5, True):
+        with pytest.raises(ValueError):
+            s.lr(step)
+
+
+# -- optimizer and clipping --------------------------------------------------------------------
+def test_optimizer_groups():
+    model = sumi.Sumi.initialized(tiny(vocab_size=16, num_hidden_layers=1), generator=_gen(0))
+    opt = build_optimizer(model, lr=1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: g for g in opt.param_groups}
+    decay = {names[id(p)] for p in groups["decay"]["params"]}
+    no_decay = {names[id(p)] for p in groups["no_decay"]["params"]}
+    assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
+    assert groups["decay"]["betas"] == (0.9, 0.95) and groups["decay"]["eps"] == 1e-8
+    assert decay | no_decay == set(names.values()) and not decay & no_decay
+    assert "lm_head.weight" in decay and "model.layers.0.self_attn.q_proj.weight" in decay
+    assert "model.layers.0.mlp.down_proj.weight" in decay
+    assert no_decay == {"model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight",
+                        "model.layers.0.post_attention_layernorm.weight"}
+    assert all(p.dim() == 2 for p in groups["decay"]["params"])
+    # frozen parameters are left out; tied weights listed once
+    model.model.norm.weight.requires_grad_(False)
+    assert "model.norm.weight" not in {names[id(p)] for grp in param_groups(model) for p in grp}
+    tied = nn.Sequential(nn.Embedding(4, 3), nn.Linear(3, 4, bias=True))
+    tied[1].weight = tied[0].weight
+    d, nd = param_groups(tied)
+    assert len(d) == 1 and d[0] is tied[0].weight and len(nd) == 1 and nd[0] is tied[1].bias
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(lr=1e-3, betas=(0.9, 1.0)), dict(lr=1e-3, betas=(0.9,)),
+                                    dict(lr=1e-3, weight_decay=-0.1), dict(lr=1e-3, eps=0.0)])
+def test_build_optimizer_rejects_bad_args(kwargs):
+    with pytest.raises(ValueError):
+        build_optimizer(nn.Linear(2, 2), **kwargs)
+
+
+def test_clip_grad_norm_returns_the_pre_clip_norm_and_clips():
+    a = nn.Parameter(torch.zeros(3))
+    b = nn.Parameter(torch.zeros(2, 2))
+    c = nn.Parameter(torch.zeros(1))  # no gradient
+    a.grad = torch.tensor([3.0, 0.0, 0.0])
+    b.grad = torch.tensor([[0.0, 4.0], [0.0, 0.0]])
+    norm = clip_grad_norm([a, b, c], 1.0)
+    assert norm.dtype == torch.float32 and norm.dim() == 0
+    assert norm.item() == pytest.approx(5.0)
+    total = torch.cat([a.grad.flatten(), b.grad.flatten()]).norm().item()
+    assert total == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(a.grad, torch.tensor([0.6, 0.0, 0.0]), rtol=1e-5, atol=0)
+    # below the threshold: unchanged
+    a.grad = torch.tensor([0.1, 0.0, 0.0])
+    b.grad = None
+    assert clip_grad_norm(a, 1.0).item() == pytest.approx(0.1)
+    torch.testing.assert_close(a.grad, torch.tensor([0.1, 0.0, 0.0]))
+    assert clip_grad_norm([c], 1.0).item() == 0.0
+    with pytest.raises(ValueError):
+        clip_grad_norm([a], 0.0)
+
+
+# -- learning test -----------------------------------------------------------------------------
+# A Markov chain over V = 8 tokens (two or one successors per state, non-uniform stationary law).
+CHAIN = torch.tensor([
+    [0.0, 0.7, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0],
+    [0.0, 0.0, 0.8, 0.0, 0.0, 0.0, 0.2, 0.0],
+    [0.5, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0],
+    [0.0, 0.0, 0.0, 0.1, 0.0, 0.9, 0.0, 0.0],
+    [0.0, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4],
+    [0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.7, 0.0],
+    [0.0, 0.0, 0.0, 0.6, 0.4, 0.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=F64)
+
+
+def _stationary(P):
+    evals, evecs = torch.linalg.eig(P.T)
+    v = evecs[:, torch.argmin((evals - 1).abs())].real
+    return v / v.sum()
+
+
+def _draw_chain(P, pi, n, length, g):
+    x = torch.empty(n, length, dtype=torch.long)
+    x[:, 0] = torch.multinomial(pi, n, replacement=True, generator=g)
+    for i in range(1, length):
+        x[:, i] = torch.multinomial(P[x[:, i - 1]], 1, generator=g).squeeze(-1)
+    return x
+
+
+def test_tiny_model_learns_a_markov_chain():
+    """Train tiny Sumi with the recipe (Objective + AdamW groups + WSD + clipping) on a known
+    Markov chain; its NELBO approaches the true entropy and its samples have the chain's statistics.
+
+    Measured here (torch 2.13 CPU, 1 thread, these seeds): NELBO 0.837 nats/token against a true
+    entropy of 0.642 (ratio 1.30; in trial runs 1.26-1.41 across batch sizes, learning rates and
+    chains, and still 1.26 after 1000 steps: a 2-layer, 64-wide model without a time input does
+    not close the gap in a few hundred steps), unigram TV 0.010, forbidden bigrams 11.0 %,
+    stationary-weighted TV of the bigram conditionals 0.110.
+    """
+    V, L, B, steps = 8, 16, 64, 400
+    P, pi = CHAIN, _stationary(CHAIN)
+    h_rate = float(-(pi * torch.where(P > 0, P * P.log(), torch.zeros_like(P)).sum(1)).sum())
+    h_first = float(-(pi * pi.log()).sum())
+    h_true = (h_first + (L - 1) * h_rate) / L  # exact entropy per token of a stationary chain of length L
+    assert h_true == pytest.approx(0.6417, abs=1e-3)
+
+    g = _gen(0)
+    model = sumi.Sumi.initialized(tiny(vocab_size=V, max_position_embeddings=L), generator=g)
+    obj = Objective(V)
+    peak = 3e-3  # a tiny model and a few hundred steps: far above Sumi's 2e-4
+    opt = build_optimizer(model, lr=peak)
+    sched = WSD(peak, peak / 10, warmup_steps=steps // 10, total_steps=steps)
+    for step in range(steps):
+        x = _draw_chain(P, pi, B, L, g)
+        noised = obj.sample(x, g)
+        terms = obj.loss(model(noised.z), x, noised.z, noised.lam)
+        opt.zero_grad(set_to_none=True)
+        (terms.loss_sum / terms.num_tokens).backward()
+        clip_grad_norm(model.parameters(), 1.0)
+        sched.apply(opt, step)
+        opt.step()
+
+    model.eval()
+    kernel = Uniform(V)
+    with torch.no_grad():
+        x = _draw_chain(P, pi, 256, L, g)
+        out = nelbo(model, kernel, x, schedule=LinearAlpha(), points=64, generator=g)
+        nll = float(out.per_sequence.sum() / out.num_tokens.sum())
+        samples = sample(model, Ancestral(kernel), torch.randint(0, V, (256, L), generator=g),
+                         linear_alpha_grid(32), generator=g).tokens
+
+    # NELBO >= NLL up to the [-9, 9] clamp (alpha = 1.2e-4 at the ends: negligible at V = 8) and
+    # Monte-Carlo noise (256 x 16 tokens x 64 points: ~0.01).  Upper bound 1.5 x the entropy
+    # (0.96 nats): it closes >= 75 % of the gap from the best token-independent model (the
+    # stationary entropy, 2.015 nats) and the uniform predictor (log 8 = 2.079) to the truth.
+    assert h_true - 0.03 <= nll <= 1.5 * h_true, (nll, h_true)
+
+    # Sample statistics (a uniform sampler gives unigram TV 0.13, forbidden bigrams 77 %, bigram TV 0.77).
+    uni = torch.bincount(samples.flatten(), minlength=V).double()
+    uni /= uni.sum()
+    assert 0.5 * float((uni - pi).abs().sum()) < 0.07
+    counts = torch.bincount((samples[:, :-1] * V + samples[:, 1:]).flatten(), minlength=V * V).double().view(V, V)
+    forbidden = float(counts[P == 0].sum() / counts.sum())
+    assert forbidden < 0.25, forbidden
+    conditional = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    bigram_tv = float((pi * 0.5 * (conditional - P).abs().sum(1)).sum())
+    assert bigram_tv < 0.25, bigram_tv
