@@ -1,4 +1,4 @@
-"""The ``sumi`` command line: ``sumi generate``, ``sumi convert`` (``train``, ``eval`` to come).
+"""The ``sumi`` command line: ``sumi generate``, ``convert``, ``data prepare``, ``train`` (``eval`` to come).
 
 Each subcommand is one ``(add_arguments, run)`` pair in :data:`COMMANDS`: ``add_arguments``
 fills its argparse sub-parser, ``run(args)`` does the work and returns the exit status.
@@ -144,12 +144,41 @@ def _run_convert(args) -> int:
     return 0
 
 
+# -- sumi data / sumi train (their own modules; imported lazily to keep `sumi generate` light) --
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from sumi.data.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from sumi.data.cli import run
+
+    return run(args)
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from sumi.train.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from sumi.train.command import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "generate": (_add_generate_arguments, _run_generate),
     "convert": (_add_convert_arguments, _run_convert),
+    "data": (_add_data_arguments, _run_data),
+    "train": (_add_train_arguments, _run_train),
 }
 HELP = {"generate": "generate an answer to a prompt (canvas semantics of the Sumi release)",
-        "convert": "rewrite a checkpoint in another dtype and/or sharding (Hugging Face layout)"}
+        "convert": "rewrite a checkpoint in another dtype and/or sharding (Hugging Face layout)",
+        "data": "prepare training data: `sumi data prepare` tokenizes files into packed shards",
+        "train": "train Sumi (`--preset tiny`: the embedded default on the Python standard library)"}
 
 
 def build_parser() -> argparse.ArgumentParser:

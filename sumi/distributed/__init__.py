@@ -1,0 +1,19 @@
+"""Distributed training: process groups, FSDP2 + activation checkpointing + compile applied to a
+plain model, and DCP checkpoints with a consolidated safetensors export.
+
+* :func:`init_distributed` / :func:`destroy` (:mod:`.setup`): the torchrun environment -> a
+  :class:`DistInfo` (a single process works without a process group).
+* :func:`parallelize` (:mod:`.parallelize`): AC, then per-block compile, then ``fully_shard``
+  per block and on the root; parameter names stay the plain model's.
+* :mod:`.checkpoint`: ``save`` / ``load`` / ``latest`` / ``keep_last`` (sharded, atomic,
+  resumable) and ``export_safetensors`` (the Hugging Face layout).
+"""
+
+from sumi.distributed import checkpoint
+from sumi.distributed.checkpoint import export_safetensors, keep_last, latest
+from sumi.distributed.parallelize import apply_activation_checkpointing, default_mesh, parallelize
+from sumi.distributed.setup import DistInfo, barrier, destroy, init_distributed, is_distributed
+
+__all__ = ["DistInfo", "init_distributed", "destroy", "barrier", "is_distributed", "parallelize",
+           "apply_activation_checkpointing", "default_mesh", "checkpoint", "latest", "keep_last",
+           "export_safetensors"]
