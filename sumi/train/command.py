@@ -50,12 +50,13 @@ def run(args: argparse.Namespace) -> int:
         result = train(config, data_dir, args.out, resume=args.resume, progress=args.progress)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise UsageError(str(e)) from None
-    if tokenizer is not None:  # the main job: a few samples and the loss curve
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            tokenizer.save(result.out_dir / "model")
-            embedded.write_report(result.out_dir, tokenizer)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    if tokenizer is not None:  # the main job: a few samples and the loss curve
+        tokenizer.save(result.out_dir / "model")
+        embedded.write_report(result.out_dir, tokenizer)
     last = f", final loss {result.losses[-1]:.4f}" if result.losses else " (nothing left to train)"
     print(f"sumi train: {result.steps} steps{last}; wrote {result.out_dir}")
     return 0
