@@ -81,8 +81,14 @@ def write_report(out_dir: Path, tokenizer: SumiTokenizer, *, seed: int = 0) -> N
     (out_dir / "samples.txt").write_text("\n".join(lines))
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1.2,
-            marker="o" if len(records) < 50 else None, ms=3)
+    steps, losses = [r["step"] for r in records], [r["loss"] for r in records]
+    ax.plot(steps, losses, lw=0.6, alpha=0.35, marker="o" if len(records) < 50 else None, ms=3, label="per step")
+    smooth, ema = [], losses[0]
+    for value in losses:  # each step draws its own noise level: the trend needs smoothing
+        ema = 0.98 * ema + 0.02 * value
+        smooth.append(ema)
+    ax.plot(steps, smooth, lw=1.6, label="moving average (EMA 0.98)")
+    ax.legend(loc="upper right")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token, GIDD surrogate)")
     ax.set_title("sumi tiny on the Python standard library")

@@ -45,6 +45,17 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def _tensorboard(out_dir: Path, rank: int):
+    """A SummaryWriter under ``OUT/tensorboard`` when TensorBoard is installed (rank 0), else None."""
+    if rank != 0:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: metrics.jsonl always has everything
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
 def _all_reduce_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
     if world_size > 1:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
@@ -100,6 +111,7 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, res
     global_tokens = config.global_batch_size * config.seq_len
     flops = flops_per_token(config.model, config.seq_len)
     peak = _peak_flops(info.device)
+    board = _tensorboard(out_dir, info.rank)
     bar = tqdm(total=config.steps, initial=start, disable=not progress or info.rank != 0, desc="train", unit="step")
     losses: list[float] = []
     end = config.steps if stop_at_step is None else min(stop_at_step, config.steps)
@@ -132,6 +144,10 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, res
                 record["mfu"] = flops * tokens_per_s / (peak * info.world_size)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if board is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        board.add_scalar(f"train/{key}", value, step + 1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         bar.update(1)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
@@ -140,6 +156,8 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, res
                       extra={"step": step + 1, "loader": states[0], "noise": states[1], "config": config.to_dict()})
             ckpt.keep_last(ckpt_dir, config.keep_last)
     bar.close()
+    if board is not None:
+        board.close()
     if not math.isfinite(losses[-1] if losses else 0.0):
         raise FloatingPointError("the loss became non-finite")
     if end == config.steps:
