@@ -243,7 +243,7 @@ def test_two_ranks_match_one_process_on_the_global_batch(job, reference):
     """Two CPU ranks under FSDP2 (gloo, activation checkpointing on) produce the same gradients,
     parameters and AdamW state after a step as one process on the same global batch (fp32)."""
     grads, params, optim_state = reference
-    got = torch.load(job / "step.pt")
+    got = torch.load(job / "step.pt", weights_only=True)
     _assert_close(got["grads"], grads)
     _assert_close(got["params"], params)
     _assert_close(got["optim"], optim_state)
@@ -262,7 +262,7 @@ def test_two_rank_checkpoint_survives_a_crash_and_loads_in_one_process(job):
     model = _model(seed=5)
     extra = ckpt.load(ckdir, model)
     assert extra["step"] == 4
-    _assert_close(_full_params(model), torch.load(job / "final.pt"), atol=0.0)
+    _assert_close(_full_params(model), torch.load(job / "final.pt", weights_only=True), atol=0.0)
 
 
 # -- (6) export ------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def test_two_rank_checkpoint_survives_a_crash_and_loads_in_one_process(job):
 def test_export_safetensors_from_two_ranks_loads_with_from_pretrained(job):
     loaded = sumi.from_pretrained(job / "export", attention_backend="eager")
     assert loaded.config == _config()
-    _assert_close(_full_params(loaded), torch.load(job / "final.pt"), atol=0.0)
+    _assert_close(_full_params(loaded), torch.load(job / "final.pt", weights_only=True), atol=0.0)
 
 
 # -- single process, no process group -------------------------------------------------------------
