@@ -18,6 +18,7 @@ from discdiff._checks import check_tokens
 from discdiff._typing import Logits, Mask, Tokens
 from discdiff.kernels.base import Kernel
 from discdiff.losses.gidd import gidd
+from discdiff.losses.nelbo import elbo_weight_in_time
 from discdiff.schedules.base import Schedule
 from discdiff.schedules.linear_alpha import LinearAlpha
 
@@ -85,7 +86,7 @@ def nelbo(
             u = torch.full((batch,), 0.5, dtype=torch.float64, device=x.device)
         t = (i + u) / points
         lam = schedule.log_snr(t)
-        speed = schedule.dlog_snr_dt(t).abs()
+        speed = elbo_weight_in_time(schedule, t)
         z = kernel.corrupt(x, lam, generator, validate=False)
         z = torch.where(counted, z, x)
         if effective_snr:

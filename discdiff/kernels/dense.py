@@ -101,10 +101,3 @@ class Dense:
         clean[x] = 1.0
         weight = (pi - dpi) / (pi + torch.exp(lam) * clean)
         return DenseLossTerms(q=q, kl=kl.expand(self.vocab_size), is_div=is_div, weight=weight)
-
-    def elbo_integrand(self, x: int, x0_probs: Tensor, lam: float | Tensor) -> Tensor:
-        """``E_{z ~ q_lambda(.|x)}[w (KL + IS)]``: the NELBO density per unit log-SNR (exact in z)."""
-        terms = self.loss_terms(x, x0_probs, lam)
-        support = terms.q > 0
-        per_z = terms.weight * (terms.kl + terms.is_div)
-        return torch.where(support, terms.q * per_z, torch.zeros_like(per_z)).sum()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from discdiff._checks import align_log_snr
@@ -20,8 +19,7 @@ def nelbo(output: LossOutput, schedule: Schedule, t: FloatLike) -> PerToken:
     Uses the exact weight (``beta_is = 1``, no clip) whatever the surrogate was trained with.
     """
     integrand = output.integrand
-    speed = schedule.dlog_snr_dt(t).abs()
-    speed = align_log_snr("t", speed, integrand.shape).to(integrand.dtype)
+    speed = align_log_snr("t", elbo_weight_in_time(schedule, t), integrand.shape).to(integrand.dtype)
     return speed * integrand
 
 
