@@ -18,6 +18,7 @@ Weights are read only from safetensors: never ``torch.load``, pickle or remote c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -34,11 +35,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sumi.configs.model import ModelConfig
+from sumi.model.params import copy_full_
 from sumi.model.transformer import Sumi
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "WEIGHTS_INDEX_NAME", "CheckpointError",
-    "config_from_hf", "config_to_hf", "load_state_dict", "from_pretrained", "save_pretrained", "convert",
+    "config_from_hf", "config_to_hf", "load_state_dict", "load_weights", "from_pretrained", "save_pretrained",
+    "convert",
 ]
 
 CONFIG_NAME = "config.json"
@@ -431,6 +434,26 @@ def from_pretrained(path: str | os.PathLike, dtype: str | torch.dtype | None = N
     if still_meta and torch.device(device or "cpu").type != "meta":
         raise CheckpointError(f"parameter {still_meta[0]!r} was not loaded")
     return model.eval()
+
+
+def load_weights(model: Sumi, path: str | os.PathLike) -> None:
+    """Copy a checkpoint directory's weights into ``model`` in place (plain or FSDP2-sharded).
+
+    For training that starts from a previous run (a later phase of the recipe): the checkpoint's
+    ``config.json`` must describe ``model.config`` (attention backend aside), keys and shapes
+    are checked as in :func:`from_pretrained`, tensors are read memory-mapped one at a time and
+    cast to each parameter's dtype; a sharded parameter keeps only its rank's slice."""
+    directory = _checkpoint_dir(path)
+    found = config_from_hf(_read_config(directory), attention_backend=model.config.attention_backend)
+    if found != model.config:
+        diff = [f"{f.name}={getattr(found, f.name)!r} (model: {getattr(model.config, f.name)!r})"
+                for f in dataclasses.fields(found) if getattr(found, f.name) != getattr(model.config, f.name)]
+        raise CheckpointError(f"{str(directory)!r} holds another architecture: {', '.join(diff)}")
+    headers = {k: v for k, v in _headers(directory).items() if not k.endswith(_IGNORED_KEY_SUFFIXES)}
+    _check_against(Sumi.on_meta(found), headers)
+    params = dict(model.named_parameters())
+    for key, tensor in _read(headers, list(params), None, None).items():
+        copy_full_(params[key], tensor)
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 
 from sumi.configs.model import ModelConfig, sumi_1b, sumi_7b, sumi_150m, tiny
@@ -50,7 +51,8 @@ class TrainConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     phase: str = "pretrain"
-    mixture: dict[str, float] | None = field(default=None)
+    mixture: dict[str, float] | None = field(default=None)  # source name -> weight (--data NAME=DIR)
+    init_from: str | None = None    # a model directory (HF layout) to start from: the previous phase
 
     def __post_init__(self) -> None:
         positive = ("seq_len", "global_batch_size", "micro_batch_size", "steps", "checkpoint_every", "keep_last",
@@ -73,6 +75,17 @@ class TrainConfig:
             raise ValueError("weight_decay and z_loss must be >= 0 and grad_clip > 0")
         if self.phase not in PHASES:
             raise ValueError(f"phase must be one of {sorted(PHASES)}, got {self.phase!r}")
+        if self.mixture is not None:
+            if not isinstance(self.mixture, dict) or not self.mixture:
+                raise ValueError(f"mixture must be a non-empty {{name: weight}} mapping or None, got {self.mixture!r}")
+            for name, w in self.mixture.items():
+                if not isinstance(name, str) or isinstance(w, bool) or not isinstance(w, (int, float)) \
+                        or not math.isfinite(w) or w < 0:
+                    raise ValueError(f"mixture weight of {name!r} must be a finite number >= 0, got {w!r}")
+            if not sum(self.mixture.values()) > 0:
+                raise ValueError("at least one mixture weight must be > 0")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise ValueError(f"init_from must be a path string or None, got {self.init_from!r}")
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of "
                              f"micro_batch_size ({self.micro_batch_size})")

@@ -139,6 +139,11 @@ class Mixture:
     def __len__(self) -> int:
         return self.rows
 
+    @property
+    def vocab_size(self) -> int:
+        """The largest vocabulary among the sources (their manifests')."""
+        return max(ds.vocab_size for ds in self.datasets)
+
     def source_of(self, j: int) -> str:
         """The name of the source that mixture row ``j`` comes from."""
         return self.names[int(self._src[j])]

@@ -32,8 +32,10 @@ class Loader:
     """``next_batch()`` -> ``torch.LongTensor [batch_size, seq_len]``; see the module docstring."""
 
     def __init__(self, data, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True) -> None:
+                 drop_last: bool = True, vocab_size: int | None = None) -> None:
         self.data = data
+        # ids are checked batch by batch (reading every shard up front would take hours at scale)
+        self.vocab_size = None if vocab_size is None else _int("vocab_size", vocab_size, 1)
         self.batch_size = _int("batch_size", batch_size, 1)
         self.world_size = _int("world_size", world_size, 1)
         self.rank = _int("rank", rank, 0)
@@ -65,7 +67,14 @@ class Loader:
         return self.permutation(epoch)[pos]
 
     def next_batch(self) -> torch.Tensor:
-        rows = [np.asarray(self.data[int(i)]) for i in self.indices(self.epoch, self.step)]
+        indices = self.indices(self.epoch, self.step)
+        rows = [np.asarray(self.data[int(i)]) for i in indices]
+        if self.vocab_size is not None:
+            for i, row in zip(indices, rows):
+                if row.size and int(row.max()) >= self.vocab_size:
+                    col = int(np.argmax(row >= self.vocab_size))
+                    raise ValueError(f"row {int(i)} of {self.data!r}, column {col}, holds id {int(row[col])} >= "
+                                     f"vocab_size {self.vocab_size}: the shards do not match the model's vocabulary")
         self.step += 1
         if self.step == self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0

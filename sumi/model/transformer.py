@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from sumi.configs.model import ModelConfig
 from sumi.model.attention import BACKENDS, flash_available
 from sumi.model.layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
+from sumi.model.params import normal_
 
 
 class SelfAttention(nn.Module):
@@ -113,11 +114,14 @@ class Sumi(nn.Module):
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, initializer_range) for embeddings and linear layers, ones for norms (the
-        LLaMA/HF initialization).  Call after ``to_empty(device=...)`` on a meta-built model."""
+        LLaMA/HF initialization).  Call after ``to_empty(device=...)`` on a meta-built model.
+
+        Sharded (FSDP2) parameters get exactly the values the unsharded model would get from
+        the same ``generator``, whatever the world size: see :func:`sumi.model.params.normal_`."""
         std = self.config.initializer_range
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.normal_(0.0, std, generator=generator)
+                normal_(module.weight, std, generator)
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
 

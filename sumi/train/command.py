@@ -8,7 +8,6 @@ curve in DIR.  Other presets need ``--data`` (a directory written by ``sumi data
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from sumi.configs.train import PHASES, TRAIN_PRESETS, train_sumi_7b
 
@@ -17,8 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, choices=sorted(TRAIN_PRESETS),
                         help="tiny (CPU, embedded corpus), sumi_150m, sumi_1b, sumi_7b")
     parser.add_argument("--out", required=True, help="output directory (metrics, checkpoints, model, samples)")
-    parser.add_argument("--data", default=None, help="packed data from `sumi data prepare` (default for tiny: "
-                                                     "the Python standard library, prepared and cached)")
+    parser.add_argument("--data", action="append", default=[], metavar="DIR | NAME=DIR",
+                        help="packed data from `sumi data prepare`; NAME=DIR (repeatable) names the sources "
+                             "of a mixture weighted by the config's `mixture` (sumi_7b --phase mid/long: "
+                             "code, math, general, reasoning).  Default for tiny: the Python standard "
+                             "library, prepared and cached")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
@@ -31,19 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sumi.cli import UsageError
+    from sumi.data.spec import parse_data_args
     from sumi.train import embedded
     from sumi.train.loop import train
 
     tokenizer = None
     try:
-        if args.preset == "tiny" and args.data is None:
+        if args.phase is not None and args.preset != "sumi_7b":
+            raise UsageError(f"--phase applies to the sumi_7b recipe, not to preset {args.preset}")
+        if args.preset == "tiny" and not args.data:
             base = TRAIN_PRESETS["tiny"]()
             data_dir, tokenizer = embedded.prepare_embedded(base.seq_len, progress=args.progress)
             config = embedded.embedded_config(tokenizer)
-        elif args.data is None:
+        elif not args.data:
             raise UsageError(f"--data is required for preset {args.preset} (prepare it with `sumi data prepare`)")
         else:
-            data_dir = Path(args.data)
+            data_dir = parse_data_args(args.data)
             config = train_sumi_7b(args.phase or "pretrain") if args.preset == "sumi_7b" else TRAIN_PRESETS[args.preset]()
         flags = {"steps": args.steps, "seed": args.seed, "checkpoint_every": args.checkpoint_every}
         config = config.override([f"{k}={v}" for k, v in flags.items() if v is not None] + args.assignments)

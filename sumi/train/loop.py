@@ -21,9 +21,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sumi.configs.train import TrainConfig
-from sumi.data import Loader, PackedDataset
+from sumi.data import Loader
+from sumi.data.spec import DataSpec, describe, open_data
 from sumi.distributed import checkpoint as ckpt
 from sumi.distributed import init_distributed, parallelize
+from sumi.hf import load_weights
 from sumi.model import Sumi, flops_per_token
 from sumi.train.objective import Objective
 from sumi.train.optim import WSD, build_optimizer, clip_grad_norm
@@ -62,42 +64,58 @@ def _all_reduce_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
     return values
 
 
-def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
+def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: bool = False,
           progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
-    """Train ``config`` on the packed shards in ``data_dir``; write everything under ``out_dir``.
+    """Train ``config`` on ``data`` (a directory of packed shards, or ``{name: directory}`` mixed
+    by ``config.mixture``: :func:`sumi.data.spec.open_data`); write everything under ``out_dir``.
 
-    ``stop_at_step`` ends the run early (after a checkpoint at that step) as an interruption would,
-    without changing the schedule: ``resume=True`` later continues exactly where it stopped.
+    ``config.init_from`` starts from a previous run's exported model (the next phase of the
+    recipe) with a fresh optimizer and schedule.  ``stop_at_step`` ends the run early (after a
+    checkpoint at that step) as an interruption would, without changing the schedule:
+    ``resume=True`` later continues exactly where it stopped.
     """
     info = init_distributed()
     out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
-    dataset = PackedDataset(data_dir)
+    dataset = open_data(data, config.mixture, config.seed)
     if dataset.seq_len != config.seq_len:
-        raise ValueError(f"the data in {data_dir} has sequence length {dataset.seq_len}, the config {config.seq_len}")
+        raise ValueError(f"{dataset!r} has sequence length {dataset.seq_len}, the config {config.seq_len}")
     if dataset.vocab_size > config.model.vocab_size:
-        raise ValueError(f"the data in {data_dir} uses a vocabulary of {dataset.vocab_size} ids, "
+        raise ValueError(f"{dataset!r} uses a vocabulary of {dataset.vocab_size} ids, "
                          f"the model has {config.model.vocab_size}")
     accumulation = config.grad_accumulation(info.world_size)
     if resume and ckpt.latest(ckpt_dir) is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt_dir}")
     if not resume and ckpt.latest(ckpt_dir) is not None:
         raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass --resume, or choose another --out")
+    if config.phase != "pretrain" and config.init_from is None and not resume:
+        raise ValueError(f"phase {config.phase!r} continues a trained model: --set init_from=DIR (the previous "
+                         "phase's OUT/model)")
+    if config.init_from is not None and not resume and not Path(config.init_from).is_dir():
+        raise FileNotFoundError(f"init_from: no model directory at {config.init_from}")
 
-    # every rank builds the same full model from the seed, then shards it
-    model = Sumi.initialized(config.model, device=info.device, generator=torch.Generator(info.device).manual_seed(config.seed))
-    model = parallelize(model, mixed_precision=config.mixed_precision,
+    # meta -> shard -> allocate -> initialize: each rank holds only its shard (plus one transient
+    # full parameter), and the weights equal a single process's from the same seed
+    model = parallelize(Sumi.on_meta(config.model), mixed_precision=config.mixed_precision,
                         activation_checkpointing=config.activation_checkpointing, compile_blocks=config.compile)
+    model.to_empty(device=info.device)
+    model.init_weights(torch.Generator(info.device).manual_seed(config.seed))
+    if config.init_from is not None and not resume:
+        load_weights(model, config.init_from)
     model.train()
     optimizer = build_optimizer(model, lr=config.peak_lr, betas=(config.beta1, config.beta2),
                                 weight_decay=config.weight_decay)
     schedule = WSD(config.peak_lr, config.floor_lr, config.effective_warmup_steps, config.steps, config.decay_fraction)
     objective = Objective(config.model.vocab_size, per_token_share=config.per_token_share, z_loss=config.z_loss)
-    loader = Loader(dataset, config.micro_batch_size, seed=config.seed, rank=info.rank, world_size=info.world_size)
+    loader = Loader(dataset, config.micro_batch_size, seed=config.seed, rank=info.rank, world_size=info.world_size,
+                    vocab_size=config.model.vocab_size)
     noise = torch.Generator(info.device).manual_seed(config.seed * 1_000_003 + 7919 * (info.rank + 1))
 
     start = 0
     if resume:
         extra = ckpt.load(ckpt.latest(ckpt_dir), model, optimizer)
+        if extra.get("data") != describe(dataset):
+            raise ValueError(f"--resume: the checkpoint was trained on {extra.get('data')}, this run reads "
+                             f"{describe(dataset)}: resuming would not replay the same tokens")
         start = int(extra["step"])
         loader.load_state_dict(extra["loader"][info.rank])
         noise.set_state(torch.tensor(extra["noise"][info.rank], dtype=torch.uint8))
@@ -153,7 +171,8 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, res
         if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
             states = _gather_states(loader, noise, info.world_size)
             ckpt.save(ckpt_dir, step + 1, model, optimizer,
-                      extra={"step": step + 1, "loader": states[0], "noise": states[1], "config": config.to_dict()})
+                      extra={"step": step + 1, "loader": states[0], "noise": states[1], "config": config.to_dict(),
+                             "data": describe(dataset)})
             ckpt.keep_last(ckpt_dir, config.keep_last)
     bar.close()
     if board is not None:

@@ -16,6 +16,7 @@ import torch
 from sumi.cli import UsageError, _Parser
 from sumi.data import Loader, Manifest, Mixture, PackedDataset, iter_documents, prepare, stdlib_files
 from sumi.data import cli as data_cli
+from sumi.data.spec import describe, open_data, parse_data_args
 from sumi.tokenizer import SumiTokenizer
 
 # the package exports the function prepare(), which hides the submodule of the same name
@@ -361,6 +362,51 @@ def test_mixture_bad_inputs(tmp_path):
             Mixture(sources, seed=0)
     with pytest.raises(ValueError, match="rows"):
         Mixture({"a": (a, 1)}, seed=0, rows=0)
+
+
+def test_loader_checks_ids_against_the_model_vocabulary(tmp_path):
+    rows = np.zeros((8, 6), np.uint32)
+    rows[5, 2] = 77  # below the manifest's vocab_size (100), above the model's (50)
+    ds = PackedDataset(_hand_dataset(tmp_path / "ds", [rows], vocab_size=100))
+    loader = Loader(ds, 8, seed=0, vocab_size=50)
+    with pytest.raises(ValueError, match=r"row 5 of PackedDataset\(.*column 2, holds id 77 >= vocab_size 50"):
+        loader.next_batch()
+    assert (loader.epoch, loader.step) == (0, 0)  # the failed batch did not advance the position
+    assert Loader(ds, 8, seed=0, vocab_size=78).next_batch()[..., 2].max() == 77
+    with pytest.raises(ValueError, match="vocab_size"):
+        Loader(ds, 8, seed=0, vocab_size=0)
+
+
+def test_mixture_vocab_size_is_the_largest_sources(tmp_path):
+    a, b = _rows_dataset(tmp_path / "a", 10), _rows_dataset(tmp_path / "b", 30)
+    assert Mixture({"a": (a, 1), "b": (b, 1)}, seed=0).vocab_size == 40 == b.vocab_size
+
+
+# -- what a run reads: --data DIR | NAME=DIR ... ----------------------------------------------------
+def test_parse_data_args():
+    assert parse_data_args(["d"]) == Path("d")
+    assert parse_data_args(["code=c", "math=/m=x"]) == {"code": Path("c"), "math": Path("/m=x")}
+    for items, match in [([], "no --data"), (["a", "b"], "need names"), (["a=x", "b"], "either"),
+                         (["=x"], "NAME=DIR"), (["a="], "NAME=DIR"), (["a=x", "a=y"], "twice")]:
+        with pytest.raises(ValueError, match=match):
+            parse_data_args(items)
+
+
+def test_open_data(tmp_path):
+    a, b = (_rows_dataset(tmp_path / n, k).path for n, k in (("a", 30), ("b", 10)))
+    assert isinstance(open_data(a, None, 0), PackedDataset)
+    mix = open_data({"a": a, "b": b}, {"a": 0.75, "b": 0.25}, seed=3)
+    assert isinstance(mix, Mixture) and mix.names == ["a", "b"] and mix.counts == [30, 10]
+    assert describe(mix) == {"rows": 40, "sources": {"a": {"rows": 30, "weight": 0.75},
+                                                     "b": {"rows": 10, "weight": 0.25}}}
+    assert describe(open_data(a, None, 0)) == {"rows": 30, "sources": None}
+    for data, weights, match in [(a, {"a": 1}, "pass --data NAME=DIR"), ({"a": a}, None, "no mixture weights"),
+                                 ({"a": a}, {"a": 1, "b": 1}, r"missing \['b'\]"),
+                                 ({"a": a, "b": b}, {"a": 1}, r"unweighted \['b'\]")]:
+        with pytest.raises(ValueError, match=match):
+            open_data(data, weights, 0)
+    with pytest.raises(FileNotFoundError):
+        open_data({"a": tmp_path / "nope"}, {"a": 1}, 0)
 
 
 # -- command line -----------------------------------------------------------------------------

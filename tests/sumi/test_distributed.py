@@ -184,6 +184,21 @@ def _worker(out: Path) -> None:
     assert {p.dtype for p in mixed.parameters()} == {p.grad.dtype for p in mixed.parameters()} == {torch.float32}
     assert abs(loss.item() - _loss(plain, tokens, GLOBAL_BATCH * SEQ).item()) < 2e-2
 
+    # (7) meta -> shard -> allocate -> initialize: the shards hold the single-process init.
+    sharded = parallelize(sumi.Sumi.on_meta(_config()), mixed_precision=False, activation_checkpointing=False,
+                          compile_blocks=False)
+    sharded.to_empty(device="cpu")
+    sharded.init_weights(torch.Generator().manual_seed(0))
+    assert all(p.to_local().shape[0] < p.shape[0] for p in sharded.parameters()), "not sharded"
+    init = _full_params(sharded)
+    if rank == 0:
+        torch.save(init, out / "init.pt")
+        _model(seed=3).save_pretrained(out / "seed3")
+    torch.distributed.barrier()
+    # ... and a previous phase's model loads into the shards (each rank copies its slice).
+    sumi.hf.load_weights(sharded, out / "seed3")
+    _assert_close(_full_params(sharded), _full_params(_model(seed=3)), atol=0.0)
+
     # (6) consolidated export of the sharded model (rank 0 writes).
     ckpt.export_safetensors(model, out / "export")
     final = _full_params(model)  # a collective: every rank gathers
@@ -271,6 +286,14 @@ def test_export_safetensors_from_two_ranks_loads_with_from_pretrained(job):
     loaded = sumi.from_pretrained(job / "export", attention_backend="eager")
     assert loaded.config == _config()
     _assert_close(_full_params(loaded), torch.load(job / "final.pt", weights_only=True), atol=0.0)
+
+
+# -- (7) sharded initialization ------------------------------------------------------------------
+@pytest.mark.distributed
+def test_sharded_init_on_two_ranks_equals_the_single_process_init(job):
+    """Built on meta and sharded before allocation, each rank initializes only its slice, yet the
+    gathered weights are bitwise those of ``Sumi.initialized`` with the same seed."""
+    _assert_close(torch.load(job / "init.pt", weights_only=True), _full_params(_model()), atol=0.0)
 
 
 # -- single process, no process group -------------------------------------------------------------

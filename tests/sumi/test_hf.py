@@ -323,6 +323,26 @@ def test_convert_changes_dtype_and_sharding(tmp_path):
     _assert_same_weights(hf.from_pretrained(tmp_path / "back"), tensors, torch.bfloat16)
 
 
+def test_load_weights_into_an_existing_model(tmp_path):
+    """The next training phase starts from a release-layout directory: weights copied in place
+    (cast to the model's dtype, sharded or not), the architecture checked."""
+    tensors = _release_tensors(torch.bfloat16)
+    d = _write_release(tmp_path / "bf16", tensors, shards=3)
+    model = Sumi.initialized(CFG, generator=_gen(5))
+    before = {n: p for n, p in model.named_parameters()}
+    hf.load_weights(model, d)
+    assert {n: p for n, p in model.named_parameters()} == before  # in place: the same Parameter objects
+    _assert_same_weights(model, tensors, torch.float32)
+    other = Sumi.initialized(tiny(vocab_size=256), generator=_gen(5))
+    with pytest.raises(hf.CheckpointError, match=r"another architecture: vocab_size=512 \(model: 256\)"):
+        hf.load_weights(other, d)
+    with pytest.raises(FileNotFoundError):
+        hf.load_weights(model, tmp_path / "nowhere")
+    del tensors["lm_head.weight"]
+    with pytest.raises(ValueError, match="missing 'lm_head.weight'"):
+        hf.load_weights(model, _write_release(tmp_path / "partial", tensors))
+
+
 # -- errors name the key or the file ----------------------------------------------------------------------
 def _error_case(tmp_path, tensors=None, config=None, shards=1):
     return _write_release(tmp_path, _release_tensors(torch.float32) if tensors is None else tensors, config, shards)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,18 +17,27 @@ from sumi.tokenizer import SumiTokenizer, tiny_corpus
 from sumi.train.loop import train
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    tok = SumiTokenizer.default()
+def _pack(tok, paragraphs: list[str], root) -> object:
+    root.mkdir()
     paths = []
-    root = tmp_path_factory.mktemp("corpus")
-    for i, para in enumerate(tiny_corpus().split("\n\n")[:60]):
+    for i, para in enumerate(paragraphs):
         path = root / f"doc{i:03d}.txt"
         path.write_text(para)
         paths.append(str(path))
-    out = root.parent / "packed"
-    prepare(paths, tok, out, 32)
-    return out, tok
+    prepare(paths, tok, root / "packed", 32)
+    return root / "packed"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tok = SumiTokenizer.default()
+    return _pack(tok, tiny_corpus().split("\n\n")[:60], tmp_path_factory.mktemp("corpus") / "a"), tok
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory, data):
+    """Another source (the corpus's other paragraphs), for mixtures."""
+    return _pack(data[1], tiny_corpus().split("\n\n")[60:], tmp_path_factory.mktemp("corpus") / "b")
 
 
 def _config(tok, **overrides):
@@ -53,6 +64,57 @@ def test_resume_is_bitwise_identical(data, tmp_path):
     b = sumi.from_pretrained(tmp_path / "b" / "model")
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
+
+
+def test_mixture_run_resumes_bitwise_and_refuses_other_data(data, second, tmp_path):
+    data_dir, tok = data
+    sources = {"prose": data_dir, "more": second}
+    config = _config(tok, mixture={"prose": 0.7, "more": 0.3})
+    straight = train(config, sources, tmp_path / "a", progress=False)
+    train(config, sources, tmp_path / "b", progress=False, stop_at_step=3)
+    with pytest.raises(ValueError, match="resuming would not replay"):
+        train(config.override(['mixture={"prose": 0.5, "more": 0.5}']), sources, tmp_path / "b",
+              progress=False, resume=True)
+    with pytest.raises(ValueError, match="resuming would not replay"):
+        train(_config(tok), data_dir, tmp_path / "b", progress=False, resume=True)
+    train(config, sources, tmp_path / "b", progress=False, resume=True)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b") and len(straight.losses) == 6
+    # not the single-source run: the mixture changes what is read
+    assert _losses(tmp_path / "a") != train(_config(tok), data_dir, tmp_path / "c", progress=False).losses
+
+
+def test_next_phase_starts_from_the_previous_model(data, tmp_path):
+    data_dir, tok = data
+    train(_config(tok, steps=3), data_dir, tmp_path / "pre", progress=False)
+    previous = sumi.from_pretrained(tmp_path / "pre" / "model")
+    with pytest.raises(ValueError, match="init_from"):
+        train(_config(tok, phase="mid"), data_dir, tmp_path / "mid", progress=False)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train(_config(tok, init_from=str(tmp_path / "nope")), data_dir, tmp_path / "mid", progress=False)
+    # a step of lr 1e-12 barely moves the weights: the run started from the previous model
+    tiny_lr = dict(steps=1, peak_lr=1e-12, floor_lr=1e-12, seed=1)
+    train(_config(tok, phase="mid", init_from=str(tmp_path / "pre" / "model"), **tiny_lr), data_dir,
+          tmp_path / "mid", progress=False)
+    fresh = train(_config(tok, **tiny_lr), data_dir, tmp_path / "fresh", progress=False)
+    assert fresh.steps == 1
+    after, scratch = sumi.from_pretrained(tmp_path / "mid" / "model"), sumi.from_pretrained(tmp_path / "fresh" / "model")
+    for (name, p), q, r in zip(after.named_parameters(), previous.parameters(), scratch.parameters()):
+        assert (p - q).abs().max() < 1e-8, name
+        assert (p - r).abs().max() > 1e-3, name
+
+
+def test_ids_beyond_the_model_vocabulary_stop_the_run(data, tmp_path):
+    data_dir, tok = data
+    bad = tmp_path / "bad"
+    shutil.copytree(data_dir, bad)
+    shard = np.load(bad / "shard-00000.npy", mmap_mode="r+")
+    shard[:, 5] = tok.vocab_size + 3  # every row: the first batch meets it
+    shard.flush()
+    del shard
+    config = _config(tok).override([f"model.vocab_size={tok.vocab_size + 2}"])
+    with pytest.raises(ValueError, match=f"holds id {tok.vocab_size + 3} >= vocab_size {tok.vocab_size + 2}"):
+        train(config, bad, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_metrics_and_learning_signal(data, tmp_path):
@@ -101,6 +163,17 @@ def test_cli_main_job_and_user_errors(tmp_path, monkeypatch, capsys):
         (["train", "--preset", "tiny", "--out", str(tmp_path / "s"), "--set", "bogus=1", "--no-progress"], "bogus"),
         (["train", "--preset", "sumi_1b", "--out", str(tmp_path / "t")], "--data is required"),
         (["train", "--preset", "sumi_1b", "--out", str(tmp_path / "t"), "--data", str(tmp_path / "missing")], "missing"),
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as err:
+            main(argv)
+        assert err.value.code == 2
+        assert match in capsys.readouterr().err
+    for argv, match in [
+        (["train", "--preset", "tiny", "--out", str(tmp_path / "u"), "--phase", "mid"], "--phase applies"),
+        (["train", "--preset", "sumi_7b", "--phase", "mid", "--out", str(tmp_path / "v"), "--data", "x"],
+         "pass --data NAME=DIR"),
+        (["train", "--preset", "tiny", "--out", str(tmp_path / "w"), "--data", "a=x", "--data", "y"], "either"),
     ]:
         capsys.readouterr()
         with pytest.raises(SystemExit) as err:

@@ -1,0 +1,64 @@
+"""What a run trains on: one prepared directory, or named directories mixed by weight.
+
+``--data DIR`` trains on one directory written by ``sumi data prepare``.  ``--data NAME=DIR``
+(repeated) names the sources of a :class:`~sumi.data.Mixture` whose weights come from the
+config's ``mixture`` (the ``mid`` and ``long`` phases of the released recipe mix code, math,
+general and reasoning data; ``--set mixture='{"code": 0.5, ...}'`` sets any other).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sumi.data.dataset import Mixture, PackedDataset
+
+DataSpec = str | os.PathLike | Mapping[str, str | os.PathLike]
+
+
+def parse_data_args(items: list[str]) -> Path | dict[str, Path]:
+    """``["DIR"]`` -> ``Path(DIR)``; ``["a=DIR1", "b=DIR2"]`` -> ``{"a": Path(DIR1), "b": Path(DIR2)}``."""
+    if not items:
+        raise ValueError("no --data given")
+    named = ["=" in item for item in items]
+    if not any(named):
+        if len(items) > 1:
+            raise ValueError(f"several --data directories need names: --data NAME=DIR (got {items})")
+        return Path(items[0])
+    if not all(named):
+        raise ValueError(f"mix either one unnamed --data DIR or only NAME=DIR sources, got {items}")
+    sources: dict[str, Path] = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            raise ValueError(f"--data expects NAME=DIR, got {item!r}")
+        if name in sources:
+            raise ValueError(f"--data names the source {name!r} twice")
+        sources[name] = Path(path)
+    return sources
+
+
+def open_data(data: DataSpec, mixture: Mapping[str, float] | None, seed: int) -> PackedDataset | Mixture:
+    """The dataset a run reads: a :class:`PackedDataset`, or a :class:`Mixture` of named sources
+    weighted by ``mixture`` (the names must match exactly; a weight may be 0)."""
+    if not isinstance(data, Mapping):
+        if mixture is not None:
+            raise ValueError(f"this config mixes sources {sorted(mixture)}: pass --data NAME=DIR for each "
+                             "(or --set mixture=null to train on one directory)")
+        return PackedDataset(data)
+    if mixture is None:
+        raise ValueError(f"--data names sources {sorted(data)} but the config has no mixture weights: "
+                         "--set mixture='{\"name\": weight, ...}'")
+    if set(data) != set(mixture):
+        raise ValueError(f"the mixture weighs {sorted(mixture)} but --data names {sorted(data)}: "
+                         f"missing {sorted(set(mixture) - set(data))}, unweighted {sorted(set(data) - set(mixture))}")
+    return Mixture({name: (PackedDataset(data[name]), mixture[name]) for name in mixture}, seed=seed)
+
+
+def describe(dataset: PackedDataset | Mixture) -> dict:
+    """What a checkpoint records about its data, to refuse resuming on other data."""
+    if isinstance(dataset, Mixture):
+        return {"rows": len(dataset), "sources": {n: {"rows": len(d), "weight": w}
+                                                   for n, d, w in zip(dataset.names, dataset.datasets, dataset.weights)}}
+    return {"rows": len(dataset), "sources": None}
