@@ -1,4 +1,4 @@
-"""The ``sumi`` command line: ``sumi generate``, ``convert``, ``data prepare``, ``train`` (``eval`` to come).
+"""The ``sumi`` command line: ``sumi generate``, ``convert``, ``data prepare``, ``train``, ``eval``, ``probe``.
 
 Each subcommand is one ``(add_arguments, run)`` pair in :data:`COMMANDS`: ``add_arguments``
 fills its argparse sub-parser, ``run(args)`` does the work and returns the exit status.
@@ -169,16 +169,44 @@ def _run_train(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from sumi.evaluate.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from sumi.evaluate.cli import run
+
+    return run(args)
+
+
+def _add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    from sumi.evaluate.probe_cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from sumi.evaluate.probe_cli import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "generate": (_add_generate_arguments, _run_generate),
     "convert": (_add_convert_arguments, _run_convert),
     "data": (_add_data_arguments, _run_data),
     "train": (_add_train_arguments, _run_train),
+    "eval": (_add_eval_arguments, _run_eval),
+    "probe": (_add_probe_arguments, _run_probe),
 }
 HELP = {"generate": "generate an answer to a prompt (canvas semantics of the Sumi release)",
         "convert": "rewrite a checkpoint in another dtype and/or sharding (Hugging Face layout)",
         "data": "prepare training data: `sumi data prepare` tokenizes files into packed shards",
-        "train": "train Sumi (`--preset tiny`: the embedded default on the Python standard library)"}
+        "train": "train Sumi (`--preset tiny`: the embedded default on the Python standard library)",
+        "eval": "evaluate: `sumi eval nelbo` (NELBO, bits per byte), `sumi eval harness` (lm-eval)",
+        "probe": "generation dynamics: `sumi probe revision` (revision budget), `sumi probe commitment`"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,12 +47,15 @@ class GenerationOutput:
     EOS excluded), one list per prompt.  ``canvas``: the final ``[batch, canvas_length]``
     canvas.  ``seed``: the seed of the generator that drew every random number (pass it back as
     ``seed=`` to reproduce the run).  ``trace``: the :class:`~discdiff.samplers.Trace` of every
-    step when ``trace=True`` (``trace.tokens[0]`` is the initial canvas), else ``None``."""
+    step when ``trace=True`` (``trace.tokens[0]`` is the initial canvas), else ``None``.
+    ``layout``: the initial :class:`Canvas` (what was frozen, the attention mask, the prompt
+    lengths), so a caller can continue sampling on the same layout (the revision probe)."""
 
     tokens: list[list[int]]
     canvas: Tensor
     seed: int
     trace: Trace | None = None
+    layout: Canvas | None = None
 
 
 @dataclass(frozen=True)
@@ -245,4 +248,4 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
         if bar is not None:
             bar.close()
     return GenerationOutput(tokens=answers(out.tokens, canvas.prompt_lengths, config.eos_token_id),
-                            canvas=out.tokens, seed=seed, trace=out.trace)
+                            canvas=out.tokens, seed=seed, trace=out.trace, layout=canvas)

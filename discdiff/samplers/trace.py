@@ -104,6 +104,38 @@ class Trace:
             out.append(_pearson(_ranks(pos), _ranks(values)))
         return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
 
+    def left_to_right_fraction(self, positions: Tensor | None = None) -> Tensor:
+        r"""``[batch]`` float64: how often an earlier position commits before a later one.
+
+        With ``c_i`` the :meth:`commitment_step` of counted position ``i`` and ``n`` counted
+        positions per row,
+
+        .. math::
+
+            F = \binom{n}{2}^{-1} \sum_{i < j} \Big( [c_i < c_j] + \tfrac12 [c_i = c_j] \Big),
+
+        so ``F = 1`` for a strictly left-to-right order, ``1/2`` for no order (or all ties) and
+        ``0`` for strictly right to left; NaN when a row counts fewer than 2 positions.  Unlike
+        :meth:`order_correlation` it is always defined for ``n >= 2`` and reads as a probability:
+        the chance that of two random positions the left one is inked first (ties split evenly).
+        """
+        commit = self.commitment_step()
+        mask = self._mask(positions, commit).bool()
+        out = []
+        for row, keep in zip(commit, mask):
+            values = row[keep]
+            n = values.numel()
+            if n < 2:
+                out.append(torch.tensor(float("nan"), dtype=torch.float64, device=values.device))
+                continue
+            # [i, j] pairs with i < j only; O(n^2) booleans, fine for answers of a few thousand tokens
+            upper = torch.ones(n, n, dtype=torch.bool, device=values.device).triu(1)
+            earlier = (values.unsqueeze(1) < values.unsqueeze(0)) & upper
+            tied = (values.unsqueeze(1) == values.unsqueeze(0)) & upper
+            score = earlier.sum().double() + 0.5 * tied.sum().double()
+            out.append(score / (n * (n - 1) / 2))
+        return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
+
 
 def _ranks(values: Tensor) -> Tensor:
     """Average ranks (ties share the mean of their ranks), as Spearman's rho needs."""

@@ -165,6 +165,83 @@ def test_order_correlation_single_position_is_nan():
     assert math.isnan(float(trace.order_correlation(torch.tensor([True, False]))[0]))
 
 
+
+# -- left_to_right_fraction ------------------------------------------------------------------
+def _pairwise_fraction(commit: list[int]) -> float:
+    """The textbook double loop: pairs i < j scored 1 if c_i < c_j, 1/2 if tied, 0 otherwise."""
+    n = len(commit)
+    if n < 2:
+        return math.nan
+    score = sum(1.0 if commit[i] < commit[j] else 0.5 if commit[i] == commit[j] else 0.0
+                for i in range(n) for j in range(i + 1, n))
+    return score / (n * (n - 1) / 2)
+
+
+def _brute_force_fraction(trace: Trace, keep: torch.Tensor) -> list[float]:
+    commit = trace.commitment_step().tolist()
+    keep = keep.expand(len(commit), len(commit[0])).tolist()
+    return [_pairwise_fraction([c for c, k in zip(row, mask) if k]) for row, mask in zip(commit, keep)]
+
+
+def _assert_fractions(got: torch.Tensor, expected: list[float]) -> None:
+    assert got.dtype == F64 and got.shape == (len(expected),)
+    for g, e in zip(got.tolist(), expected):
+        assert (math.isnan(g) and math.isnan(e)) or g == pytest.approx(e, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "commit, expected",
+    [
+        ([1, 2, 3, 4, 5], 1.0),          # strictly left to right
+        ([5, 4, 3, 2, 1], 0.0),          # strictly right to left
+        ([2, 2, 2, 2], 0.5),             # all ties: no order
+        # pairs (i<j): 1<1 tie, 1<3, 1<2, 1<3, 1<2, 3>2 -> 0.5 + 1 + 1 + 1 + 1 + 0 = 4.5 of 6
+        ([1, 1, 3, 2], 4.5 / 6),
+        ([3], math.nan),                 # fewer than 2 positions: undefined
+    ],
+)
+def test_left_to_right_fraction_from_commitment_steps(commit, expected):
+    seq, steps = len(commit), max(commit)
+    toks = torch.zeros(steps + 1, 1, seq, dtype=torch.long)
+    for i, c in enumerate(commit):  # position i changes exactly once, at step c
+        toks[c:, 0, i] = 1
+    trace = Trace.from_tokens(toks)
+    assert trace.commitment_step().tolist() == [commit]
+    _assert_fractions(trace.left_to_right_fraction(), [expected])
+
+
+def test_left_to_right_fraction_by_hand_with_a_mask():
+    trace = Trace.from_tokens(_hand_trajectory())
+    # row 0 commitment [5, 1, 0, 5]: pairs 5>1, 5>0, 5=5, 1>0, 1<5, 0<5 -> 0 + 0 + .5 + 0 + 1 + 1 = 2.5 of 6
+    # row 1 commitment [3, 3, 5, 3]: 3=3, 3<5, 3=3, 3<5, 3=3, 5>3 -> .5 + 1 + .5 + 1 + .5 + 0 = 3.5 of 6
+    _assert_fractions(trace.left_to_right_fraction(), [2.5 / 6, 3.5 / 6])
+    # positions 0 and 3 of row 0 (5 = 5: a tie) and a single position of row 1 (undefined)
+    keep = torch.tensor([[True, False, False, True], [False, False, True, False]])
+    _assert_fractions(trace.left_to_right_fraction(keep), [0.5, math.nan])
+    keep = torch.tensor([True, True, False, True])  # a [seq] mask broadcasts over the batch
+    _assert_fractions(trace.left_to_right_fraction(keep), _brute_force_fraction(trace, keep))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_left_to_right_fraction_matches_the_double_loop_on_random_traces(seed):
+    g = torch.Generator().manual_seed(seed)
+    steps, batch, seq = 7, 3, 11
+    # a small vocabulary and sparse changes: many positions share a commitment step (ties),
+    # some never change (commitment 0)
+    changes = torch.rand(steps, batch, seq, generator=g) < 0.3
+    toks = torch.zeros(steps + 1, batch, seq, dtype=torch.long)
+    toks[0] = torch.randint(3, (batch, seq), generator=g)
+    for s in range(steps):
+        toks[s + 1] = torch.where(changes[s], (toks[s] + 1 + torch.randint(2, (batch, seq), generator=g)) % 3, toks[s])
+    trace = Trace.from_tokens(toks)
+    everything = torch.ones(batch, seq, dtype=torch.bool)
+    _assert_fractions(trace.left_to_right_fraction(), _brute_force_fraction(trace, everything))
+    keep = torch.rand(batch, seq, generator=g) < 0.6
+    keep[0] = False
+    keep[0, 4] = True  # row 0 counts one position: NaN
+    _assert_fractions(trace.left_to_right_fraction(keep), _brute_force_fraction(trace, keep))
+    assert math.isnan(float(trace.left_to_right_fraction(keep)[0]))
+
 def test_empty_trace():
     trace = Trace.from_tokens(torch.tensor([[[3, 1, 2]]]))  # zero steps
     assert trace.num_steps == 0
@@ -173,6 +250,7 @@ def test_empty_trace():
     assert trace.commitment_step().tolist() == [[0, 0, 0]]
     assert trace.round_trips().tolist() == [[0, 0, 0]]
     assert trace.selected.shape == (0, 1, 3)
+    assert trace.left_to_right_fraction().tolist() == [0.5]  # nothing committed: all tied
 
 
 # -- the sampling loop ---------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""``sumi eval``: ``nelbo`` (NELBO per token and bits per byte of local text) and ``harness``
+(the lm-eval command line with the ``sumi`` model registered)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sumi.evaluate.likelihood import DEFAULT_CANVAS, DEFAULT_POINTS
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --tokenizer, --device, --dtype: as ``sumi generate`` (read by ``sumi.cli._load``)."""
+    from sumi.cli import DTYPES, TINY
+
+    parser.add_argument("--model", required=True,
+                        help=f"a model directory (Hugging Face layout, with tokenizer.json), or '{TINY}': "
+                             "a tiny model with random weights")
+    parser.add_argument("--tokenizer", help="a tokenizer.json (default: MODEL/tokenizer.json)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weights dtype (default: the checkpoint's)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
+    p = sub.add_parser("nelbo", help="NELBO per token and bits per byte of local text",
+                       description="NELBO per token and bits per byte of local text files under a Sumi model "
+                                   "(each file one document; .jsonl: one per line).")
+    add_model_arguments(p)
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH_OR_GLOB",
+                   help=".txt/.md/.py files (one document each), .jsonl (one per line), directories or globs")
+    p.add_argument("--text-field", default="text", help="the JSONL field holding the text (default 'text')")
+    p.add_argument("--canvas-length", type=int, default=DEFAULT_CANVAS,
+                   help=f"tokens per canvas row; longer documents are scored in windows (default {DEFAULT_CANVAS})")
+    p.add_argument("--points", type=int, default=DEFAULT_POINTS,
+                   help=f"time points of the linear-alpha grid (default {DEFAULT_POINTS})")
+    p.add_argument("--effective-snr", action="store_true", help="evaluate each point at the realized clean fraction")
+    p.add_argument("--batch-size", type=int, default=4, help="canvas rows per forward pass (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default 0)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    h = sub.add_parser("harness", help="lm-eval-harness with the `sumi` model (needs pip install .[eval])",
+                       description="The lm_eval command line with the `sumi` model registered; every argument "
+                                   "is passed on, e.g. sumi eval harness --model sumi --model_args "
+                                   "pretrained=DIR --tasks TASK.")
+    h.add_argument("harness_args", nargs=argparse.REMAINDER, help="lm_eval arguments")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sumi.cli import UsageError
+
+    if args.eval_command == "harness":
+        from sumi.evaluate.__main__ import main as harness_main
+
+        harness_main(args.harness_args)
+        return 0
+    for name in ("canvas_length", "points", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    from sumi.data.sources import iter_documents
+
+    try:
+        texts = list(iter_documents(args.data, text_field=args.text_field))
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not texts:
+        raise UsageError(f"no non-empty documents in {' '.join(args.data)}")
+    from sumi.cli import _load
+    from sumi.evaluate.likelihood import nelbo_texts
+
+    model, tokenizer = _load(args)
+    try:
+        report = nelbo_texts(model, tokenizer, texts, canvas_length=args.canvas_length, points=args.points,
+                             effective_snr=args.effective_snr, batch_size=args.batch_size, seed=args.seed,
+                             progress=True)
+    except ValueError as e:  # a canvas beyond the model's positions, ...
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(f"documents        {report.documents}\ntokens           {report.tokens}\nbytes            {report.bytes}\n"
+              f"NELBO per token  {report.nelbo_per_token:.4f} nats\nbits per byte    {report.bits_per_byte:.4f}")
+        print(f"(canvas {report.canvas_length}, {report.points} points, effective SNR {report.effective_snr}, "
+              f"seed {report.seed})", file=sys.stderr)
+    return 0

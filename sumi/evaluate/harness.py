@@ -1,0 +1,210 @@
+"""The lm-eval-harness model ``sumi`` (``pip install .[eval]``; importing this module registers it).
+
+``python -m sumi.evaluate --model sumi --model_args pretrained=DIR --tasks ...`` is the
+``lm_eval`` command line with this model registered (the plain ``lm_eval`` script only knows
+models of processes that imported this module: lm-eval has no plugin discovery).
+
+Protocol (the released evaluation, MATH.md "Sumi facts"; canvas rules in
+:mod:`sumi.evaluate.likelihood`):
+
+- ``loglikelihood(context, continuation)``: ``-NELBO`` of the continuation given the clean
+  context (canvas 2048, 128 time points, effective SNR).  It lower-bounds the log-likelihood.
+  ``is_greedy``: whether one denoising pass from pure noise on the continuation positions
+  (context clean) puts the continuation's tokens at every argmax;
+- ``loglikelihood_rolling(text)``: ``-NELBO`` of the whole text (windows of the canvas);
+- ``generate_until(context, gen_kwargs)``: :func:`sumi.generate.generate` with the adaptive
+  sampler, 256 steps and 256 new tokens by default (``max_gen_toks`` overrides), temperature
+  from ``gen_kwargs`` (0, the argmax, unless ``do_sample``), cut at the first ``until`` string.
+
+Model arguments (``--model_args key=value,...``): ``pretrained`` (a model directory, required),
+``tokenizer`` (default ``pretrained/tokenizer.json``), ``device``, ``dtype``, ``batch_size``,
+``canvas_length``, ``points``, ``effective_snr``, ``steps``, ``max_gen_toks``, ``sampler``,
+``tokens_per_step``, ``seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm.auto import tqdm
+
+from sumi.evaluate.likelihood import DEFAULT_CANVAS, DEFAULT_POINTS, Row, Scorer, continuation_row, document_rows
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _int_arg(name: str, value, minimum: int) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"sumi model argument {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` and of ``continuation`` as they follow it: the pair is encoded
+    whole and split at the context's length (trailing context spaces move to the continuation,
+    as lm-eval does for causal models), so word boundaries tokenize as in running text."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    ctx = tokenizer.encode(context, add_bos=False) if context else []
+    whole = tokenizer.encode(context + continuation, add_bos=False)
+    if whole[:len(ctx)] != ctx:  # the boundary merged into one token: encode the parts apart
+        return ctx, tokenizer.encode(continuation, add_bos=False)
+    return ctx, whole[len(ctx):]
+
+
+@register_model("sumi")
+class SumiLM(LM):
+    """A Sumi checkpoint as an lm-eval ``LM`` (see the module docstring)."""
+
+    def __init__(self, pretrained: str | None = None, tokenizer: str | None = None, device: str | None = None,
+                 dtype: str | None = None, batch_size: int | str = 4, max_batch_size: int | None = None,
+                 canvas_length: int = DEFAULT_CANVAS, points: int = DEFAULT_POINTS, effective_snr: bool = True,
+                 steps: int = 256, max_gen_toks: int = 256, sampler: str = "adaptive", tokens_per_step: int = 1,
+                 seed: int = 0, *, model=None, tokenizer_object=None) -> None:
+        super().__init__()
+        from sumi.hf import from_pretrained
+        from sumi.tokenizer import SumiTokenizer
+
+        if model is None:
+            if pretrained is None:
+                raise ValueError("the sumi model needs pretrained=DIR (a model directory)")
+            directory = Path(pretrained)
+            if not directory.is_dir():
+                raise FileNotFoundError(f"sumi: no model directory {pretrained}")
+            if dtype is not None and dtype not in DTYPES:
+                raise ValueError(f"sumi: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = from_pretrained(directory, dtype=DTYPES[dtype] if dtype else None, device=device)
+            tokenizer_path = Path(tokenizer) if tokenizer else directory / "tokenizer.json"
+            if not tokenizer_path.is_file():
+                raise FileNotFoundError(f"sumi: no tokenizer at {tokenizer_path}; pass tokenizer=PATH")
+            tokenizer_object = SumiTokenizer.from_file(tokenizer_path)
+        elif tokenizer_object is None:
+            raise ValueError("pass tokenizer_object with model")
+        self.model, self.tokenizer = model, tokenizer_object
+        self._device = next(model.parameters()).device
+        config = model.config
+        if batch_size == "auto" or (isinstance(batch_size, str) and batch_size.startswith("auto")):
+            batch_size = 4  # no memory probing: a fixed, safe default
+        self.batch_size = _int_arg("batch_size", batch_size, 1)
+        self.canvas_length = min(_int_arg("canvas_length", canvas_length, 3), config.max_position_embeddings)
+        self.steps = _int_arg("steps", steps, 1)
+        self.max_gen_toks = _int_arg("max_gen_toks", max_gen_toks, 1)
+        self.tokens_per_step = _int_arg("tokens_per_step", tokens_per_step, 1)
+        self.sampler = str(sampler)
+        self.seed = _int_arg("seed", seed, 0)
+        self.scorer = Scorer(model, points=_int_arg("points", points, 1), effective_snr=bool(effective_snr),
+                             batch_size=self.batch_size, seed=self.seed, device=self._device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    # -- likelihoods ------------------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        config = self.model.config
+        rows = []
+        for request in requests:
+            context, continuation = request.args
+            ctx, cont = encode_pair(self.tokenizer, context, continuation)
+            rows.append(continuation_row(ctx, cont, self.canvas_length, config.bos_token_id, config.eos_token_id))
+        nats = self.scorer.nelbo(rows, progress=not disable_tqdm)
+        greedy = self._is_greedy(rows)
+        results = [(-n, g) for n, g in zip(nats, greedy)]
+        for request, result in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", request.args, result)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        config = self.model.config
+        rows, owner = [], []
+        for i, request in enumerate(requests):
+            (text,) = request.args[:1]
+            for row in document_rows(self.tokenizer.encode(text, add_bos=False), self.canvas_length,
+                                     config.bos_token_id, config.eos_token_id):
+                if any(row.scored):
+                    rows.append(row)
+                    owner.append(i)
+        totals = [0.0] * len(requests)
+        for i, n in zip(owner, self.scorer.nelbo(rows, progress=not disable_tqdm)):
+            totals[i] -= n
+        for request, result in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, result)
+        return totals
+
+    @torch.no_grad()
+    def _is_greedy(self, rows: list[Row]) -> list[bool]:
+        """One pass from pure uniform noise on the scored positions: does the argmax give them back?"""
+        generator = torch.Generator(self._device).manual_seed(self.seed + 1)
+        pad, vocab = self.model.config.pad_token_id, self.model.config.vocab_size
+        out = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                length = max(len(r.tokens) for r in chunk)
+                x = torch.full((len(chunk), length), pad, dtype=torch.long)
+                scored = torch.zeros_like(x, dtype=torch.bool)
+                mask = torch.zeros_like(x)
+                for b, r in enumerate(chunk):
+                    x[b, :len(r.tokens)] = torch.tensor(r.tokens)
+                    scored[b, :len(r.tokens)] = torch.tensor(r.scored)
+                    mask[b, :len(r.tokens)] = 1
+                x, scored, mask = x.to(self._device), scored.to(self._device), mask.to(self._device)
+                noise = torch.randint(0, vocab, x.shape, generator=generator, device=self._device)
+                best = self.model(torch.where(scored, noise, x), attention_mask=mask).argmax(-1)
+                out += [bool(((best == x) | ~scored)[b].all()) for b in range(len(chunk))]
+        finally:
+            self.model.train(was_training)
+        return out
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from sumi.generate import generate
+
+        config = self.model.config
+        results: list[str | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        settings = []
+        for i, request in enumerate(requests):
+            context, gen_kwargs = request.args
+            gen_kwargs = dict(gen_kwargs or {})
+            until = gen_kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = _int_arg("max_gen_toks", gen_kwargs.pop("max_gen_toks", self.max_gen_toks), 1)
+            do_sample = bool(gen_kwargs.pop("do_sample", False))
+            temperature = float(gen_kwargs.pop("temperature", 1.0 if do_sample else 0.0))
+            room = self.canvas_length - max_new - 2  # the pinned EOS and BOS
+            if room < 1:
+                raise ValueError(f"max_gen_toks={max_new} leaves no room for a prompt on a canvas of "
+                                 f"{self.canvas_length}")
+            prompt = [config.bos_token_id, *self.tokenizer.encode(context, add_bos=False)][-room:]
+            settings.append((prompt, until))
+            groups.setdefault((max_new, temperature), []).append(i)
+        bar = tqdm(total=len(requests), desc="generate", disable=disable_tqdm)
+        for (max_new, temperature), members in groups.items():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start:start + self.batch_size]
+                out = generate(self.model, [settings[i][0] for i in chunk], max_new,
+                               canvas_length=self.canvas_length, steps=self.steps, sampler=self.sampler,
+                               tokens_per_step=self.tokens_per_step, temperature=temperature, seed=self.seed)
+                for i, ids in zip(chunk, out.tokens):
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    results[i] = cut_at_stop(text, settings[i][1])
+                    self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
+                bar.update(len(chunk))
+        bar.close()
+        return results
+
+
+def cut_at_stop(text: str, until: list[str]) -> str:
+    """``text`` up to the earliest occurrence of any stop string (excluded)."""
+    cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=len(text))
+    return text[:cut]

@@ -1,0 +1,221 @@
+"""NELBO and bits per byte of text under a Sumi model (the released evaluation's canvas handling).
+
+The NELBO is :func:`discdiff.likelihood.nelbo` under the training kernel (uniform noise over the
+full vocabulary): a time grid of ``points`` midpoints under the linear-alpha schedule (128 in
+the Sumi and GIDD evaluations), optionally at the effective SNR.  It upper-bounds the negative
+log-likelihood, so ``-NELBO`` is what a log-likelihood benchmark receives.
+
+Canvas handling (as in training, where documents are packed ``BOS text EOS``): a row holds
+at most ``canvas_length`` tokens.  A document is the stream ``BOS text EOS`` cut into
+consecutive windows of ``canvas_length`` tokens, scored independently; only text tokens count,
+BOS and EOS are held clean as delimiters (frozen).  A continuation given a context is the row
+``BOS context continuation EOS`` (the context cut from the left to fit), with only the
+continuation noised and counted: the conditional NELBO.  Rows shorter than the batch's
+longest are padded with ``pad_token_id`` hidden from attention (``attention_mask = 0``), so a
+row scores as if it were alone on its canvas.
+
+Bits per byte = total NELBO / (ln 2 x total UTF-8 bytes of the texts).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from discdiff.kernels import Uniform
+from discdiff.likelihood import nelbo
+
+DEFAULT_POINTS = 128
+DEFAULT_CANVAS = 2048
+
+
+@dataclass(frozen=True)
+class Row:
+    """One canvas row: ``tokens`` (at most ``canvas_length``) and which of them are scored."""
+
+    tokens: list[int]
+    scored: list[bool]
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.scored) or not self.tokens:
+            raise ValueError("a row needs as many scored flags as tokens, and at least one token")
+
+
+def document_rows(ids: Sequence[int], canvas_length: int, bos_id: int, eos_id: int) -> list[Row]:
+    """The windows of ``BOS ids EOS`` (``canvas_length`` tokens each, the last shorter), with the
+    text tokens scored and the delimiters frozen."""
+    _positive("canvas_length", canvas_length, 1)
+    stream = [bos_id, *ids, eos_id]
+    scored = [False, *([True] * len(ids)), False]
+    return [Row(stream[i:i + canvas_length], scored[i:i + canvas_length])
+            for i in range(0, len(stream), canvas_length)]
+
+
+def continuation_row(context: Sequence[int], continuation: Sequence[int], canvas_length: int, bos_id: int,
+                     eos_id: int) -> Row:
+    """``BOS context continuation EOS`` with only the continuation scored; the context (BOS
+    first) is cut from the left when the row would exceed ``canvas_length``."""
+    _positive("canvas_length", canvas_length, 1)
+    if not continuation:
+        raise ValueError("the continuation is empty (nothing to score)")
+    room = canvas_length - len(continuation) - 1  # the EOS after the continuation
+    if room < 0:
+        raise ValueError(f"the continuation ({len(continuation)} tokens) + EOS does not fit a canvas of "
+                         f"{canvas_length} positions")
+    prefix = [bos_id, *context][-room:] if room else []
+    tokens = [*prefix, *continuation, eos_id]
+    return Row(tokens, [False] * len(prefix) + [True] * len(continuation) + [False])
+
+
+def _positive(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class Scorer:
+    """NELBO (nats, summed over scored tokens) of canvas rows under ``model``, in batches.
+
+    ``model``: a :class:`sumi.Sumi` (called as ``model(ids, attention_mask=mask)``); it runs in
+    eval mode under ``torch.no_grad()`` and its mode is restored.  ``points``: time points;
+    ``effective_snr``: evaluate each point at the realized clean fraction (MATH.md,
+    "Likelihood"); ``seed``: the noise of every estimate (the same rows in the same order and
+    batch size give the same numbers).  Rows are scored longest first, ``batch_size`` at a time.
+    """
+
+    def __init__(self, model: nn.Module, *, points: int = DEFAULT_POINTS, effective_snr: bool = False,
+                 batch_size: int = 4, seed: int = 0, device: torch.device | str | None = None) -> None:
+        self.model = model
+        self.points = _positive("points", points, 1)
+        self.batch_size = _positive("batch_size", batch_size, 1)
+        self.seed = _positive("seed", seed, 0)
+        self.effective_snr = bool(effective_snr)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.kernel = Uniform(model.config.vocab_size)
+
+    def nelbo(self, rows: Sequence[Row], *, progress: bool = False) -> list[float]:
+        """The NELBO of each row in nats (its scored tokens summed), in the order given."""
+        config = self.model.config
+        for i, row in enumerate(rows):
+            if len(row.tokens) > config.max_position_embeddings:
+                raise ValueError(f"row {i} has {len(row.tokens)} tokens, more than the model's "
+                                 f"max_position_embeddings ({config.max_position_embeddings})")
+            lo, hi = min(row.tokens), max(row.tokens)
+            if lo < 0 or hi >= config.vocab_size:
+                raise ValueError(f"row {i} holds ids in [{lo}, {hi}], outside [0, {config.vocab_size})")
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
+        out = [0.0] * len(rows)
+        generator = torch.Generator(self.device).manual_seed(self.seed)
+        bar = _bar(len(rows) * self.points, progress)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(order), self.batch_size):
+                    chunk = order[start:start + self.batch_size]
+                    totals = self._batch([rows[i] for i in chunk], generator,
+                                         None if bar is None else (lambda done, n, k=len(chunk): bar.update(k)))
+                    for i, value in zip(chunk, totals.tolist()):
+                        out[i] = value
+        finally:
+            self.model.train(was_training)
+            if bar is not None:
+                bar.close()
+        return out
+
+    def _batch(self, rows: list[Row], generator: torch.Generator, callback: Callable | None) -> Tensor:
+        length = max(len(r.tokens) for r in rows)
+        pad = self.model.config.pad_token_id
+        x = torch.full((len(rows), length), pad, dtype=torch.long)
+        counted = torch.zeros((len(rows), length), dtype=torch.bool)
+        present = torch.zeros((len(rows), length), dtype=torch.bool)
+        for b, row in enumerate(rows):
+            n = len(row.tokens)
+            x[b, :n] = torch.tensor(row.tokens)
+            counted[b, :n] = torch.tensor(row.scored)
+            present[b, :n] = True
+        x, counted, present = x.to(self.device), counted.to(self.device), present.to(self.device)
+        mask = None if bool(present.all()) else present.long()
+
+        def denoiser(z: Tensor) -> Tensor:
+            return self.model(z) if mask is None else self.model(z, attention_mask=mask)
+
+        result = nelbo(denoiser, self.kernel, x, points=self.points, effective_snr=self.effective_snr,
+                       frozen=~counted, generator=generator, callback=callback)
+        return result.per_sequence.double().cpu()
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="nelbo", unit="pass", file=sys.stderr, leave=False)
+
+
+@dataclass(frozen=True)
+class NelboReport:
+    """Totals over the texts: ``nats`` (the NELBO), ``tokens`` (scored), ``bytes`` (UTF-8);
+    ``nelbo_per_token`` = nats / tokens; ``bits_per_byte`` = nats / (ln 2 x bytes);
+    ``per_document``: (nats, tokens, bytes) of each text; the settings used."""
+
+    documents: int
+    tokens: int
+    bytes: int
+    nats: float
+    nelbo_per_token: float
+    bits_per_byte: float
+    per_document: list[tuple[float, int, int]]
+    canvas_length: int
+    points: int
+    effective_snr: bool
+    seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def nelbo_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, canvas_length: int = DEFAULT_CANVAS,
+                points: int = DEFAULT_POINTS, effective_snr: bool = False, batch_size: int = 4, seed: int = 0,
+                progress: bool = False, device: torch.device | str | None = None) -> NelboReport:
+    """NELBO per token and bits per byte of ``texts`` (each one document; see the module docstring).
+
+    ``tokenizer``: a :class:`sumi.SumiTokenizer` (``encode(text, add_bos=False)``); the model's
+    BOS/EOS ids delimit the documents."""
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts to score")
+    config = model.config
+    canvas_length = _positive("canvas_length", canvas_length, 3)
+    if canvas_length > config.max_position_embeddings:
+        raise ValueError(f"canvas_length {canvas_length} exceeds the model's max_position_embeddings "
+                         f"({config.max_position_embeddings})")
+    rows, owner = [], []
+    for d, text in enumerate(texts):
+        ids = tokenizer.encode(text, add_bos=False)
+        for row in document_rows(ids, canvas_length, config.bos_token_id, config.eos_token_id):
+            if any(row.scored):  # a window holding only a delimiter scores nothing
+                rows.append(row)
+                owner.append(d)
+    scorer = Scorer(model, points=points, effective_snr=effective_snr, batch_size=batch_size, seed=seed,
+                    device=device)
+    values = scorer.nelbo(rows, progress=progress) if rows else []
+    nats = [0.0] * len(texts)
+    tokens = [0] * len(texts)
+    for d, row, value in zip(owner, rows, values):
+        nats[d] += value
+        tokens[d] += sum(row.scored)
+    sizes = [len(t.encode("utf-8")) for t in texts]
+    total_nats, total_tokens, total_bytes = sum(nats), sum(tokens), sum(sizes)
+    if total_tokens == 0:
+        raise ValueError("the texts hold no tokens to score (all empty?)")
+    return NelboReport(documents=len(texts), tokens=total_tokens, bytes=total_bytes, nats=total_nats,
+                       nelbo_per_token=total_nats / total_tokens,
+                       bits_per_byte=total_nats / (math.log(2) * total_bytes),
+                       per_document=list(zip(nats, tokens, sizes)), canvas_length=canvas_length, points=points,
+                       effective_snr=bool(effective_snr), seed=seed)

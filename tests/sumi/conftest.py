@@ -1,0 +1,31 @@
+"""Shared fixtures for the sumi tests: one real run of the main job, reused by every test that
+needs a trained model (the evaluation commands, the probes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TINY_RUN_STEPS = 40
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """``sumi train --preset tiny --out DIR --steps 40`` (the README's main job, shortened), with
+    its cache in a temporary directory; returns DIR (``DIR/model`` holds the model and tokenizer)."""
+    from sumi.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    old = os.environ.get("SUMI_CACHE")
+    os.environ["SUMI_CACHE"] = str(root / "cache")
+    try:
+        assert main(["train", "--preset", "tiny", "--out", str(root / "run"), "--steps", str(TINY_RUN_STEPS),
+                     "--no-progress"]) == 0
+    finally:
+        if old is None:
+            os.environ.pop("SUMI_CACHE", None)
+        else:
+            os.environ["SUMI_CACHE"] = old
+    return root / "run"

@@ -1,0 +1,272 @@
+"""sumi.evaluate: canvas rows, the batched NELBO scorer against discdiff.likelihood, bits per byte,
+`sumi eval nelbo`, and the lm-eval model `sumi` (in process, and through lm-eval's own command
+line on local tasks, offline)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sumi
+from discdiff.kernels import Uniform
+from discdiff.likelihood import nelbo
+from sumi.cli import main
+from sumi.configs import tiny
+from sumi.evaluate import Row, Scorer, continuation_row, document_rows, nelbo_texts
+from sumi.evaluate.harness import SumiLM, cut_at_stop, encode_pair
+from sumi.tokenizer import SumiTokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+BOS, EOS = 100, 101
+# Python code the main job did not train on (it trains on the standard library's source)
+HELD_OUT = ('import os\nimport sys\n\n\ndef main(argv):\n    """Print the arguments."""\n    for arg in argv:\n'
+            '        print(arg)\n    return 0\n\n\nif __name__ == "__main__":\n    sys.exit(main(sys.argv))\n',
+            "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n")
+
+
+@pytest.fixture(scope="module")
+def tok() -> SumiTokenizer:
+    return SumiTokenizer.default()
+
+
+@pytest.fixture(scope="module")
+def model(tok) -> sumi.Sumi:
+    config = tiny(vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                  pad_token_id=tok.pad_id, attention_backend="eager")
+    return sumi.Sumi.initialized(config, generator=torch.Generator().manual_seed(0))
+
+
+class _Request:  # what lm-eval hands a model: an object with .args
+    def __init__(self, *args):
+        self.args = args
+
+
+# -- canvas rows ------------------------------------------------------------------------------------
+def test_document_rows_are_windows_of_bos_text_eos():
+    rows = document_rows([1, 2, 3, 4, 5], 3, BOS, EOS)
+    assert [r.tokens for r in rows] == [[BOS, 1, 2], [3, 4, 5], [EOS]]
+    assert [r.scored for r in rows] == [[False, True, True], [True, True, True], [False]]
+    (one,) = document_rows([7], 8, BOS, EOS)
+    assert one == Row([BOS, 7, EOS], [False, True, False])
+    with pytest.raises(ValueError, match="canvas_length"):
+        document_rows([1], 0, BOS, EOS)
+
+
+def test_continuation_row_scores_only_the_continuation_and_cuts_the_context_from_the_left():
+    assert continuation_row([1, 2], [3, 4], 16, BOS, EOS) == Row([BOS, 1, 2, 3, 4, EOS], [False] * 3 + [True] * 2 + [False])
+    assert continuation_row([1, 2, 5], [3, 4], 5, BOS, EOS) == Row([2, 5, 3, 4, EOS], [False, False, True, True, False])
+    assert continuation_row([1], [3, 4], 3, BOS, EOS) == Row([3, 4, EOS], [True, True, False])
+    with pytest.raises(ValueError, match="does not fit"):
+        continuation_row([1], [3, 4, 5], 3, BOS, EOS)
+    with pytest.raises(ValueError, match="empty"):
+        continuation_row([1], [], 8, BOS, EOS)
+    with pytest.raises(ValueError, match="as many"):
+        Row([1, 2], [True])
+
+
+# -- the scorer -----------------------------------------------------------------------------------------
+def test_scorer_equals_discdiff_nelbo_on_one_row(model):
+    row = continuation_row([5, 6, 7], [8, 9, 10, 11], 32, model.config.bos_token_id, model.config.eos_token_id)
+    (got,) = Scorer(model, points=16, seed=3).nelbo([row])
+    x = torch.tensor([row.tokens])
+    with torch.no_grad():
+        want = nelbo(model, Uniform(model.config.vocab_size), x, points=16, frozen=~torch.tensor([row.scored]),
+                     generator=torch.Generator().manual_seed(3)).per_sequence.item()
+    assert got == pytest.approx(want, rel=1e-12)
+    assert Scorer(model, points=16, seed=3).nelbo([row]) == [got]  # the seed fixes the estimate
+    assert Scorer(model, points=16, seed=4).nelbo([row]) != [got]
+
+
+def test_padding_in_a_batch_does_not_change_a_rows_score(model):
+    """A short row batched with a long one is padded with pad ids that are frozen (not counted)
+    and hidden from attention: the batch is scored as the hand-built padded batch, and the
+    model's outputs on the short row's positions are those of the row alone.  (Comparing the
+    two estimates directly would need very wide Monte-Carlo tolerances: near lambda = 9 the
+    ELBO weights make single-draw estimates heavy-tailed.)"""
+    c = model.config
+    short = continuation_row([5, 6], [8, 9, 10, 11, 12, 13], 64, c.bos_token_id, c.eos_token_id)
+    long = document_rows(list(range(20, 60)), 64, c.bos_token_id, c.eos_token_id)[0]
+    got = Scorer(model, points=8, seed=2, batch_size=2).nelbo([short, long])
+    n = len(short.tokens)
+    x = torch.tensor([long.tokens, short.tokens + [c.pad_token_id] * (len(long.tokens) - n)])  # longest first
+    counted = torch.tensor([long.scored, short.scored + [False] * (len(long.tokens) - n)])
+    mask = torch.ones_like(x)
+    mask[1, n:] = 0
+    with torch.no_grad():
+        want = nelbo(lambda z: model(z, attention_mask=mask), Uniform(c.vocab_size), x, points=8, frozen=~counted,
+                     generator=torch.Generator().manual_seed(2)).per_sequence
+        assert got == pytest.approx([want[1].item(), want[0].item()], rel=1e-12)
+        torch.testing.assert_close(model(x, attention_mask=mask)[1, :n], model(torch.tensor([short.tokens]))[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_scorer_rejects_bad_rows_and_arguments(model):
+    with pytest.raises(ValueError, match="outside"):
+        Scorer(model, points=2).nelbo([Row([0, model.config.vocab_size], [True, True])])
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        n = model.config.max_position_embeddings + 1
+        Scorer(model, points=2).nelbo([Row([0] * n, [True] * n)])
+    for kwargs in ({"points": 0}, {"batch_size": 0}, {"seed": -1}):
+        with pytest.raises(ValueError):
+            Scorer(model, **kwargs)
+
+
+def test_nelbo_texts_totals_and_bits_per_byte(model, tok):
+    long_text = "abcdefgh " * 30  # several windows of a 32-token canvas
+    report = nelbo_texts(model, tok, [long_text, "x"], canvas_length=32, points=8, seed=0)
+    ids = tok.encode(long_text, add_bos=False)
+    assert report.documents == 2 and report.tokens == len(ids) + len(tok.encode("x", add_bos=False))
+    assert report.bytes == len(long_text) + 1
+    assert report.per_document[0][1:] == (len(ids), len(long_text))
+    assert report.nats == pytest.approx(sum(d[0] for d in report.per_document))
+    assert report.nelbo_per_token == pytest.approx(report.nats / report.tokens)
+    assert report.bits_per_byte == pytest.approx(report.nats / (math.log(2) * report.bytes))
+    # an untrained model is about as good as uniform guessing over the vocabulary
+    assert abs(report.nelbo_per_token - math.log(tok.vocab_size)) < 0.5
+    assert json.loads(json.dumps(report.to_dict()))["tokens"] == report.tokens
+    with pytest.raises(ValueError, match="no texts"):
+        nelbo_texts(model, tok, [])
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        nelbo_texts(model, tok, ["a"], canvas_length=10_000)
+
+
+def test_sumi_eval_nelbo_cli_trained_beats_untrained(tiny_run, tmp_path, capsys):
+    """`sumi eval nelbo` on the main job's model: JSON output, and 40 training steps already
+    compress held-out Python clearly better than the untrained tiny model (bits per byte, so
+    the two tokenizers compare; measured 3.7 vs 7.1 on the first text)."""
+    for i, text in enumerate(HELD_OUT):
+        (tmp_path / f"held{i}.txt").write_text(text)
+    reports = {}
+    for name, target in (("trained", str(tiny_run / "model")), ("untrained", "tiny")):
+        capsys.readouterr()
+        assert main(["eval", "nelbo", "--model", target, "--data", str(tmp_path / "*.txt"), "--canvas-length", "128",
+                     "--points", "16", "--json"]) == 0
+        reports[name] = json.loads(capsys.readouterr().out)
+    assert reports["trained"]["documents"] == 2 and reports["trained"]["bytes"] == sum(len(t) for t in HELD_OUT)
+    assert reports["trained"]["bits_per_byte"] < 0.75 * reports["untrained"]["bits_per_byte"], reports
+    capsys.readouterr()
+    assert main(["eval", "nelbo", "--model", str(tiny_run / "model"), "--data", str(tmp_path / "held0.txt"),
+                 "--canvas-length", "64", "--points", "4"]) == 0
+    assert "bits per byte" in capsys.readouterr().out
+    for argv, match in [(["--data", str(tmp_path / "nope.txt")], "nope.txt"), (["--points", "0"], "--points"),
+                        (["--canvas-length", "100000"], "max_position_embeddings"),
+                        (["--model", str(tmp_path / "none")], "no model directory")]:
+        base = ["eval", "nelbo", "--model", str(tiny_run / "model"), "--data", str(tmp_path / "held0.txt")]
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as err:
+            main(base + argv)
+        assert err.value.code == 2 and match in capsys.readouterr().err
+
+
+# -- the lm-eval model ----------------------------------------------------------------------------------
+def test_encode_pair_and_stop_strings(tok):
+    ctx, cont = encode_pair(tok, "The cat sat on the ", "mat")
+    assert ctx + cont == tok.encode("The cat sat on the mat", add_bos=False)
+    assert tok.decode(cont) == " mat"  # the trailing space moved to the continuation
+    assert encode_pair(tok, "", "hello") == ([], tok.encode("hello", add_bos=False))
+    assert cut_at_stop("abc. def\n", [".", "\n"]) == "abc"
+    assert cut_at_stop("abc", ["x", ""]) == "abc"
+
+
+def test_lm_methods_follow_the_protocol(model, tok):
+    lm = SumiLM(model=model, tokenizer_object=tok, canvas_length=64, points=8, steps=8, batch_size=2)
+    c = model.config
+    pairs = [("The cat sat on the", " mat"), ("A dog", " barks at night"), ("", "hello")]
+    got = lm.loglikelihood([_Request(*p) for p in pairs], disable_tqdm=True)
+    rows = [continuation_row(*encode_pair(tok, *p), 64, c.bos_token_id, c.eos_token_id) for p in pairs]
+    want = Scorer(model, points=8, effective_snr=True, batch_size=2, seed=0).nelbo(rows)
+    assert [g[0] for g in got] == [-w for w in want]
+    assert all(isinstance(g[1], bool) for g in got)
+    assert all(g[0] < 0 for g in got)
+    rolling = lm.loglikelihood_rolling([_Request(t) for t in HELD_OUT], disable_tqdm=True)
+    report = nelbo_texts(model, tok, HELD_OUT, canvas_length=64, points=8, effective_snr=True, batch_size=2, seed=0)
+    assert sum(rolling) == pytest.approx(-report.nats, rel=1e-9)
+    out = lm.generate_until([_Request("def f(", {"until": [")"], "max_gen_toks": 8}),
+                             _Request("x", {"until": "\n", "max_gen_toks": 8, "do_sample": True})], disable_tqdm=True)
+    assert len(out) == 2 and ")" not in out[0] and "\n" not in out[1]
+    again = lm.generate_until([_Request("def f(", {"until": [")"], "max_gen_toks": 8})], disable_tqdm=True)
+    assert again[0] == out[0]  # seeded
+
+
+def test_is_greedy_is_true_for_a_model_that_predicts_the_continuation(tok):
+    """A denoiser that puts all mass on one token: its argmax gives back a continuation of that
+    token, never another one."""
+
+    class Constant(torch.nn.Module):
+        def __init__(self, config, token):
+            super().__init__()
+            self.config, self.token, self.w = config, token, torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, ids, attention_mask=None):
+            logits = torch.full((*ids.shape, self.config.vocab_size), -10.0)
+            logits[..., self.token] = 10.0
+            return logits + self.w
+
+    config = tiny(vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    a = tok.encode("a", add_bos=False)[0]
+    lm = SumiLM(model=Constant(config, a), tokenizer_object=tok, canvas_length=32, points=4)
+    (yes, no) = lm.loglikelihood([_Request("b", "a"), _Request("b", "b")], disable_tqdm=True)
+    assert yes[1] is True and no[1] is False
+    assert yes[0] > no[0]
+
+
+def test_lm_arguments_are_checked(tiny_run, tok, model):
+    with pytest.raises(ValueError, match="pretrained"):
+        SumiLM()
+    with pytest.raises(FileNotFoundError, match="no model directory"):
+        SumiLM(pretrained=str(tiny_run / "missing"))
+    with pytest.raises(ValueError, match="points"):
+        SumiLM(model=model, tokenizer_object=tok, points=0)
+    lm = SumiLM(pretrained=str(tiny_run / "model"), batch_size="auto", canvas_length="64", device="cpu")
+    assert (lm.batch_size, lm.canvas_length) == (4, 64)
+    with pytest.raises(ValueError, match="leaves no room"):
+        lm.generate_until([_Request("x", {"max_gen_toks": 63})], disable_tqdm=True)
+
+
+_TASKS = {
+    "mc": ("multiple_choice", {"doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}",
+                               "doc_to_target": "{{label}}", "metric_list": [{"metric": "acc"}]}),
+    "rolling": ("loglikelihood_rolling", {"doc_to_text": "", "doc_to_target": "{{text}}",
+                                          "metric_list": [{"metric": "bits_per_byte"}]}),
+    "gen": ("generate_until", {"doc_to_text": "{{question}}", "doc_to_target": "{{answer}}",
+                               "generation_kwargs": {"until": ["."], "max_gen_toks": 8},
+                               "metric_list": [{"metric": "exact_match"}]}),
+}
+
+
+def test_lm_eval_command_line_runs_local_tasks_offline(tiny_run, tmp_path):
+    """``python -m sumi.evaluate`` (lm-eval's own CLI, `sumi` registered) on three tasks defined
+    from a local JSONL file, with the Hugging Face hubs forced offline."""
+    data = tmp_path / "data.jsonl"
+    docs = [{"question": "def add(a, b):", "choices": ["\n    return a + b", " banana"], "label": 0,
+             "text": "import os\nprint(os.getcwd())\n", "answer": "return"},
+            {"question": "import", "choices": [" os", " the"], "label": 0, "text": "x = [1, 2, 3]\n",
+             "answer": "os"}]
+    data.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, (output_type, fields) in _TASKS.items():
+        spec = {"task": f"sumi_local_{name}", "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(data)}}, "test_split": "test",
+                "output_type": output_type, **fields}
+        (tasks / f"{name}.yaml").write_text(json.dumps(spec))  # JSON is YAML
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, "-m", "sumi.evaluate", "--model", "sumi", "--model_args",
+            f"pretrained={tiny_run / 'model'},points=8,steps=8,canvas_length=64", "--device", "cpu",
+            "--tasks", "sumi_local_mc,sumi_local_rolling,sumi_local_gen", "--include_path", str(tasks),
+            "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = (tmp_path / "out").rglob("results*.json")
+    results = json.loads(result_file.read_text())["results"]
+    assert 0 <= results["sumi_local_mc"]["acc,none"] <= 1
+    assert 0 < results["sumi_local_rolling"]["bits_per_byte,none"] < 20
+    assert 0 <= results["sumi_local_gen"]["exact_match,none"] <= 1
