@@ -83,7 +83,8 @@ class Objective:
             per sequence (a Bernoulli draw per sequence).
         z_loss: coefficient of ``logsumexp(logits)^2`` per token (Sumi: ``1e-5``).
         beta_is: weight of the Itakura-Saito term (``1`` gives the ELBO integrand).
-        log_snr_min, log_snr_max: the clamp of ``lambda`` (Sumi and GIDD-scaling: ``[-9, 9]``).
+        log_snr_min: the lower clamp of ``lambda`` (Sumi and GIDD-scaling: ``-9``).
+        log_snr_max: the upper clamp of ``lambda`` (Sumi and GIDD-scaling: ``9``).
 
     Randomness: :meth:`sample` takes its ``torch.Generator`` explicitly and never touches the
     global RNG.  The caller owns the generator (one per data-parallel rank, seeded differently
