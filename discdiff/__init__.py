@@ -19,7 +19,7 @@ invariant checks) needs the ``[test]`` extra and is not imported here.
 
 from discdiff import kernels, likelihood, losses, samplers, schedules, time_sampling
 from discdiff.kernels import GIDD, Dense, Hybrid, Kernel, Masked, Prior, Uniform
-from discdiff.losses import LossOutput, gidd, masked_ce, mdlm, nelbo
+from discdiff.losses import LossOutput, gidd, gidd_from_hidden, masked_ce, mdlm, nelbo
 from discdiff.schedules import Cosine, GIDDTime, LinearAlpha, LinearLogSNR, Schedule
 
 __version__ = "0.1.0"
@@ -45,6 +45,7 @@ __all__ = [
     "GIDDTime",
     "LossOutput",
     "gidd",
+    "gidd_from_hidden",
     "mdlm",
     "masked_ce",
     "nelbo",

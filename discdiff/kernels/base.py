@@ -61,6 +61,17 @@ class Kernel(ABC):
         lam, idx = torch.broadcast_tensors(lam, idx)
         return self.dpi(lam).gather(-1, idx.long().unsqueeze(-1)).squeeze(-1)
 
+    def pi_slice(self, lam: LogSNR, start: int, stop: int) -> Tensor:
+        """``pi_lambda`` on the states ``start .. stop - 1`` only, as any tensor that broadcasts
+        to ``[*lam.shape, stop - start]``: ``[*lam.shape, 1]`` where ``pi`` is the same on every
+        state of the slice, ``[stop - start]`` where it does not depend on ``lambda``, else
+        ``[*lam.shape, stop - start]``.  Chunked losses (:func:`discdiff.losses.gidd_from_hidden`)
+        read ``pi`` through this, one vocabulary chunk at a time; the default slices :meth:`pi`,
+        so override it where :meth:`pi` builds a full ``[..., V]`` tensor.
+        """
+        _check_slice(start, stop, self.vocab_size)
+        return self.pi(lam)[..., start:stop]
+
     def noise_log1p_sum(self, lam: LogSNR, log_x0: Tensor) -> Tensor:
         """``T = sum_j c_j log1p(alpha x_hat_j / c_j)`` with ``c = sigmoid(-lambda) pi_lambda``
         (terms with ``c_j = 0`` are 0): the one vocabulary reduction the KL needs beyond the
@@ -184,3 +195,8 @@ class Kernel(ABC):
         check_tokens("x", x, self.vocab_size, forbid=self.mask_id, validate=validate)
         check_tokens("z", z, self.vocab_size, validate=validate)
         check_same_shape("x", x, "z", z)
+
+
+def _check_slice(start: int, stop: int, vocab_size: int) -> None:
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= vocab_size):
+        raise ValueError(f"need integers 0 <= start < stop <= {vocab_size}, got start={start!r}, stop={stop!r}")

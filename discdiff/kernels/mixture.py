@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discdiff._typing import LogSNR, Probs, Tokens
-from discdiff.kernels.base import Kernel
+from discdiff.kernels.base import Kernel, _check_slice
 
 
 class UniformMaskMixture(Kernel):
@@ -64,6 +64,19 @@ class UniformMaskMixture(Kernel):
     def dpi(self, lam: LogSNR) -> Tensor:
         u, e_m = self._basis(lam)
         return self._shares(lam)[2].unsqueeze(-1) * (u - e_m)
+
+    def pi_slice(self, lam: LogSNR, start: int, stop: int) -> Tensor:
+        """``s / N`` as ``[*lam.shape, 1]`` on a slice without the mask state; a
+        ``[*lam.shape, stop - start]`` tensor (``1 - s`` at the mask) on the slice that holds it."""
+        _check_slice(start, stop, self.vocab_size)
+        s, not_s, _ = self._shares(lam)
+        on_uniform = (s / self.num_noise_states).unsqueeze(-1)
+        m = self.mask_id
+        if m is None or not start <= m < stop:
+            return on_uniform
+        out = on_uniform.expand(*lam.shape, stop - start).clone()
+        out[..., m - start] = not_s
+        return out
 
     def pi_at(self, lam: LogSNR, idx: Tokens) -> Tensor:
         s, not_s, _ = self._shares(lam)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from discdiff._checks import check_mask_id, check_vocab_size
 from discdiff._typing import LogSNR, Probs, Tokens
-from discdiff.kernels.base import Kernel
+from discdiff.kernels.base import Kernel, _check_slice
 
 
 class Prior(Kernel):
@@ -39,6 +39,11 @@ class Prior(Kernel):
 
     def dpi(self, lam: LogSNR) -> Tensor:
         return torch.zeros((), dtype=lam.dtype, device=lam.device).expand(*lam.shape, self.vocab_size)
+
+    def pi_slice(self, lam: LogSNR, start: int, stop: int) -> Tensor:
+        """``p[start:stop]`` as a ``[stop - start]`` vector (it does not depend on ``lambda``)."""
+        _check_slice(start, stop, self.vocab_size)
+        return self.probs[start:stop].to(device=lam.device, dtype=lam.dtype)
 
     def pi_at(self, lam: LogSNR, idx: Tokens) -> Tensor:
         values = self.probs.to(device=idx.device, dtype=lam.dtype)[idx.long()]

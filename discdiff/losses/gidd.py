@@ -47,15 +47,26 @@ def kl_and_log_ratio(
     MATH.md, "Pitfalls").  ``log_x0`` is ``[*shape, V]``; the rest ``[*shape]``, ``lam``
     already broadcast.
     """
+    log_x0_x = log_x0.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
+    log_x0_z = log_x0.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
+    return kl_and_log_ratio_from_parts(kernel, log_x0_x, log_x0_z, kernel.noise_log1p_sum(lam, log_x0), x, z, lam)
+
+
+def kl_and_log_ratio_from_parts(
+    kernel: Kernel, log_x0_x: Tensor, log_x0_z: Tensor, noise_sum: Tensor, x: Tokens, z: Tokens, lam: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`kl_and_log_ratio` from per-token parts only: ``log x_hat`` at ``x`` and at ``z``
+    (``-inf`` where ``z`` is the mask) and ``T = sum_j c_j log1p(alpha x_hat_j / c_j)``, all
+    ``[*shape]``.  No vocabulary-sized tensor is needed once these are known (MATH.md,
+    "Memory-light form"); :func:`discdiff.losses.gidd_from_hidden` computes them in chunks.
+    """
     log_alpha, log_beta = F.logsigmoid(lam), F.logsigmoid(-lam)
     log_cx = log_beta + torch.log(kernel.pi_at(lam, x))
     log_cz = log_beta + torch.log(kernel.pi_at(lam, z))
-    log_x0_x = log_x0.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
-    log_x0_z = log_x0.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
 
     log_qx = torch.logaddexp(log_alpha, log_cx)
     log_px = torch.logaddexp(log_alpha + log_x0_x, log_cx)
-    kl = torch.exp(log_qx) * (log_qx - log_px) - kernel.noise_log1p_sum(lam, log_x0)
+    kl = torch.exp(log_qx) * (log_qx - log_px) - noise_sum
     kl = kl + _c_log1p(log_cx, log_alpha + log_x0_x)
 
     log_qz = torch.where(z == x, log_qx, log_cz)
@@ -68,6 +79,18 @@ def kl_and_is(kernel: Kernel, log_x0: Tensor, x: Tokens, z: Tokens, lam: Tensor)
     :func:`kl_and_log_ratio`."""
     kl, d = kl_and_log_ratio(kernel, log_x0, x, z, lam)
     return kl, _itakura_saito(d)
+
+
+def _surrogate(kl: Tensor, d: Tensor, weight: Tensor, beta_is: float, max_weight: float | None) -> Tensor:
+    """``w' KL + beta_is w' IS`` per token from ``KL``, ``d = log(q_z / p_z)`` and the exact weight
+    ``w`` (``w'`` clipped at ``max_weight`` if given); exactly 0 where ``w' = 0``."""
+    w = weight if max_weight is None else weight.clamp(max=max_weight)
+    # Tokens with w = 0 (clean tokens under masked noise) contribute exactly 0 to the loss, even
+    # where their IS ratio overflows (x_hat_x < e^-88 in float32): the loss reads a sanitized
+    # ratio, so no 0 * inf reaches its value or its gradient; ``is_div`` reports the true term.
+    counted = w != 0
+    is_in_loss = _itakura_saito(torch.where(counted, d, torch.zeros_like(d)))
+    return torch.where(counted, w * (kl + beta_is * is_in_loss), torch.zeros_like(w))
 
 
 def gidd(
@@ -109,12 +132,6 @@ def gidd(
     lam = align_log_snr("lam", lam, x.shape).to(dtype)
     log_x0 = kernel.x0_log_probs(logits)
     weight = kernel.weight(x, z, lam)
-    w = weight if max_weight is None else weight.clamp(max=max_weight)
     kl, d = kl_and_log_ratio(kernel, log_x0, x, z, lam)
-    # Tokens with w = 0 (clean tokens under masked noise) contribute exactly 0 to the loss, even
-    # where their IS ratio overflows (x_hat_x < e^-88 in float32): the loss reads a sanitized
-    # ratio, so no 0 * inf reaches its value or its gradient; ``is_div`` reports the true term.
-    counted = w != 0
-    is_in_loss = _itakura_saito(torch.where(counted, d, torch.zeros_like(d)))
-    per_token = torch.where(counted, w * (kl + beta_is * is_in_loss), torch.zeros_like(w))
+    per_token = _surrogate(kl, d, weight, beta_is, max_weight)
     return LossOutput(loss=reduce(per_token, reduction, mask), kl=kl, is_div=_itakura_saito(d), weight=weight)

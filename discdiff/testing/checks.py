@@ -40,6 +40,14 @@ def _clean_ids(kernel: Kernel) -> Tensor:
     return ids if kernel.mask_id is None else ids[ids != kernel.mask_id]
 
 
+def _slices(V: int, mask_id: int | None) -> list[tuple[int, int]]:
+    """Vocabulary slices: all of it, each end, the middle, and around the mask state."""
+    cuts = {(0, V), (0, 1), (V - 1, V), (V // 3, max(V // 3 + 1, 2 * V // 3))}
+    if mask_id is not None:
+        cuts |= {(mask_id, mask_id + 1), (max(0, mask_id - 1), min(V, mask_id + 2))}
+    return sorted(cuts)
+
+
 def _random_x0(kernel: Kernel, gen: torch.Generator) -> Tensor:
     logits = torch.randn(kernel.vocab_size, generator=gen, dtype=F64)
     return kernel.x0_log_probs(logits).exp()
@@ -76,10 +84,11 @@ def check_kernel(
     delta at ``s = t``, the true ``q(z_s | z_t, x)`` for ``x_hat = e_x``, the oracle's Bayes rule
     for any ``x_hat``, and exact transport of marginals under a constant predictor;
     5. ``pi`` sums to 1, ``pi'`` sums to 0 and matches finite differences, ``pi_at``/``dpi_at``
-    match the dense forms; 6. KL = IS = 0 for a perfect prediction; loss terms and weights
-    match the oracle; 7. ELBO tightness: ``integral E_z[w (KL + IS)] d lambda = -log p0(x)``
-    for a constant predictor (``tightness=True``); 8. ``corrupt`` frequencies match the
-    marginal within 5 standard errors (``samples`` draws per log-SNR).
+    match the dense forms, ``pi_slice`` matches ``pi`` on slices of the vocabulary; 6. KL = IS = 0
+    for a perfect prediction; loss terms and weights match the oracle; 7. ELBO tightness:
+    ``integral E_z[w (KL + IS)] d lambda = -log p0(x)`` for a constant predictor
+    (``tightness=True``); 8. ``corrupt`` frequencies match the marginal within 5 standard errors
+    (``samples`` draws per log-SNR).
     """
     V = kernel.vocab_size
     if V > 256:
@@ -110,6 +119,16 @@ def check_kernel(
         _close("pi_at matches pi", kernel.pi_at(lam.expand(V), ids), pi, atol)
         _close("dpi_at matches dpi", kernel.dpi_at(lam.expand(V), ids), dpi, atol)
         _close("marginal matches the oracle", kernel.marginal(clean, lam.expand(clean.shape)), oracle.matrix(lam)[clean], atol)
+
+    # 5b. pi on slices of the vocabulary (what chunked losses read), one lambda per row
+    pis = torch.stack([kernel.pi(lam) for lam in lams])
+    for start, stop in _slices(V, kernel.mask_id):
+        got = kernel.pi_slice(lams, start, stop)
+        _require("pi_slice broadcasts to [*lam.shape, stop - start]",
+                 torch.broadcast_shapes(got.shape, (lams.numel(), stop - start)) == (lams.numel(), stop - start),
+                 f"slice [{start}, {stop}) gave shape {tuple(got.shape)}")
+        _close(f"pi_slice [{start}, {stop}) matches pi", torch.broadcast_to(got, (lams.numel(), stop - start)),
+               pis[:, start:stop], atol)
 
     x0 = _random_x0(kernel, gen)
     eye = torch.eye(V, dtype=F64)

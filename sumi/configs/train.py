@@ -43,6 +43,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     per_token_share: float = 0.5    # share of sequences with per-token t
     z_loss: float = 1e-5
+    fused_loss: bool = True         # loss from hidden states fused with lm_head: no [tokens, V] logits
+                                    # (tiny preset, 2-core CPU: model+loss fwd+bwd 18.6 vs 21.5 ms)
     seed: int = 0
     checkpoint_every: int = 1000
     keep_last: int = 3
@@ -73,6 +75,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.weight_decay < 0 or self.grad_clip <= 0 or self.z_loss < 0:
             raise ValueError("weight_decay and z_loss must be >= 0 and grad_clip > 0")
+        if not isinstance(self.fused_loss, bool):
+            raise ValueError(f"fused_loss must be true or false, got {self.fused_loss!r}")
         if self.phase not in PHASES:
             raise ValueError(f"phase must be one of {sorted(PHASES)}, got {self.phase!r}")
         if self.mixture is not None:

@@ -105,7 +105,8 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
     optimizer = build_optimizer(model, lr=config.peak_lr, betas=(config.beta1, config.beta2),
                                 weight_decay=config.weight_decay)
     schedule = WSD(config.peak_lr, config.floor_lr, config.effective_warmup_steps, config.steps, config.decay_fraction)
-    objective = Objective(config.model.vocab_size, per_token_share=config.per_token_share, z_loss=config.z_loss)
+    objective = Objective(config.model.vocab_size, per_token_share=config.per_token_share, z_loss=config.z_loss,
+                          fused=config.fused_loss)
     loader = Loader(dataset, config.micro_batch_size, seed=config.seed, rank=info.rank, world_size=info.world_size,
                     vocab_size=config.model.vocab_size)
     noise = torch.Generator(info.device).manual_seed(config.seed * 1_000_003 + 7919 * (info.rank + 1))
@@ -142,7 +143,7 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
         for _ in range(accumulation):
             x = loader.next_batch().to(info.device)
             noised = objective.sample(x, noise)
-            terms = objective.loss(model(noised.z), x, noised.z, noised.lam)
+            terms = objective.model_loss(model, x, noised)  # fused_loss: from hidden states, no logits
             # parallelize() SUMS gradients over ranks: dividing by the global token count makes
             # the step's gradient the global token mean, whatever the world size
             (terms.loss_sum / global_tokens).backward()

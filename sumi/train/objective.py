@@ -11,6 +11,11 @@ Sources: MATH.md, "Loss" and "Sumi facts"; the Sumi paper (arXiv 2606.19005); vo
 - Loss per token: the GIDD "unweighted ELBO" surrogate ``w KL + beta_IS w IS`` (``beta_IS = 1``)
   plus a z-loss ``1e-5 * logsumexp(logits)^2``, averaged over all non-ignored tokens (clean ones
   included: their ELBO weight handles them).
+- Two ways to compute it, equal up to rounding: from the logits (:meth:`Objective.loss`), or
+  fused with the output projection from the final hidden states
+  (:meth:`Objective.loss_from_hidden`, ``discdiff.losses.gidd_from_hidden``), which never holds
+  the ``[batch, seq, V]`` logits (nor the several float32 copies the loss would make of them).
+  :meth:`Objective.model_loss` runs the model and picks the path set by ``fused``.
 
 :meth:`Objective.loss` returns **sums** over the counted tokens and their count, never means, so
 that a data-parallel caller can all-reduce both and divide by the *global* token count (a mean
@@ -26,7 +31,7 @@ import torch
 from torch import Tensor
 
 from discdiff.kernels import Uniform
-from discdiff.losses import gidd
+from discdiff.losses import LossOutput, gidd, gidd_from_hidden
 from discdiff.schedules import LinearAlpha
 
 
@@ -85,6 +90,8 @@ class Objective:
         beta_is: weight of the Itakura-Saito term (``1`` gives the ELBO integrand).
         log_snr_min: the lower clamp of ``lambda`` (Sumi and GIDD-scaling: ``-9``).
         log_snr_max: the upper clamp of ``lambda`` (Sumi and GIDD-scaling: ``9``).
+        fused: :meth:`model_loss` computes the loss from the model's hidden states and its
+            ``lm_head.weight`` (:meth:`loss_from_hidden`) instead of from its logits.
 
     Randomness: :meth:`sample` takes its ``torch.Generator`` explicitly and never touches the
     global RNG.  The caller owns the generator (one per data-parallel rank, seeded differently
@@ -101,6 +108,7 @@ class Objective:
         beta_is: float = 1.0,
         log_snr_min: float = -9.0,
         log_snr_max: float = 9.0,
+        fused: bool = False,
     ) -> None:
         self.kernel = Uniform(vocab_size)
         self.vocab_size = self.kernel.vocab_size
@@ -112,12 +120,15 @@ class Objective:
         if not log_snr_min < log_snr_max:
             raise ValueError(f"log_snr_min ({log_snr_min}) must be smaller than log_snr_max ({log_snr_max})")
         self.schedule = LinearAlpha(log_snr_min=log_snr_min, log_snr_max=log_snr_max)
+        if not isinstance(fused, bool):
+            raise ValueError(f"fused must be a bool, got {fused!r}")
+        self.fused = fused
 
     def __repr__(self) -> str:
         s = self.schedule
         return (f"Objective(vocab_size={self.vocab_size}, per_token_share={self.per_token_share}, "
                 f"z_loss={self.z_loss}, beta_is={self.beta_is}, log_snr_min={s.log_snr_min}, "
-                f"log_snr_max={s.log_snr_max})")
+                f"log_snr_max={s.log_snr_max}, fused={self.fused})")
 
     # -- noise ---------------------------------------------------------------------------------
     def sample(self, x: Tensor, generator: torch.Generator) -> Noised:
@@ -148,6 +159,17 @@ class Objective:
         return Noised(z=z, lam=lam.float(), t=t.float(), per_token=per_token)
 
     # -- loss ----------------------------------------------------------------------------------
+    def model_loss(self, model, x: Tensor, noised: Noised, mask: Tensor | None = None) -> ObjectiveTerms:
+        """Run ``model`` on ``noised.z`` and return :meth:`loss_from_hidden` of its final hidden
+        states and ``model.lm_head.weight`` (``fused=True``) or :meth:`loss` of its logits.
+
+        ``model``: a :class:`sumi.Sumi` (plain or parallelized: under FSDP2 the root module keeps
+        its parameters, the head included, gathered from its forward until the backward)."""
+        if self.fused:
+            hidden = model(noised.z, return_hidden=True)
+            return self.loss_from_hidden(hidden, model.lm_head.weight, x, noised.z, noised.lam, mask)
+        return self.loss(model(noised.z), x, noised.z, noised.lam, mask)
+
     def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None) -> ObjectiveTerms:
         """Sums of the per-token loss terms over the tokens selected by ``mask`` (bool
         ``[batch, seq]``, True = counted; ``None`` counts all).
@@ -158,30 +180,57 @@ class Objective:
         (the logsumexp included, also for bf16 logits).  Besides the model's logits, the only
         vocabulary-sized tensors are those ``gidd`` needs (``log_softmax``) and the logsumexp's.
         """
+        self._check_mask(mask, x)
+        out = gidd(self.kernel, logits, x, z, lam, self.beta_is, reduction="none", mask=mask)
+        per_token = out.loss  # zero where not counted
+        counted = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
+        if self.z_loss > 0:
+            lse = torch.logsumexp(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+            z_term = torch.where(counted, self.z_loss * lse.to(per_token.dtype).square(), 0.0)
+            per_token = per_token + z_term
+        else:
+            z_term = torch.zeros_like(per_token)
+        return self._terms(out, per_token, z_term, counted, x)
+
+    def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, z: Tensor, lam: Tensor,
+                         mask: Tensor | None = None) -> ObjectiveTerms:
+        """:meth:`loss` of the logits ``hidden @ head_weight.T`` without materializing them.
+
+        ``hidden``: ``[batch, seq, H]`` from ``model(z, return_hidden=True)``; ``head_weight``:
+        ``[V, H]`` (``model.lm_head.weight``), same dtype.  The loss and the z-loss come from
+        ``discdiff.losses.gidd_from_hidden`` (chunked over tokens and the vocabulary, float32
+        accumulation; MATH.md, "Memory-light form"); gradients reach ``hidden`` and ``head_weight``.
+        """
+        self._check_mask(mask, x)
+        out = gidd_from_hidden(self.kernel, hidden, head_weight, x, z, lam, self.beta_is, reduction="none",
+                               mask=mask, z_loss=self.z_loss)
+        per_token = out.loss  # the z-loss included; zero where not counted
+        counted = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
+        if self.z_loss > 0:
+            z_term = torch.where(counted, self.z_loss * out.logsumexp.detach().square(), 0.0)
+        else:
+            z_term = torch.zeros_like(per_token)
+        return self._terms(out, per_token, z_term, counted, x)
+
+    @staticmethod
+    def _check_mask(mask: Tensor | None, x: Tensor) -> None:
         if mask is not None:
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
                 raise TypeError("mask must be a bool tensor (True = counted)")
             if mask.shape != x.shape:
                 raise ValueError(f"mask has shape {tuple(mask.shape)} but x has shape {tuple(x.shape)}")
-        out = gidd(self.kernel, logits, x, z, lam, self.beta_is, reduction="none", mask=mask)
-        per_token = out.loss  # zero where not counted
+
+    @staticmethod
+    def _terms(out: LossOutput, per_token: Tensor, z_term: Tensor, counted: Tensor, x: Tensor) -> ObjectiveTerms:
         dtype = per_token.dtype
-        counted = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
         zero = torch.zeros((), dtype=dtype, device=per_token.device)
-        if self.z_loss > 0:
-            lse = torch.logsumexp(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(dtype)
-            z_term = torch.where(counted, self.z_loss * lse.square(), zero)
-            per_token = per_token + z_term
-            z_loss_sum = z_term.detach().sum()
-        else:
-            z_loss_sum = zero
         with torch.no_grad():
             w = out.weight.to(dtype)
             kl_sum = torch.where(counted, w * out.kl, zero).sum()
             is_sum = torch.where(counted, w * out.is_div, zero).sum()
-        num_tokens = torch.as_tensor(x.numel() if mask is None else mask.sum(), dtype=torch.int64, device=x.device)
-        return ObjectiveTerms(loss_sum=per_token.sum(), kl_sum=kl_sum, is_sum=is_sum, z_loss_sum=z_loss_sum,
-                              num_tokens=num_tokens)
+        num_tokens = torch.as_tensor(counted.sum(), dtype=torch.int64, device=x.device)
+        return ObjectiveTerms(loss_sum=per_token.sum(), kl_sum=kl_sum, is_sum=is_sum,
+                              z_loss_sum=z_term.detach().sum(), num_tokens=num_tokens)
 
 
 __all__ = ["Objective", "Noised", "ObjectiveTerms"]

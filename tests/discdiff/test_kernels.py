@@ -239,3 +239,22 @@ def test_bad_arguments():
         k.posterior(x0, torch.tensor([4, 4]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0]))
     with pytest.raises(ValueError, match="x0_probs must have shape"):
         k.posterior(x0[:, :4], torch.tensor([4, 4]), torch.zeros(2), torch.ones(2))
+
+
+def test_pi_slice_stays_small_and_rejects_bad_slices():
+    """``pi_slice`` (read by the chunked loss) never builds ``[..., V]``: a mixture gives one
+    value per token off the mask state and a block only on the slice that holds the mask; a
+    prior gives its own slice.  The values themselves are checked by ``check_kernel``."""
+    V = 100_278
+    lam = torch.linspace(-9.0, 9.0, 6, dtype=F64).reshape(2, 3)
+    hybrid = dd.Hybrid(V, V - 1, shift=1.0)
+    assert dd.Uniform(V).pi_slice(lam, 0, V).shape == (2, 3, 1)
+    assert hybrid.pi_slice(lam, 0, 4096).shape == (2, 3, 1)
+    block = hybrid.pi_slice(lam, V - 10, V)
+    assert block.shape == (2, 3, 10)
+    torch.testing.assert_close(block.sum(-1), 1 - torch.sigmoid(lam + 1.0) * (1 - 9 / (V - 1)))  # 9 s / N + (1 - s)
+    assert dd.Prior(_unigram(V)).pi_slice(lam, 5, 9).shape == (4,)
+    for kernel in (dd.Uniform(5), dd.Masked(5, 4), dd.Prior(_unigram(5))):
+        for start, stop in ((0, 6), (-1, 2), (3, 3), (4, 2)):
+            with pytest.raises(ValueError, match="start < stop"):
+                kernel.pi_slice(lam, start, stop)

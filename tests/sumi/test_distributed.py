@@ -1,6 +1,7 @@
 """sumi.distributed: FSDP2 on two CPU ranks (gloo) against one process on the same global batch,
 DCP checkpoints (save on 2 ranks, load on 2 ranks or in one process; a crash mid-save), keep_last,
-parameter names after parallelize, and the consolidated safetensors export.
+parameter names after parallelize, Sumi's fused objective (loss from hidden states and the head's
+weight) under FSDP2, and the consolidated safetensors export.
 
 The multi-process tests share one 2-rank job (``python -m tests.sumi.test_distributed``, launched
 like torchrun: RANK/WORLD_SIZE/MASTER_ADDR=127.0.0.1/MASTER_PORT): it runs every scenario once,
@@ -59,6 +60,15 @@ def _loss(model, tokens: torch.Tensor, global_tokens: int) -> torch.Tensor:
     over ranks is the global-batch mean (the objective proper is written elsewhere)."""
     logits = model(tokens)
     return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="sum") / global_tokens
+
+
+def _objective_case():
+    """Sumi's objective on the global batch: (fused objective, plain objective, tokens, noise)."""
+    from sumi.train import Objective
+
+    fused, plain = Objective(VOCAB, z_loss=1e-2, fused=True), Objective(VOCAB, z_loss=1e-2)
+    tokens = _batch()
+    return fused, plain, tokens, plain.sample(tokens, torch.Generator().manual_seed(3))
 
 
 def _optimizer(model) -> torch.optim.Optimizer:
@@ -184,6 +194,18 @@ def _worker(out: Path) -> None:
     assert {p.dtype for p in mixed.parameters()} == {p.grad.dtype for p in mixed.parameters()} == {torch.float32}
     assert abs(loss.item() - _loss(plain, tokens, GLOBAL_BATCH * SEQ).item()) < 2e-2
 
+    # (8) the fused objective (hidden states + the root's lm_head.weight, gathered by FSDP2 from
+    # the forward until the backward) on half the batch per rank.
+    fused_obj, _, all_tokens, noised = _objective_case()
+    half = slice(rank * per_rank, (rank + 1) * per_rank)
+    local = type(noised)(z=noised.z[half], lam=noised.lam[half], t=noised.t[half], per_token=noised.per_token[half])
+    fused_model = parallelize(_model(), mixed_precision=False, activation_checkpointing=True, compile_blocks=False)
+    terms = fused_obj.model_loss(fused_model, all_tokens[half], local)
+    (terms.loss_sum / (GLOBAL_BATCH * SEQ)).backward()
+    fused_grads = {name: _full(p.grad) for name, p in fused_model.named_parameters()}
+    if rank == 0:
+        torch.save(fused_grads, out / "fused_grads.pt")
+
     # (7) meta -> shard -> allocate -> initialize: the shards hold the single-process init.
     sharded = parallelize(sumi.Sumi.on_meta(_config()), mixed_precision=False, activation_checkpointing=False,
                           compile_blocks=False)
@@ -268,6 +290,18 @@ def test_two_ranks_match_one_process_on_the_global_batch(job, reference):
 
 
 # -- (2), (3) DCP on two ranks (asserted on the ranks), read back here -----------------------------
+@pytest.mark.distributed
+def test_fused_objective_on_two_ranks_matches_the_plain_one_in_one_process(job):
+    """Sumi's fused objective under FSDP2 (the head's weight read outside the model's forward)
+    gives the gradients of the plain objective on the whole global batch in one process."""
+    _, plain, tokens, noised = _objective_case()
+    model = _model()
+    terms = plain.model_loss(model, tokens, noised)
+    (terms.loss_sum / (GLOBAL_BATCH * SEQ)).backward()
+    expected = {name: p.grad for name, p in model.named_parameters()}
+    _assert_close(torch.load(job / "fused_grads.pt", weights_only=True), expected, atol=1e-6)
+
+
 @pytest.mark.distributed
 def test_two_rank_checkpoint_survives_a_crash_and_loads_in_one_process(job):
     ckdir = job / "ckpt"

@@ -197,6 +197,70 @@ def test_loss_gradient_gradcheck_and_z_loss_gradient(gen):
     assert not obj.loss(logits, x, n.z, n.lam).kl_sum.requires_grad
 
 
+# -- the fused path: from hidden states, no logits ---------------------------------------------
+@pytest.mark.parametrize("dtype, with_mask", [(F64, False), (F64, True), (torch.float32, True)])
+def test_fused_objective_equals_the_plain_one_on_the_tiny_model(dtype, with_mask):
+    """``Objective(fused=True).model_loss`` (hidden states + ``lm_head.weight`` through
+    ``gidd_from_hidden``) against the plain path on the model's logits: the same sums and the same
+    gradient for every parameter (float64: to ~1e-10; float32: to float32 rounding)."""
+    g = _gen(21)
+    V = 300
+    model = sumi.Sumi.initialized(tiny(vocab_size=V, max_position_embeddings=32), generator=g, dtype=dtype)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)  # confident, varied predictions (init std 0.02 is near-uniform)
+    x = torch.randint(0, V, (3, 24), generator=g)
+    mask = torch.rand(3, 24, generator=g) < 0.7 if with_mask else None
+    plain, fused = Objective(V, z_loss=1e-2), Objective(V, z_loss=1e-2, fused=True)
+    assert not plain.fused and fused.fused and "fused=True" in repr(fused)
+    noised = plain.sample(x, _gen(5))
+    params = [p for _, p in model.named_parameters()]
+    terms = {}
+    for name, obj in (("plain", plain), ("fused", fused)):
+        t = obj.model_loss(model, x, noised, mask)
+        terms[name] = (t, torch.autograd.grad(t.loss_sum / t.num_tokens, params))
+    (tp, gp), (tf, gf) = terms["plain"], terms["fused"]
+    rtol, atol = (1e-10, 1e-12) if dtype == F64 else (1e-5, 1e-6)
+    for field in ("loss_sum", "kl_sum", "is_sum", "z_loss_sum"):
+        assert getattr(tf, field).dtype == dtype
+        torch.testing.assert_close(getattr(tf, field), getattr(tp, field), rtol=rtol, atol=atol, msg=field)
+    assert torch.equal(tf.num_tokens, tp.num_tokens)
+    assert float(tf.z_loss_sum) > 0 and not tf.kl_sum.requires_grad and not tf.z_loss_sum.requires_grad
+    torch.testing.assert_close(tf.loss_sum.double(), (tf.kl_sum + tf.is_sum + tf.z_loss_sum).double(),
+                               rtol=rtol, atol=atol)
+    for (name, _), a, b in zip(model.named_parameters(), gf, gp):
+        scale = float(b.abs().max())
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol if dtype == F64 else 1e-5 * max(scale, 1e-3), msg=name)
+    # loss_from_hidden is model_loss's fused path, and matches loss() on the same logits
+    hidden = model(noised.z, return_hidden=True)
+    direct = fused.loss_from_hidden(hidden, model.lm_head.weight, x, noised.z, noised.lam, mask)
+    via_logits = plain.loss(model.lm_head(hidden), x, noised.z, noised.lam, mask)
+    torch.testing.assert_close(direct.loss_sum, via_logits.loss_sum, rtol=rtol, atol=atol)
+    with pytest.raises(TypeError):
+        fused.loss_from_hidden(hidden, model.lm_head.weight, x, noised.z, noised.lam, torch.ones(3, 24))
+    with pytest.raises(ValueError):
+        Objective(V, fused=1)
+
+
+def test_fused_training_steps_follow_the_plain_ones():
+    """A few AdamW steps of the tiny model with either path stay together (float64)."""
+    V = 64
+    losses = {}
+    for fused in (False, True):
+        g = _gen(3)
+        model = sumi.Sumi.initialized(tiny(vocab_size=V, max_position_embeddings=16), generator=g, dtype=F64)
+        obj = Objective(V, fused=fused)
+        opt = build_optimizer(model, lr=1e-2)
+        losses[fused] = []
+        for _ in range(4):
+            x = torch.randint(0, V, (4, 16), generator=g)
+            terms = obj.model_loss(model, x, obj.sample(x, g))
+            opt.zero_grad(set_to_none=True)
+            (terms.loss_sum / terms.num_tokens).backward()
+            opt.step()
+            losses[fused].append(float(terms.loss_sum.detach() / terms.num_tokens))
+    assert losses[True] == pytest.approx(losses[False], rel=1e-9)
+
+
 # -- WSD schedule ------------------------------------------------------------------------------
 def test_wsd_closed_form():
     s = WSD(2e-4, 2e-5, warmup_steps=100, total_steps=1000, decay_fraction=0.2)

@@ -131,6 +131,22 @@ def test_metrics_and_learning_signal(data, tmp_path):
     assert last < 0.9 * first, (first, last)
 
 
+def test_fused_loss_flag_picks_the_loss_path(data, tmp_path, monkeypatch):
+    """``fused_loss`` (the default) computes the loss from hidden states; ``false`` from logits;
+    the two runs agree to float32 rounding."""
+    import sumi.train.objective as objective
+
+    calls = []
+    fused_loss = objective.gidd_from_hidden
+    monkeypatch.setattr(objective, "gidd_from_hidden", lambda *a, **k: calls.append(1) or fused_loss(*a, **k))
+    data_dir, tok = data
+    fused = train(_config(tok, steps=2), data_dir, tmp_path / "fused", progress=False).losses
+    assert len(calls) == 4  # 2 steps x 2 micro-batches
+    plain = train(_config(tok, steps=2, fused_loss=False), data_dir, tmp_path / "plain", progress=False).losses
+    assert len(calls) == 4
+    assert plain == pytest.approx(fused, rel=1e-5)
+
+
 def test_errors_leave_checkpoints_alone(data, tmp_path):
     data_dir, tok = data
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):

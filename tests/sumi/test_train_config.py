@@ -48,6 +48,7 @@ def test_overrides():
     (dict(floor_lr=1.0), "floor_lr"),
     (dict(phase="warmup"), "phase"),
     (dict(per_token_share=1.5), "per_token_share"),
+    (dict(fused_loss="yes"), "fused_loss"),
 ])
 def test_invalid_configs(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -57,4 +58,6 @@ def test_invalid_configs(bad, match):
 def test_presets_build():
     for name, preset in TRAIN_PRESETS.items():
         assert preset().steps > 0, name
+        assert preset().fused_loss, name  # the loss from hidden states: no [tokens, V] logits
+    assert not train_tiny().override(["fused_loss=false"]).fused_loss
     assert set(PHASES) == {"pretrain", "mid", "long"}
