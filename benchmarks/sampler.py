@@ -30,7 +30,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ import time
 import torch
 
 import discdiff as dd
+
+from _machine import busy_cpu_seconds, hardware, own_cpu_seconds  # noqa: E402  (benchmarks/ is on sys.path)
 
 SEED = 0
 STEPS = 128      # the grid the step is taken from: alpha = 1/2 -> 1/2 + 1/STEPS
@@ -121,37 +122,6 @@ def fitting_positions(positions: int, vocab: int) -> int:
     while positions > 1 and 8 * positions * vocab * 4 > 0.8 * available:
         positions //= 2
     return positions
-
-
-def busy_cpu_seconds() -> float:
-    """CPU time spent by every process on the machine since boot (``/proc/stat``)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the measurement subprocesses)."""
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
-
-
-def hardware() -> dict:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lscpu.splitlines() if ":" in line)}
-    except OSError:
-        fields = {}
-    with open("/proc/meminfo") as f:
-        mem_total = int(f.readline().split()[1]) * 1024
-    return {
-        "cpu": fields.get("Model name", platform.processor()),
-        "cpus": os.cpu_count(),
-        "hypervisor": fields.get("Hypervisor vendor"),
-        "mem_total_gib": round(mem_total / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def report(args: argparse.Namespace, requested: int, results: dict, other_share: float) -> None:

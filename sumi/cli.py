@@ -9,6 +9,7 @@ line on stderr and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -144,62 +145,26 @@ def _run_convert(args) -> int:
     return 0
 
 
-# -- sumi data / sumi train (their own modules; imported lazily to keep `sumi generate` light) --
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    from sumi.data.cli import add_arguments
+# -- sumi data / train / eval / probe: their own modules, imported lazily (keeps `sumi generate` light)
+def _lazy(module: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    """``(add_arguments, run)`` that import ``module`` (which defines both) only when called."""
 
-    add_arguments(parser)
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        importlib.import_module(module).add_arguments(parser)
 
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).run(args)
 
-def _run_data(args: argparse.Namespace) -> int:
-    from sumi.data.cli import run
-
-    return run(args)
-
-
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from sumi.train.command import add_arguments
-
-    add_arguments(parser)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from sumi.train.command import run
-
-    return run(args)
-
-
-def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from sumi.evaluate.cli import add_arguments
-
-    add_arguments(parser)
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from sumi.evaluate.cli import run
-
-    return run(args)
-
-
-def _add_probe_arguments(parser: argparse.ArgumentParser) -> None:
-    from sumi.evaluate.probe_cli import add_arguments
-
-    add_arguments(parser)
-
-
-def _run_probe(args: argparse.Namespace) -> int:
-    from sumi.evaluate.probe_cli import run
-
-    return run(args)
+    return add_arguments, run
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "generate": (_add_generate_arguments, _run_generate),
     "convert": (_add_convert_arguments, _run_convert),
-    "data": (_add_data_arguments, _run_data),
-    "train": (_add_train_arguments, _run_train),
-    "eval": (_add_eval_arguments, _run_eval),
-    "probe": (_add_probe_arguments, _run_probe),
+    "data": _lazy("sumi.data.cli"),
+    "train": _lazy("sumi.train.command"),
+    "eval": _lazy("sumi.evaluate.cli"),
+    "probe": _lazy("sumi.evaluate.probe_cli"),
 }
 HELP = {"generate": "generate an answer to a prompt (canvas semantics of the Sumi release)",
         "convert": "rewrite a checkpoint in another dtype and/or sharding (Hugging Face layout)",

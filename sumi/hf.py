@@ -344,6 +344,11 @@ def _headers(directory: Path) -> dict[str, tuple[Path, tuple[int, ...], str]]:
     return headers
 
 
+def _weight_headers(directory: Path) -> dict[str, tuple[Path, tuple[int, ...], str]]:
+    """:func:`_headers` without the keys Sumi ignores (stored RoPE buffers)."""
+    return {k: v for k, v in _headers(directory).items() if not k.endswith(_IGNORED_KEY_SUFFIXES)}
+
+
 def load_state_dict(path: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
                     device: str | torch.device | None = None) -> dict[str, Tensor]:
     """Every tensor of a checkpoint directory (``model.safetensors`` or the shards its index
@@ -419,7 +424,7 @@ def from_pretrained(path: str | os.PathLike, dtype: str | torch.dtype | None = N
     target = _parse_dtype(dtype, "dtype")
     config = config_from_hf(_read_config(directory), attention_backend=attention_backend)
     model = Sumi.on_meta(config)
-    headers = {k: v for k, v in _headers(directory).items() if not k.endswith(_IGNORED_KEY_SUFFIXES)}
+    headers = _weight_headers(directory)
     _check_against(model, headers)
     if target is None:
         dtypes = {}
@@ -449,7 +454,7 @@ def load_weights(model: Sumi, path: str | os.PathLike) -> None:
         diff = [f"{f.name}={getattr(found, f.name)!r} (model: {getattr(model.config, f.name)!r})"
                 for f in dataclasses.fields(found) if getattr(found, f.name) != getattr(model.config, f.name)]
         raise CheckpointError(f"{str(directory)!r} holds another architecture: {', '.join(diff)}")
-    headers = {k: v for k, v in _headers(directory).items() if not k.endswith(_IGNORED_KEY_SUFFIXES)}
+    headers = _weight_headers(directory)
     _check_against(Sumi.on_meta(found), headers)
     params = dict(model.named_parameters())
     for key, tensor in _read(headers, list(params), None, None).items():

@@ -1,8 +1,8 @@
 """Evaluation: NELBO and bits per byte, the lm-eval-harness model ``sumi``, generation probes.
 
 - :mod:`sumi.evaluate.likelihood`: :func:`nelbo_texts`, :class:`Scorer` (canvas rows, batched).
-- :mod:`sumi.evaluate.harness`: the lm-eval ``LM`` registered as ``sumi`` (needs
-  ``pip install .[eval]``); importing this package registers it when lm-eval is installed.
+- :mod:`sumi.evaluate.harness`: the lm-eval ``LM`` ``SumiLM`` (needs ``pip install .[eval]``);
+  importing this package registers it as ``sumi`` when lm-eval is installed.
 - :mod:`sumi.evaluate.probes`: the revision-budget and commitment-order probes;
   :mod:`sumi.evaluate.plots`: their figures.
 """
@@ -13,7 +13,20 @@ from sumi.evaluate.likelihood import NelboReport, Row, Scorer, continuation_row,
 
 __all__ = ["NelboReport", "Row", "Scorer", "continuation_row", "document_rows", "nelbo_texts"]
 
-if find_spec("lm_eval") is not None:  # optional: the [eval] extra
-    from sumi.evaluate.harness import SumiLM  # noqa: F401  (registers the model "sumi")
 
-    __all__.append("SumiLM")
+
+def _register_with_lm_eval() -> None:
+    """Register ``sumi`` in lm-eval's model registry as a lazy placeholder: lm-eval itself is
+    not imported beyond its registry (~40 ms, not the ~180 ms of its model base class), and the
+    harness module loads only when lm-eval asks for the model.  lm-eval's own models are
+    registered first: its ``get_model`` only loads them while the registry is empty, so a
+    registry holding only ``sumi`` would hide ``hf``, ``dummy``, ..."""
+    import lm_eval.models  # noqa: F401  (registers lm-eval's built-in models, lazily)
+    from lm_eval.api.registry import model_registry
+
+    if "sumi" not in model_registry:
+        model_registry.register("sumi", target="sumi.evaluate.harness:SumiLM")
+
+
+if find_spec("lm_eval") is not None:  # optional: the [eval] extra
+    _register_with_lm_eval()

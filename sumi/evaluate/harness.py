@@ -31,10 +31,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from sumi.evaluate.likelihood import DEFAULT_CANVAS, DEFAULT_POINTS, Row, Scorer, continuation_row, document_rows
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
+from sumi.cli import DTYPES
+from sumi.evaluate.likelihood import (DEFAULT_CANVAS, DEFAULT_POINTS, Row, Scorer, continuation_row,
+                                     document_rows, pad_rows)
 
 def _int_arg(name: str, value, minimum: int) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -149,17 +148,9 @@ class SumiLM(LM):
         try:
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start:start + self.batch_size]
-                length = max(len(r.tokens) for r in chunk)
-                x = torch.full((len(chunk), length), pad, dtype=torch.long)
-                scored = torch.zeros_like(x, dtype=torch.bool)
-                mask = torch.zeros_like(x)
-                for b, r in enumerate(chunk):
-                    x[b, :len(r.tokens)] = torch.tensor(r.tokens)
-                    scored[b, :len(r.tokens)] = torch.tensor(r.scored)
-                    mask[b, :len(r.tokens)] = 1
-                x, scored, mask = x.to(self._device), scored.to(self._device), mask.to(self._device)
+                x, scored, present = pad_rows(chunk, pad, self._device)
                 noise = torch.randint(0, vocab, x.shape, generator=generator, device=self._device)
-                best = self.model(torch.where(scored, noise, x), attention_mask=mask).argmax(-1)
+                best = self.model(torch.where(scored, noise, x), attention_mask=present.long()).argmax(-1)
                 out += [bool(((best == x) | ~scored)[b].all()) for b in range(len(chunk))]
         finally:
             self.model.train(was_training)

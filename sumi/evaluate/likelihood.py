@@ -72,6 +72,21 @@ def continuation_row(context: Sequence[int], continuation: Sequence[int], canvas
     return Row(tokens, [False] * len(prefix) + [True] * len(continuation) + [False])
 
 
+def pad_rows(rows: Sequence[Row], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor, Tensor]:
+    """``rows`` as one batch padded to the longest: token ids ``[batch, L]`` (``pad_id`` after each
+    row's end), which positions are scored, and which hold a token (bool ``[batch, L]``)."""
+    length = max(len(r.tokens) for r in rows)
+    x = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    scored = torch.zeros((len(rows), length), dtype=torch.bool)
+    present = torch.zeros((len(rows), length), dtype=torch.bool)
+    for b, row in enumerate(rows):
+        n = len(row.tokens)
+        x[b, :n] = torch.tensor(row.tokens)
+        scored[b, :n] = torch.tensor(row.scored)
+        present[b, :n] = True
+    return x.to(device), scored.to(device), present.to(device)
+
+
 def _positive(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -129,17 +144,7 @@ class Scorer:
         return out
 
     def _batch(self, rows: list[Row], generator: torch.Generator, callback: Callable | None) -> Tensor:
-        length = max(len(r.tokens) for r in rows)
-        pad = self.model.config.pad_token_id
-        x = torch.full((len(rows), length), pad, dtype=torch.long)
-        counted = torch.zeros((len(rows), length), dtype=torch.bool)
-        present = torch.zeros((len(rows), length), dtype=torch.bool)
-        for b, row in enumerate(rows):
-            n = len(row.tokens)
-            x[b, :n] = torch.tensor(row.tokens)
-            counted[b, :n] = torch.tensor(row.scored)
-            present[b, :n] = True
-        x, counted, present = x.to(self.device), counted.to(self.device), present.to(self.device)
+        x, counted, present = pad_rows(rows, self.model.config.pad_token_id, self.device)
         mask = None if bool(present.all()) else present.long()
 
         def denoiser(z: Tensor) -> Tensor:

@@ -98,9 +98,10 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
     model = parallelize(Sumi.on_meta(config.model), mixed_precision=config.mixed_precision,
                         activation_checkpointing=config.activation_checkpointing, compile_blocks=config.compile)
     model.to_empty(device=info.device)
-    model.init_weights(torch.Generator(info.device).manual_seed(config.seed))
     if config.init_from is not None and not resume:
-        load_weights(model, config.init_from)
+        load_weights(model, config.init_from)  # every parameter: no random init needed
+    else:
+        model.init_weights(torch.Generator(info.device).manual_seed(config.seed))
     model.train()
     optimizer = build_optimizer(model, lr=config.peak_lr, betas=(config.beta1, config.beta2),
                                 weight_decay=config.weight_decay)

@@ -270,3 +270,17 @@ def test_lm_eval_command_line_runs_local_tasks_offline(tiny_run, tmp_path):
     assert 0 <= results["sumi_local_mc"]["acc,none"] <= 1
     assert 0 < results["sumi_local_rolling"]["bits_per_byte,none"] < 20
     assert 0 <= results["sumi_local_gen"]["exact_match,none"] <= 1
+
+
+def test_importing_sumi_evaluate_registers_sumi_lazily_and_keeps_lm_evals_models():
+    """In a fresh interpreter: `import sumi.evaluate` makes `sumi` known to lm-eval without
+    importing the adapter, and lm-eval's own models stay reachable (its get_model only loads
+    them while the registry is empty)."""
+    code = ("import sys, sumi.evaluate\n"
+            "from lm_eval.api.registry import get_model\n"
+            "assert 'sumi.evaluate.harness' not in sys.modules\n"
+            "assert get_model('dummy').__name__ == 'DummyLM'\n"
+            "assert get_model('sumi').__name__ == 'SumiLM'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
