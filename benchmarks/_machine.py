@@ -5,10 +5,12 @@ Shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, so this d
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import subprocess
+import time
 
 
 def busy_cpu_seconds() -> float:
@@ -40,3 +42,54 @@ def hardware() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-set high-water mark (VmHWM) to its current RSS (Linux >= 4.0);
+    False where the kernel does not allow it (then :func:`peak_rss_bytes` is the lifetime peak)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """This process's resident-set high-water mark (VmHWM): since the last :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def run_worker(cmd: list[str], env: dict | None = None) -> dict:
+    """Run one measurement in a fresh interpreter and return the JSON of its last stdout line, or
+    ``{"error": ...}`` when it fails (for example killed for memory): the table reports the
+    failure instead of losing the other methods' numbers."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class OtherLoad:
+    """Measures the share of the machine's CPU that OTHER processes used during a ``with`` block
+    (``/proc/stat`` busy time minus ours and our finished children's): timings taken while it
+    is high are inflated."""
+
+    def __enter__(self) -> OtherLoad:
+        self._busy, self._own, self._start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+        self.share = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        other = (busy_cpu_seconds() - self._busy) - (own_cpu_seconds() - self._own)
+        self.share = max(other, 0.0) / ((time.perf_counter() - self._start) * (os.cpu_count() or 1))

@@ -37,9 +37,7 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -47,7 +45,7 @@ import torch
 
 import discdiff as dd
 
-from _machine import busy_cpu_seconds, hardware, own_cpu_seconds  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import OtherLoad, hardware, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker  # noqa: E402  (benchmarks/ is on sys.path)
 
 SEED = 0
 Z_LOSS = 1e-5
@@ -80,24 +78,6 @@ def inputs(tokens: int, vocab: int, hidden_size: int, seed: int = SEED):
     return kernel, hidden, weight, x, z, lam.float()
 
 
-def status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def step(method: str, case) -> tuple[float, float]:
     """One forward + backward; returns the loss and the gradient norm (read without copies)."""
     kernel, hidden, weight, x, z, lam = case
@@ -116,14 +96,14 @@ def measure(method: str, tokens: int, vocab: int, hidden_size: int, repeats: int
     step(method, inputs(min(tokens, 8), min(vocab, 4099), min(hidden_size, 16)))  # code paths, libraries
     case = inputs(tokens, vocab, hidden_size)
     loss, grad_norm = step(method, case)  # warm-up at full size
-    exact_peak = reset_peak()
-    base = status_bytes("VmRSS")
+    exact_peak = reset_peak_rss()
+    base = rss_bytes()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step(method, case)
         times.append(time.perf_counter() - start)
-    peak = status_bytes("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     grads = (tokens * hidden_size + vocab * hidden_size) * 4
     return {
         "median_s": statistics.median(times),
@@ -143,10 +123,11 @@ def run_isolated(method: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--tokens", str(args.tokens),
            "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--repeats", str(args.repeats),
            "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:  # e.g. killed for memory: report it rather than crash the table
-        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(cmd)
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return max(num, 0) / den if den > 0 else None
 
 
 def report(args: argparse.Namespace, results: dict, other_share: float) -> None:
@@ -168,16 +149,18 @@ def report(args: argparse.Namespace, results: dict, other_share: float) -> None:
     plain, fused = results["plain"], results["fused"]
     ratios = {}
     if "error" not in plain and "error" not in fused:
-        ratios = {
-            "mem_ratio": fused["peak_extra_bytes"] / plain["peak_extra_bytes"],
-            "mem_ratio_without_grads": (max(fused["peak_extra_without_grads_bytes"], 0)
-                                        / plain["peak_extra_without_grads_bytes"]),
+        ratios = {  # None where the plain path's extra memory is below what RSS pages resolve
+            "mem_ratio": _ratio(fused["peak_extra_bytes"], plain["peak_extra_bytes"]),
+            "mem_ratio_without_grads": _ratio(fused["peak_extra_without_grads_bytes"],
+                                              plain["peak_extra_without_grads_bytes"]),
             "time_ratio": fused["median_s"] / plain["median_s"],
             "loss_rel_diff": abs(fused["loss"] - plain["loss"]) / abs(plain["loss"]),
             "grad_norm_rel_diff": abs(fused["grad_norm"] - plain["grad_norm"]) / plain["grad_norm"],
         }
-        print(f"fused / plain: time x{ratios['time_ratio']:.3f}, peak extra memory x{ratios['mem_ratio']:.3f} "
-              f"(x{ratios['mem_ratio_without_grads']:.3f} without the {fused['grads_bytes'] / gb:.3f} GB of "
+        mem, mem_ng = (f"x{v:.3f}" if v is not None else "unmeasurable" for v in
+                       (ratios["mem_ratio"], ratios["mem_ratio_without_grads"]))
+        print(f"fused / plain: time x{ratios['time_ratio']:.3f}, peak extra memory {mem} "
+              f"({mem_ng} without the {fused['grads_bytes'] / gb:.3f} GB of "
               f"gradients both return); loss agrees to {ratios['loss_rel_diff']:.1e} relative")
     record = {
         "benchmark": "loss.gidd_fused_vs_plain",
@@ -214,12 +197,9 @@ def main() -> None:
         return
     if args.quick:
         args.tokens, args.repeats = 384, 3
-    busy, own, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
-    results = {name: run_isolated(name, args) for name in METHODS}
-    # contention check: CPU time the rest of the machine used while we measured
-    other = (busy_cpu_seconds() - busy) - (own_cpu_seconds() - own)
-    other_share = max(other, 0.0) / ((time.perf_counter() - start) * os.cpu_count())
-    report(args, results, other_share)
+    with OtherLoad() as load:  # contention check: CPU the rest of the machine used meanwhile
+        results = {name: run_isolated(name, args) for name in METHODS}
+    report(args, results, load.share)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,7 @@ import datetime
 import json
 import math
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -40,7 +38,7 @@ import torch
 
 import discdiff as dd
 
-from _machine import busy_cpu_seconds, hardware, own_cpu_seconds  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import OtherLoad, hardware, peak_rss_bytes, rss_bytes, run_worker  # noqa: E402  (benchmarks/ is on sys.path)
 
 SEED = 0
 STEPS = 128      # the grid the step is taken from: alpha = 1/2 -> 1/2 + 1/STEPS
@@ -58,16 +56,6 @@ def step_naive(kernel, logits, z_t, lam_t, lam_s, generator):
 
 
 METHODS = {"ours": step_ours, "naive": step_naive}
-
-
-def rss_bytes() -> int:
-    """Current resident set size (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def measure(method: str, positions: int, vocab: int, repeats: int, threads: int) -> dict:
@@ -103,10 +91,7 @@ def measure(method: str, positions: int, vocab: int, repeats: int, threads: int)
 def run_isolated(method: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--positions", str(args.positions),
            "--vocab", str(args.vocab), "--repeats", str(args.repeats), "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:  # e.g. killed for memory: report it rather than crash the table
-        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(cmd)
 
 
 def fitting_positions(positions: int, vocab: int) -> int:
@@ -185,12 +170,9 @@ def main() -> None:
         return
     requested = args.positions
     args.positions = fitting_positions(requested, args.vocab)
-    busy, own, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
-    results = {name: run_isolated(name, args) for name in METHODS}
-    # contention check: CPU time the rest of the machine used while we measured
-    other = (busy_cpu_seconds() - busy) - (own_cpu_seconds() - own)
-    other_share = max(other, 0.0) / ((time.perf_counter() - start) * os.cpu_count())
-    report(args, requested, results, other_share)
+    with OtherLoad() as load:  # contention check: CPU the rest of the machine used meanwhile
+        results = {name: run_isolated(name, args) for name in METHODS}
+    report(args, requested, results, load.share)
 
 
 if __name__ == "__main__":

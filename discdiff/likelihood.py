@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from discdiff._checks import check_tokens
 from discdiff._typing import Logits, Mask, Tokens
 from discdiff.kernels.base import Kernel
 from discdiff.losses.gidd import gidd

@@ -30,7 +30,9 @@ from sumi.model import Sumi, flops_per_token
 from sumi.train.objective import Objective
 from sumi.train.optim import WSD, build_optimizer, clip_grad_norm
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 per GPU
+# Dense bf16 tensor-core peak per GPU (vendor datasheets, no sparsity); the first name contained in
+# the device name wins, so the PCIe H100 (lower clocks) is listed before the SXM part.
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class TrainResult:
     out_dir: Path
 
 
-def _peak_flops(device: torch.device) -> float | None:
+def peak_flops(device: torch.device) -> float | None:
+    """The datasheet dense bf16 FLOP/s of a known CUDA device (for MFU), else None."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -130,7 +133,7 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
             metrics_path.unlink()
     global_tokens = config.global_batch_size * config.seq_len
     flops = flops_per_token(config.model, config.seq_len)
-    peak = _peak_flops(info.device)
+    peak = peak_flops(info.device)
     board = _tensorboard(out_dir, info.rank)
     bar = tqdm(total=config.steps, initial=start, disable=not progress or info.rank != 0, desc="train", unit="step")
     losses: list[float] = []
@@ -140,19 +143,9 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
         lr = schedule.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, kl, is, z_loss
-        for _ in range(accumulation):
-            x = loader.next_batch().to(info.device)
-            noised = objective.sample(x, noise)
-            terms = objective.model_loss(model, x, noised)  # fused_loss: from hidden states, no logits
-            # parallelize() SUMS gradients over ranks: dividing by the global token count makes
-            # the step's gradient the global token mean, whatever the world size
-            (terms.loss_sum / global_tokens).backward()
-            sums += torch.stack([terms.loss_sum, terms.kl_sum, terms.is_sum, terms.z_loss_sum]).detach().double()
-        grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sums = _all_reduce_sum(sums, info.world_size) / global_tokens
+        batches = (loader.next_batch().to(info.device) for _ in range(accumulation))
+        sums, grad_norm = train_step(model, optimizer, objective, batches, noise, global_tokens=global_tokens,
+                                     grad_clip=config.grad_clip, world_size=info.world_size)
         loss, kl, is_div, z_loss = (float(v) for v in sums)
         elapsed = time.perf_counter() - began
         tokens_per_s = global_tokens / elapsed
@@ -184,6 +177,32 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
     if end == config.steps:
         ckpt.export_safetensors(model, out_dir / "model")
     return TrainResult(steps=end, losses=losses, out_dir=out_dir)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, batches,
+               noise: torch.Generator, *, global_tokens: int, grad_clip: float,
+               world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over ``batches`` (this rank's micro-batches of token ids, on the model's
+    device), at the learning rate already set in ``optimizer``.
+
+    Each micro-batch is noised with ``noise``; its summed loss is divided by ``global_tokens``
+    (the step's token count over all ranks) before backward, so the accumulated gradient is the
+    global token mean whatever the world size.  Returns the step's global means of (loss, KL, IS
+    divergence, z-loss) as a float64 ``[4]`` tensor, all-reduced over ranks, and the gradient
+    norm before clipping.  ``benchmarks/train_step.py`` times exactly this function.
+    """
+    sums = torch.zeros(4, dtype=torch.float64, device=noise.device)  # loss, kl, is, z_loss
+    for x in batches:
+        noised = objective.sample(x, noise)
+        terms = objective.model_loss(model, x, noised)  # fused_loss: from hidden states, no logits
+        # parallelize() SUMS gradients over ranks: dividing by the global token count makes
+        # the step's gradient the global token mean, whatever the world size
+        (terms.loss_sum / global_tokens).backward()
+        sums += torch.stack([terms.loss_sum, terms.kl_sum, terms.is_sum, terms.z_loss_sum]).detach().double()
+    grad_norm = clip_grad_norm(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return _all_reduce_sum(sums, world_size) / global_tokens, grad_norm
 
 
 def _gather_states(loader: Loader, noise: torch.Generator, world_size: int) -> tuple[list, list]:

@@ -12,7 +12,6 @@ job itself on a wall-clock timeout.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sumi
-from sumi.configs import ModelConfig, sumi_1b, sumi_7b, sumi_150m, tiny
+from sumi.configs import sumi_1b, sumi_7b, sumi_150m, tiny
 from sumi.model import eager_attention, flash_attention, flash_available, flops_per_token, num_parameters, sdpa_attention
 from sumi.model.layers import RMSNorm, apply_rope, rope_cos_sin
 
