@@ -45,10 +45,11 @@ from sumi.model import Sumi, flash_available
 
 
 def build_models(args: argparse.Namespace, backends: list[str]) -> dict[str, Sumi]:
-    overrides = {"max_position_embeddings": max(args.canvas, 1)}
+    config = PRESETS[args.preset]()
+    overrides = {"max_position_embeddings": max(args.canvas, config.max_position_embeddings)}
     if args.layers is not None:
         overrides["num_hidden_layers"] = args.layers
-    config = PRESETS[args.preset](**overrides)
+    config = dataclasses.replace(config, **overrides)
     if args.vocab is not None:
         config = dataclasses.replace(config, vocab_size=args.vocab, bos_token_id=args.vocab - 3,
                                      eos_token_id=args.vocab - 2, pad_token_id=args.vocab - 1)

@@ -45,8 +45,11 @@ __all__ = [
 ]
 
 CONFIG_NAME = "config.json"
+"""The model configuration file of a checkpoint directory."""
 WEIGHTS_NAME = "model.safetensors"
+"""The weights file of an unsharded checkpoint."""
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+"""The index (tensor name -> shard file) of a sharded checkpoint."""
 ARCHITECTURE = "SumiForMaskGeneration"
 MODEL_TYPE = "sumi"
 # The transformers release whose config format (``dtype``, ``rope_parameters``) we write.

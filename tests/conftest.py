@@ -38,3 +38,10 @@ def pytest_collection_modifyitems(config, items):
 def gen() -> torch.Generator:
     """A fresh, seeded CPU generator (tests never touch the global RNG)."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def sumi_cache(tmp_path_factory):
+    """One ``SUMI_CACHE`` for the whole session (the embedded corpus and tokenizer are built once,
+    then reused by every test and tutorial that runs the tiny preset), never the user's own cache."""
+    return tmp_path_factory.mktemp("sumi_cache")

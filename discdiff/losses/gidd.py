@@ -112,11 +112,12 @@ def gidd(
         kernel: the forward process that produced ``z`` from ``x``.
         logits: denoiser outputs ``[*shape, V]``; ``x_hat = softmax`` with the mask logit
             removed.  Computed in ``logits``' dtype, at least float32.
-        x: clean tokens ``[*shape]`` (never the mask id).  z: noisy tokens, ``z ~ q_lambda(.|x)``.
+        x: clean tokens ``[*shape]`` (never the mask id).
+        z: noisy tokens, ``z ~ q_lambda(.|x)``.
         lam: log-SNR per sequence (``[batch]``, ``[batch, 1]``) or per token; finite.
         beta_is: weight of the IS term (1 gives the ELBO; Sumi and GIDD-scaling use 1).
-        reduction, mask: see :func:`discdiff.losses.reduce`; ``mask`` selects the tokens that
-            count (e.g. not padding).
+        reduction: ``"none"``, ``"mean"`` or ``"sum"`` (:func:`discdiff.losses.reduce`).
+        mask: the tokens that count in the reduction (e.g. not padding); default all.
         max_weight: clip ``w`` at this value in ``loss`` (GIDD's weight clipping); the
             returned ``weight`` stays exact.
 

@@ -29,6 +29,9 @@ class StepInfo:
 
 @dataclass(frozen=True)
 class SampleOutput:
+    """What :func:`sample` returns: ``tokens`` ``[batch, seq]`` after the last step, and the
+    :class:`~discdiff.samplers.Trace` of every step when ``trace=True`` (else ``None``)."""
+
     tokens: Tokens
     trace: Trace | None = None
 

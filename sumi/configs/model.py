@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash")
+"""The accepted values of ``ModelConfig.attention_backend`` (see :mod:`sumi.model.attention`)."""
 
 
 @dataclass(frozen=True)
@@ -103,3 +104,4 @@ def tiny(vocab_size: int = 512, **overrides) -> ModelConfig:
 
 
 PRESETS = {"sumi_7b": sumi_7b, "sumi_1b": sumi_1b, "sumi_150m": sumi_150m, "tiny": tiny}
+"""Model presets by name: functions returning a :class:`ModelConfig` (keyword overrides accepted)."""

@@ -22,6 +22,7 @@ PHASES = {  # name: (tokens, sequence length, mixture weights)
     "mid": (130_000_000_000, 1184, {"code": 0.325, "math": 0.297, "general": 0.210, "reasoning": 0.168}),
     "long": (120_000_000_000, 4864, {"code": 0.325, "math": 0.297, "general": 0.210, "reasoning": 0.168}),
 }
+"""The released recipe's phases: name -> (tokens, sequence length, mixture weights or None)."""
 
 
 @dataclass(frozen=True)
@@ -188,3 +189,4 @@ def train_tiny(vocab_size: int = 512, **overrides) -> TrainConfig:
 
 
 TRAIN_PRESETS = {"tiny": train_tiny, "sumi_150m": train_sumi_150m, "sumi_1b": train_sumi_1b, "sumi_7b": train_sumi_7b}
+"""Training presets by name (``sumi train --preset``): functions returning a :class:`TrainConfig`."""

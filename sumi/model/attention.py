@@ -108,3 +108,5 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = N
 
 
 BACKENDS = {"eager": eager_attention, "sdpa": sdpa_attention, "flash": flash_attention}
+"""Attention implementations by name (``ModelConfig.attention_backend``); all take
+``(q, k, v, key_mask, document_ids)`` and compute the same off-by-one softmax attention."""

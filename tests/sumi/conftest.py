@@ -12,14 +12,14 @@ TINY_RUN_STEPS = 40
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tmp_path_factory, sumi_cache) -> Path:
     """``sumi train --preset tiny --out DIR --steps 40`` (the README's main job, shortened), with
-    its cache in a temporary directory; returns DIR (``DIR/model`` holds the model and tokenizer)."""
+    the session's temporary cache; returns DIR (``DIR/model`` holds the model and tokenizer)."""
     from sumi.cli import main
 
     root = tmp_path_factory.mktemp("tiny_run")
     old = os.environ.get("SUMI_CACHE")
-    os.environ["SUMI_CACHE"] = str(root / "cache")
+    os.environ["SUMI_CACHE"] = str(sumi_cache)
     try:
         assert main(["train", "--preset", "tiny", "--out", str(root / "run"), "--steps", str(TINY_RUN_STEPS),
                      "--no-progress"]) == 0
