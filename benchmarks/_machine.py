@@ -93,3 +93,12 @@ class OtherLoad:
     def __exit__(self, *exc) -> None:
         other = (busy_cpu_seconds() - self._busy) - (own_cpu_seconds() - self._own)
         self.share = max(other, 0.0) / ((time.perf_counter() - self._start) * (os.cpu_count() or 1))
+
+
+BUSY_SHARE = 0.05
+
+
+def warn_if_busy(other_share: float) -> None:
+    """Print a warning under a table whose timings other processes inflated (share > 5%)."""
+    if other_share > BUSY_SHARE:
+        print(f"WARNING: other processes used {other_share:.0%} of the CPU during the run; timings are inflated.")

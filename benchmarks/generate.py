@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from _machine import OtherLoad, hardware  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import OtherLoad, hardware, warn_if_busy  # noqa: E402  (benchmarks/ is on sys.path)
 
 import sumi
 from sumi.configs import PRESETS
@@ -100,10 +100,12 @@ def main() -> None:
     if args.quick:
         args.canvas, args.steps, args.new_tokens, args.repeats = 256, 4, 32, 1
     if args.prompt < 1 or args.prompt + args.new_tokens + 2 > args.canvas:
-        parser.error(f"prompt ({args.prompt}) + new tokens ({args.new_tokens}) + EOS/BOS must fit the canvas ({args.canvas})")
+        parser.error(f"prompt ({args.prompt}) + new tokens ({args.new_tokens}) + EOS/BOS must fit the canvas "
+                     f"({args.canvas})")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
-    backends = args.backends.split(",") if args.backends else ["eager", "sdpa"] + (["flash"] if flash_available() else [])
+    default = ["eager", "sdpa"] + (["flash"] if flash_available() else [])
+    backends = args.backends.split(",") if args.backends else default
     if "flash" in backends and not flash_available():
         parser.error("flash needs CUDA and the flash-attn package (pip install .[gpu])")
     torch.set_num_threads(args.threads)
@@ -146,10 +148,10 @@ def main() -> None:
     params = sum(p.numel() for p in next(iter(models.values())).parameters())
     print(f"sumi.generate, preset {args.preset} ({config.num_hidden_layers} layers x hidden {config.hidden_size}, "
           f"V = {config.vocab_size:,}, {params / 1e6:,.1f}M parameters, {args.dtype}); canvas {args.canvas}, "
-          f"{args.steps} steps ({args.sampler}), batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new tokens; "
+          f"{args.steps} steps ({args.sampler}), batch {args.batch}, prompt {args.prompt}, "
+          f"{args.new_tokens} new tokens; "
           f"{where}; median of {args.repeats}")
-    if load.share > 0.05:
-        print(f"WARNING: other processes used {load.share:.0%} of the CPU during the run; timings are inflated.")
+    warn_if_busy(load.share)
     print(f"{'backend':<9}{'median s':>10}{'answer tok/s':>14}{'canvas pos/s':>14}{'peak GB':>9}{'same as eager':>15}")
     for backend, r in results.items():
         peak = f"{r['peak_bytes'] / 1e9:.2f}" if r["peak_bytes"] is not None else "-"

@@ -45,7 +45,9 @@ import torch
 
 import discdiff as dd
 
-from _machine import OtherLoad, hardware, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import (  # noqa: E402  (benchmarks/ is on sys.path)
+    OtherLoad, hardware, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker, warn_if_busy,
+)
 
 SEED = 0
 Z_LOSS = 1e-5
@@ -136,8 +138,7 @@ def report(args: argparse.Namespace, results: dict, other_share: float) -> None:
     print(f"Sumi loss forward + backward from hidden states: uniform kernel, V = {args.vocab:,}, {args.tokens} tokens, "
           f"hidden {args.hidden}, float32, z-loss {Z_LOSS}; {hw['cpu']}, {args.threads} threads, "
           f"median of {args.repeats} after 1 warm-up")
-    if other_share > 0.05:
-        print(f"WARNING: other processes used {other_share:.0%} of the CPU during the run; timings are inflated.")
+    warn_if_busy(other_share)
     print(f"{'method':<7}{'median s':>10}{'min s':>9}{'peak extra GB':>15}{'w/o grads GB':>14}{'loss':>16}"
           f"{'|grad|':>12}")
     for name, r in results.items():

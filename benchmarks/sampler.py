@@ -38,7 +38,9 @@ import torch
 
 import discdiff as dd
 
-from _machine import OtherLoad, hardware, peak_rss_bytes, rss_bytes, run_worker  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import (  # noqa: E402  (benchmarks/ is on sys.path)
+    OtherLoad, hardware, peak_rss_bytes, rss_bytes, run_worker, warn_if_busy,
+)
 
 SEED = 0
 STEPS = 128      # the grid the step is taken from: alpha = 1/2 -> 1/2 + 1/STEPS
@@ -115,9 +117,7 @@ def report(args: argparse.Namespace, requested: int, results: dict, other_share:
           f"alpha {ALPHA_T} -> {ALPHA_T + 1 / STEPS} (lambda {math.log(ALPHA_T / (1 - ALPHA_T)):.4f} -> "
           f"{math.log((ALPHA_T + 1 / STEPS) / (1 - ALPHA_T - 1 / STEPS)):.4f}), {args.threads} threads, "
           f"median of {args.repeats} after 1 warm-up")
-    if other_share > 0.05:
-        print(f"WARNING: other processes used {other_share:.0%} of the CPU during the run; "
-              "timings are inflated.")
+    warn_if_busy(other_share)
     if args.positions != requested:
         print(f"NOTE: {requested} positions would not fit the naive path in memory; measured {args.positions}.")
     print(f"{'method':<8}{'median s':>10}{'min s':>9}{'peak extra GB':>15}{'moved':>8}")

@@ -50,7 +50,9 @@ import time
 
 import torch
 
-from _machine import OtherLoad, hardware, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker  # noqa: E402
+from _machine import (  # noqa: E402  (benchmarks/ is on sys.path)
+    OtherLoad, hardware, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker, warn_if_busy,
+)
 
 FLAGS = {"plain", "fused", "ac", "compile", "bf16", "sdpa", "eager", "flash"}
 CPU_VARIANTS = "plain,fused,fused+ac,fused+compile"
@@ -217,8 +219,7 @@ def report(args: argparse.Namespace, results: dict, ceiling: dict, other_share: 
     where = some["device_name"] if some and some["device_name"] else f"{hw['cpu']}, {args.threads} threads"
     print(f"Sumi training step, preset {args.preset} ({shape}); {where}; median of {args.steps} after "
           f"{args.warmup} warm-up")
-    if other_share > 0.05:
-        print(f"WARNING: other processes used {other_share:.0%} of the CPU during the run; timings are inflated.")
+    warn_if_busy(other_share)
     print(f"{'variant':<26}{'step ms':>10}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'of matmul':>11}"
           f"{'peak extra GB':>15}{'first loss':>13}")
     for name, r in results.items():
@@ -258,8 +259,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward (default: the preset's)")
     parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--variants", help=f"comma-separated (default CPU: {CPU_VARIANTS}; CUDA: {CUDA_VARIANTS})")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
                         help="a one-rank process group so FSDP2 (and bf16) apply (default: on CUDA only)")
