@@ -102,3 +102,11 @@ def warn_if_busy(other_share: float) -> None:
     """Print a warning under a table whose timings other processes inflated (share > 5%)."""
     if other_share > BUSY_SHARE:
         print(f"WARNING: other processes used {other_share:.0%} of the CPU during the run; timings are inflated.")
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); nothing on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

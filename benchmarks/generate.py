@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from _machine import OtherLoad, hardware, warn_if_busy  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import OtherLoad, hardware, sync, warn_if_busy  # noqa: E402  (benchmarks/ is on sys.path)
 
 import sumi
 from sumi.configs import PRESETS
@@ -67,11 +67,6 @@ def prompts(args: argparse.Namespace, config) -> list[list[int]]:
     g = torch.Generator().manual_seed(1)
     body = torch.randint(config.vocab_size - 3, (args.batch, args.prompt - 1), generator=g)  # no special ids
     return [[config.bos_token_id, *row.tolist()] for row in body]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run(model: Sumi, ids: list[list[int]], args: argparse.Namespace, steps: int):
@@ -123,10 +118,10 @@ def main() -> None:
             for backend, model in models.items():
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 out = run(model, ids, args, steps=args.steps)
-                _sync(device)
+                sync(device)
                 times[backend].append(time.perf_counter() - start)
                 canvases[backend] = out.canvas.cpu()
                 if device.type == "cuda":

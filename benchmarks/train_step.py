@@ -51,7 +51,7 @@ import time
 import torch
 
 from _machine import (  # noqa: E402  (benchmarks/ is on sys.path)
-    OtherLoad, hardware, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker, warn_if_busy,
+    OtherLoad, hardware, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker, sync, warn_if_busy,
 )
 
 FLAGS = {"plain", "fused", "ac", "compile", "bf16", "sdpa", "eager", "flash"}
@@ -89,11 +89,6 @@ def build_config(args: argparse.Namespace, variant: dict):
     return config.override([f"{k}={json.dumps(v)}" for k, v in sets.items()])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_flops(device: torch.device, repeats: int = 5) -> dict:
     """Measured dense matmul FLOP/s on ``device`` (fp32 2048^3 on CPU, bf16 8192^3 on CUDA)."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
@@ -101,12 +96,12 @@ def matmul_flops(device: torch.device, repeats: int = 5) -> dict:
     a = torch.randn(n, n, generator=g, device=device).to(dtype)
     b = torch.randn(n, n, generator=g, device=device).to(dtype)
     a @ b  # warm-up
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return {"flops": 2 * n**3 / statistics.median(times), "n": n, "dtype": str(dtype).removeprefix("torch.")}
 
@@ -151,12 +146,12 @@ def measure(args: argparse.Namespace) -> dict:
             else:
                 exact = reset_peak_rss()
                 state = rss_bytes()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         sums, _ = train_step(model, optimizer, objective, batches, noise, global_tokens=tokens,
                              grad_clip=config.grad_clip, world_size=info.world_size)
         losses.append(float(sums[0]))
-        _sync(device)
+        sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()

@@ -83,6 +83,21 @@ def iter_documents(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLik
     return _documents(files, text_field)
 
 
+def jsonl_records(text: str, where: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for every non-blank line of JSONL ``text``; a line that is not a
+    JSON object raises ``ValueError`` naming ``where:line``."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}:{lineno}: not a JSON object: {e}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}:{lineno}: not a JSON object (a {type(record).__name__})")
+        yield lineno, record
+
+
 def _documents(files: list[Path], text_field: str) -> Iterator[str]:
     for path in files:
         try:
@@ -93,14 +108,8 @@ def _documents(files: list[Path], text_field: str) -> Iterator[str]:
             if text:
                 yield text
             continue
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON object: {e}") from None
-            if not isinstance(record, dict) or text_field not in record:
+        for lineno, record in jsonl_records(text, path):
+            if text_field not in record:
                 raise ValueError(f"{path}:{lineno}: no {text_field!r} field (set text_field / --text-field)")
             doc = record[text_field]
             if not isinstance(doc, str):

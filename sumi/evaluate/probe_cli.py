@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sumi.data.sources import jsonl_records
 from sumi.generate import SAMPLERS
 
 DEFAULT_BUDGETS = "0,8,16,32,64"
@@ -148,14 +149,12 @@ def _read_prompts(args: argparse.Namespace) -> list[_Prompt]:
         path = Path(args.prompts)
         if not path.is_file():
             raise UsageError(f"no prompts file {args.prompts}")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{args.prompts}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+        try:
+            records = list(jsonl_records(path.read_text(encoding="utf-8"), args.prompts))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        for n, record in records:
+            if not isinstance(record.get("prompt"), str):
                 raise UsageError(f"{args.prompts}:{n}: expected an object with a string \"prompt\"")
             answer = record.get("answer")
             if answer is not None and not isinstance(answer, str):

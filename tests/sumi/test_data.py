@@ -188,6 +188,9 @@ def test_bad_jsonl_lines(tmp_path):
     p.write_text('{"body": "a"}\n')
     with pytest.raises(ValueError, match=r"x.jsonl:1: no 'text' field"):
         list(iter_documents(p))
+    p.write_text('{"text": "ok"}\n\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:3: not a JSON object \(a list\)"):
+        list(iter_documents(p))
 
 
 def test_prepare_bad_inputs(tmp_path, tok):
