@@ -40,7 +40,7 @@ from _machine import OtherLoad, hardware, sync, warn_if_busy  # noqa: E402  (ben
 
 import sumi
 from sumi.configs import PRESETS
-from sumi.generate import SAMPLERS
+from sumi.generation import SAMPLERS
 from sumi.model import Sumi, flash_available
 
 

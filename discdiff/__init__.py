@@ -13,7 +13,7 @@ Conventions (fixed for the whole library; see docs/math.md):
   state at import.
 
 Samplers (``discdiff.samplers``) and NELBO estimation (``discdiff.likelihood``) build on these.
-Imports torch, einops and jaxtyping only.  ``discdiff.testing`` (hypothesis strategies and
+Imports torch and jaxtyping only.  ``discdiff.testing`` (hypothesis strategies and
 invariant checks) needs the ``[test]`` extra and is not imported here.
 """
 

@@ -4,7 +4,7 @@ Dimension legend (names used inside the jaxtyping annotations):
 
 - ``*shape``: any leading shape of token positions, usually ``batch seq``.
 - ``batch``: sequences in a batch.  ``seq``: positions in a sequence.
-- ``vocab``: the states the model sees, ``V`` in MATH.md (the mask state included, if any).
+- ``vocab``: the states the model sees, ``V`` in docs/math.md (the mask state included, if any).
 
 Log-SNR ``lambda`` is given per sequence (``[batch]`` or ``[batch, 1]``) or per token
 (``[batch, seq]``); it is broadcast against the tokens by :func:`discdiff._checks.align_log_snr`

@@ -1,6 +1,6 @@
 """NELBO estimation: the negative ELBO of clean tokens under a denoiser and a kernel.
 
-``NELBO(x) = integral_0^1 dt |d lambda/dt| E_z[w (KL + IS)]`` (MATH.md, "Likelihood";
+``NELBO(x) = integral_0^1 dt |d lambda/dt| E_z[w (KL + IS)]`` (docs/math.md, "Likelihood";
 arXiv 2512.10858, Eq. 3-5), estimated on a deterministic time grid (midpoints, Sumi and GIDD
 use 128 points under the linear-alpha schedule) or by stratified random times, one noisy draw
 ``z`` per point and sequence.  Bits per byte = NELBO / (ln 2 * bytes).
@@ -16,8 +16,8 @@ from torch import Tensor
 
 from discdiff._typing import Logits, Mask, Tokens
 from discdiff.kernels.base import Kernel
-from discdiff.losses.gidd import gidd
-from discdiff.losses.nelbo import elbo_weight_in_time
+from discdiff.losses.elbo import gidd
+from discdiff.losses.estimate import elbo_weight_in_time
 from discdiff.schedules.base import Schedule
 from discdiff.schedules.linear_alpha import LinearAlpha
 
@@ -57,7 +57,7 @@ def nelbo(
         points: time points; the grid is the midpoints ``t_i = (i + 1/2) / points`` unless
             ``stratified``, which draws ``t_i = (i + U_i) / points`` per sequence.
         effective_snr: per sequence and point, evaluate the integrand at the logit of the
-            realized clean fraction instead of at ``lambda(t_i)`` (MATH.md; meant for long
+            realized clean fraction instead of at ``lambda(t_i)`` (docs/math.md; meant for long
             sequences).  The fraction is estimated from the match rate ``f`` of ``z = x`` (with a
             half-count correction ``(matches + 1/2) / (n + 1)``) as ``(f - p) / (1 - p)``, ``p``
             the mean of ``pi_lambda(x_j)``, since noise can redraw ``x`` itself; then clamped

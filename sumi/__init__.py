@@ -8,7 +8,7 @@
 
 from sumi import configs, hf
 from sumi.hf import convert, from_pretrained, save_pretrained
-from sumi.generate import GenerationOutput, generate
+from sumi.generation import GenerationOutput, generate
 from sumi.model import Sumi
 from sumi.tokenizer import SumiTokenizer
 

@@ -14,15 +14,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+from sumi.cli_common import DTYPES, UsageError, add_model_arguments, load_model
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TINY = "tiny"
-TINY_SEED = 0  # the embedded default's weights are random, but the same on every run
-
-
-class UsageError(Exception):
-    """A mistake in the user's input: reported in one line, exit status 2."""
+__all__ = ["main", "build_parser", "COMMANDS", "UsageError"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,14 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 # -- sumi generate ----------------------------------------------------------------------------
 def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    from sumi.generate import SAMPLERS, SCHEDULES
+    from sumi.generation import SAMPLERS, SCHEDULES
 
-    parser.add_argument("--model", required=True,
-                        help=f"a checkpoint directory (Hugging Face layout), or '{TINY}': a tiny model with "
-                             "random weights, built in memory (no files needed; its output is noise)")
+    add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="the prompt text (BOS is added)")
-    parser.add_argument("--tokenizer", help="a tokenizer.json (default: MODEL/tokenizer.json; the embedded "
-                                            f"default tokenizer for --model {TINY})")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="the answer budget (default 256)")
     parser.add_argument("--canvas-length", type=int, default=2048, help="canvas positions (default 2048)")
     parser.add_argument("--steps", type=int, default=128, help="denoising steps = model calls (default 128)")
@@ -54,62 +44,12 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-denoise-end", dest="denoise_end", action="store_false",
                         help="freeze the canvas tail after the pinned EOS/BOS (pad ids, hidden from attention) "
                              "instead of denoising it with the answer")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="weights dtype (default: the checkpoint's)")
-
-
-def _tiny_model(tokenizer, device: str):
-    import sumi
-
-    config = sumi.configs.tiny(vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_id,
-                               eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                               max_position_embeddings=2048)  # room for the default canvas
-    return sumi.Sumi.initialized(config, device=device, generator=torch.Generator(device=device).manual_seed(TINY_SEED))
-
-
-def _load(args) -> tuple:
-    """(model, tokenizer) from ``--model`` / ``--tokenizer``.  Paths are checked before anything
-    heavy is imported or loaded."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch.device(device)
-    except RuntimeError as e:
-        raise UsageError(f"bad --device {device!r}: {e}") from None
-    if args.tokenizer is not None and not Path(args.tokenizer).is_file():
-        raise UsageError(f"no tokenizer file {args.tokenizer}")
-    if args.model == TINY:
-        from sumi.tokenizer import SumiTokenizer
-
-        tokenizer = SumiTokenizer.from_file(args.tokenizer) if args.tokenizer else SumiTokenizer.default()
-        print(f"sumi: --model {TINY}: a tiny model with random weights (untrained: expect noise)", file=sys.stderr)
-        model = _tiny_model(tokenizer, device)
-        return model.to(DTYPES[args.dtype]) if args.dtype else model, tokenizer
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise UsageError(f"no model directory {args.model} (or pass --model {TINY})")
-    tokenizer_path = Path(args.tokenizer) if args.tokenizer else model_dir / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise UsageError(f"no tokenizer at {tokenizer_path}; pass --tokenizer PATH")
-    from sumi.hf import from_pretrained
-    from sumi.tokenizer import SumiTokenizer
-
-    try:
-        model = from_pretrained(model_dir, dtype=DTYPES[args.dtype] if args.dtype else None, device=device)
-        tokenizer = SumiTokenizer.from_file(tokenizer_path)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load {args.model}: {e}") from None
-    config = model.config
-    if (tokenizer.bos_id, tokenizer.eos_id) != (config.bos_token_id, config.eos_token_id):
-        print(f"sumi: warning: the tokenizer's BOS/EOS ({tokenizer.bos_id}, {tokenizer.eos_id}) differ from the "
-              f"model's ({config.bos_token_id}, {config.eos_token_id}); the canvas uses the model's", file=sys.stderr)
-    return model, tokenizer
 
 
 def _run_generate(args) -> int:
-    from sumi.generate import generate
+    from sumi.generation import generate
 
-    model, tokenizer = _load(args)
+    model, tokenizer = load_model(args)
     prompt = list(tokenizer.encode(args.prompt, add_bos=True))
     try:
         out = generate(model, [prompt], args.max_new_tokens, canvas_length=args.canvas_length, steps=args.steps,

@@ -1,5 +1,5 @@
-"""The Hugging Face checkpoint layout of the released Sumi model (tohoku-nlp/sumi-7b; DESIGN.md
-"Sumi checkpoint layout"): ``config.json`` plus ``model.safetensors`` or shards
+"""The Hugging Face checkpoint layout of the released Sumi model (tohoku-nlp/sumi-7b; docs/sumi.md,
+"Checkpoints"): ``config.json`` plus ``model.safetensors`` or shards
 ``model-0000i-of-0000N.safetensors`` listed in ``model.safetensors.index.json``.
 
 * :func:`config_from_hf` / :func:`config_to_hf`: ``config.json`` <-> :class:`ModelConfig`.
@@ -55,7 +55,7 @@ MODEL_TYPE = "sumi"
 # The transformers release whose config format (``dtype``, ``rope_parameters``) we write.
 # Bookkeeping only: transformers is neither imported nor needed.
 TRANSFORMERS_VERSION = "5.0.0"
-# Training bookkeeping the release stores (MATH.md: beta_IS = 1, z-loss 1e-5); not used to load.
+# Training bookkeeping the release stores (docs/math.md, "Sumi recipe facts": beta_IS = 1, z-loss 1e-5); not used to load.
 UNIFORM_DIFFUSION_BETA_IS = 1.0
 UNIFORM_DIFFUSION_Z_LOSS_STRENGTH = 1e-5
 # Side files that :func:`convert` copies along with the weights (plain data, never code).

@@ -1,6 +1,6 @@
 """The Sumi tokenizer: dolma2 from a local ``tokenizer.json``, and small byte-level BPEs.
 
-Conventions (Sumi, arXiv 2606.19005; MATH.md "Sumi facts"):
+Conventions (Sumi, arXiv 2606.19005; docs/math.md "Sumi recipe facts"):
 
 - The released model uses the dolma2 tokenizer (cl100k-derived) with a vocab of 100,278 ids:
   BOS ``<|beginoftext|>`` = 100256, EOS ``<|endoftext|>`` = 100257, pad ``<|pad|>`` = 100277.

@@ -1,7 +1,6 @@
 """The kernel interface: a forward (noising) process in log-SNR form.
 
-``q_lambda(z | x) = sigmoid(lambda) e_x + sigmoid(-lambda) pi_lambda``  (MATH.md, "Forward
-process"; von Rütte et al., arXiv 2503.04482 Eq. 1 and arXiv 2512.10858 Eq. 1).
+``q_lambda(z | x) = sigmoid(lambda) e_x + sigmoid(-lambda) pi_lambda``  (docs/math.md, "Forward process and kernels"; von Rütte et al., arXiv 2503.04482 Eq. 1 and arXiv 2512.10858 Eq. 1).
 
 A family only says what its mixing distribution ``pi_lambda`` is (:meth:`Kernel.pi`, its
 lambda-derivative :meth:`Kernel.dpi`, and how to draw from it); marginals, transitions,
@@ -75,7 +74,7 @@ class Kernel(ABC):
     def noise_log1p_sum(self, lam: LogSNR, log_x0: Tensor) -> Tensor:
         """``T = sum_j c_j log1p(alpha x_hat_j / c_j)`` with ``c = sigmoid(-lambda) pi_lambda``
         (terms with ``c_j = 0`` are 0): the one vocabulary reduction the KL needs beyond the
-        gathers (MATH.md, "Memory-light form").  ``lam`` is ``[*shape]``, ``log_x0`` ``[*shape, V]``.
+        gathers (docs/math.md, "Memory-light form of the KL").  ``lam`` is ``[*shape]``, ``log_x0`` ``[*shape, V]``.
         """
         log_c = F.logsigmoid(-lam).unsqueeze(-1) + torch.log(self.pi(lam).to(log_x0.dtype))
         positive = torch.isfinite(log_c)
@@ -133,7 +132,7 @@ class Kernel(ABC):
         """``q_{t|s}(z_t | z_s) = alpha_{t|s} [z_t = z_s] + (beta pi)_{t|s}(z_t)`` for ``lam_s >= lam_t``.
 
         Returns ``alpha_{t|s} = alpha_t / alpha_s`` (``[*shape]``) and
-        ``(beta pi)_{t|s} = beta_t pi_t - alpha_{t|s} beta_s pi_s`` (``[*shape, V]``); MATH.md.
+        ``(beta pi)_{t|s} = beta_t pi_t - alpha_{t|s} beta_s pi_s`` (``[*shape, V]``); docs/math.md.
         The kernel is a valid Markov kernel where the latter is non-negative.
         """
         lam_t, lam_s = torch.broadcast_tensors(lam_t, lam_s)
@@ -152,7 +151,7 @@ class Kernel(ABC):
         validate: bool = True,
     ) -> Probs:
         """``p(z_s = j | z_t) = q_s(j | x_hat) q_{t|s}(z_t | j) / q_t(z_t | x_hat)`` with ``x_hat``
-        plugged in (MATH.md, "Samplers"), as ``[*z_t.shape, V]``; ``lam_s >= lam_t`` (cleaner).
+        plugged in (docs/math.md, "Samplers"), as ``[*z_t.shape, V]``; ``lam_s >= lam_t`` (cleaner).
 
         It is a scaled copy of ``q_s(. | x_hat)`` plus extra mass ``alpha_{t|s} q_s(z_t | x_hat)``
         at ``z_t``; the normalizer is ``q_t(z_t | x_hat)``.  ``x0_probs`` must put no mass on

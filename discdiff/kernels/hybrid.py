@@ -17,7 +17,7 @@ class Hybrid(UniformMaskMixture):
     ``shift`` moves the balance: large positive is nearly uniform, large negative nearly masked;
     ``shift in {-2, 0, 2}`` are the papers' mixes.  With ``scale > 0`` uniform noise dominates
     near the data end.  ``scale`` must lie in ``[0, 1]``: above 1 the transition
-    ``q_{t|s}`` has negative entries and is not a Markov kernel (MATH.md).
+    ``q_{t|s}`` has negative entries and is not a Markov kernel (docs/math.md).
     """
 
     def __init__(self, vocab_size: int, mask_id: int, shift: float = 0.0, scale: float = 1.0) -> None:

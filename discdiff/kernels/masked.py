@@ -12,7 +12,7 @@ from discdiff.kernels.mixture import UniformMaskMixture
 
 class Masked(UniformMaskMixture):
     """``pi = e_m``.  The ELBO weight is ``1`` on masked tokens and ``0`` on clean ones, and the
-    GIDD loss reduces to MDLM (``alpha * CE`` per unit log-SNR on masked tokens; MATH.md)."""
+    GIDD loss reduces to MDLM (``alpha * CE`` per unit log-SNR on masked tokens; docs/math.md)."""
 
     def __init__(self, vocab_size: int, mask_id: int) -> None:
         self.vocab_size = check_vocab_size(vocab_size)

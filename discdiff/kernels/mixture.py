@@ -1,6 +1,6 @@
 """Kernels whose mixing distribution mixes uniform noise and the mask state.
 
-``pi_lambda = s u + (1 - s) e_m`` with ``s = sigmoid(l(lambda))`` (GIDD; MATH.md), where ``u``
+``pi_lambda = s u + (1 - s) e_m`` with ``s = sigmoid(l(lambda))`` (GIDD; docs/math.md), where ``u``
 is uniform over the ``N`` non-mask states (``N = V - 1`` with a mask, ``N = V`` without).
 Uniform (``s = 1``), masked (``s = 0``), GIDD's hybrid (``l = a lambda + b``) and GIDD's time
 form all belong here.  A family gives only the share logit ``l(lambda)`` and its derivative;
@@ -94,7 +94,7 @@ class UniformMaskMixture(Kernel):
 
     def noise_log1p_sum(self, lam: LogSNR, log_x0: Tensor) -> Tensor:
         """``T = c_u sum_{j != m} log1p(alpha x_hat_j / c_u)``, ``c_u = sigmoid(-lambda) s / N``
-        (the mask term vanishes because ``x_hat_m = 0``; MATH.md, "Memory-light form")."""
+        (the mask term vanishes because ``x_hat_m = 0``; docs/math.md, "Memory-light form of the KL")."""
         lam = lam.to(log_x0.dtype)
         log_cu = F.logsigmoid(-lam) + F.logsigmoid(self.share_logit(lam)) - math.log(self.num_noise_states)
         positive = torch.isfinite(log_cu)  # pure masked noise: c_u = 0, and 0 * inf must not appear

@@ -14,7 +14,7 @@ class Uniform(UniformMaskMixture):
     """``pi = u``, uniform over all ``V`` states (``N = V``, no mask state).
 
     Every id, special tokens included, can be drawn as noise (Sumi, arXiv 2606.19005).  The
-    ELBO weight is ``1`` for ``z != x`` and ``1 / (1 + N e^lambda)`` for ``z = x`` (MATH.md).
+    ELBO weight is ``1`` for ``z != x`` and ``1 / (1 + N e^lambda)`` for ``z = x`` (docs/math.md).
     """
 
     mask_id = None

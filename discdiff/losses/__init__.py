@@ -5,9 +5,9 @@ All return per-token values in float32 or wider and reduce only when asked (``re
 """
 
 from discdiff.losses.fused import FusedLossOutput, gidd_from_hidden
-from discdiff.losses.gidd import gidd, kl_and_is, kl_and_log_ratio
-from discdiff.losses.mdlm import masked_ce, mdlm
-from discdiff.losses.nelbo import elbo_weight_in_time, nelbo
+from discdiff.losses.elbo import gidd, kl_and_is, kl_and_log_ratio
+from discdiff.losses.masked import masked_ce, mdlm
+from discdiff.losses.estimate import elbo_weight_in_time, nelbo
 from discdiff.losses.output import LossOutput, reduce
 
 __all__ = ["LossOutput", "FusedLossOutput", "reduce", "gidd", "gidd_from_hidden", "kl_and_is", "kl_and_log_ratio", "mdlm", "masked_ce", "nelbo", "elbo_weight_in_time"]

@@ -1,6 +1,6 @@
 """The GIDD surrogate from hidden states: the output projection and the loss fused, in chunks.
 
-Sources: MATH.md, "Loss" and "Memory-light form"; von Rütte et al., "Scaling Behavior of
+Sources: docs/math.md, "Loss" and "Memory-light form"; von Rütte et al., "Scaling Behavior of
 Discrete Diffusion Language Models", arXiv 2512.10858, Eq. 5 (the surrogate
 ``w KL + beta_IS w IS``) and Prop. 1 (the weight ``w``).
 
@@ -13,18 +13,18 @@ five numbers per token only (``m`` the mask id, ``c_j = sigmoid(-lambda) pi_lamb
 - ``l_x``, ``l_z`` and ``l_m``: the logits at the clean token, the noisy token and the mask id;
 - ``T = sum_{j != m} c_j log1p(alpha x_hat_j / c_j)`` (terms with ``c_j = 0`` are 0).
 
-From them (:func:`discdiff.losses.gidd.kl_and_log_ratio_from_parts`, the same code as
+From them (:func:`discdiff.losses.elbo.kl_and_log_ratio_from_parts`, the same code as
 :func:`~discdiff.losses.gidd`): ``KL = q_x log(q_x / p_x) - T + c_x log1p(alpha x_hat_x / c_x)``,
 ``q_x = alpha + c_x``, ``p_x = alpha x_hat_x + c_x``; ``d = log q_z - log p_z`` with
 ``q_z = alpha [z = x] + c_z`` and ``p_z = alpha x_hat_z + c_z`` (``x_hat_m = 0``), and
 ``IS = e^d - 1 - d``.  For uniform/mask mixtures ``c_j = c_u`` on every non-mask state and
-these are MATH.md's closed forms; for pure masked noise ``c_u = 0`` and ``T = 0`` (no second
+these are docs/math.md's closed forms; for pure masked noise ``c_u = 0`` and ``T = 0`` (no second
 vocabulary pass).
 
 The derivatives with respect to a logit ``k``, with ``rho_j = alpha x_hat_j / (alpha x_hat_j + c_j)``
 and ``R = sum_{j != m} c_j rho_j``:
 ``dLSE/dl_k = x_hat_k``, ``dT/dl_k = c_k rho_k - x_hat_k R``, ``dl_y/dl_k = [k = y]``
-(``x_hat_m = rho_m = 0``).  Chained through the per-token formulas they give MATH.md's
+(``x_hat_m = rho_m = 0``).  Chained through the per-token formulas they give docs/math.md's
 ``w [-alpha g_x(k) - c_u (rho_k - x_hat_k R) + [z != m](1 - q_z/p_z) g_z(k)]``.
 
 The forward pass keeps ``LSE`` and ``R`` per token (besides its inputs); the backward pass
@@ -49,7 +49,7 @@ from discdiff._checks import align_log_snr, check_log_snr, compute_dtype
 from discdiff._typing import LogSNR, Mask, PerToken, Reduction, Tokens
 from discdiff.kernels.base import Kernel
 from discdiff.kernels.masked import Masked
-from discdiff.losses.gidd import _itakura_saito, _surrogate, kl_and_log_ratio_from_parts
+from discdiff.losses.elbo import _itakura_saito, _surrogate, kl_and_log_ratio_from_parts
 from discdiff.losses.output import LossOutput, reduce
 
 Hidden = Float[Tensor, "*shape hidden"]
@@ -96,8 +96,7 @@ def gidd_from_hidden(
     last hidden states, without materializing the logits ``hidden @ head_weight.T``.
 
     Same values (and gradients) as ``gidd(kernel, hidden @ head_weight.T, x, z, lam, beta_is, ...)``
-    up to floating-point rounding, computed as in the module docstring (MATH.md, "Memory-light
-    form"): no tensor larger than one ``[chunk_size, vocab_chunk_size]`` block of logits (a few
+    up to floating-point rounding, computed as in the module docstring (docs/math.md, "Memory-light form of the KL"): no tensor larger than one ``[chunk_size, vocab_chunk_size]`` block of logits (a few
     such blocks at once) exists in the forward or the backward pass, and the autograd graph
     keeps the inputs and a few numbers per token.
 

@@ -10,7 +10,7 @@ from discdiff.samplers.categorical import Denoised
 
 
 class Ancestral(KernelStepRule):
-    """``p(z_s = j | z_t) = q_s(j | x_hat) q_{t|s}(z_t | j) / q_t(z_t | x_hat)`` (MATH.md, "Samplers";
+    """``p(z_s = j | z_t) = q_s(j | x_hat) q_{t|s}(z_t | j) / q_t(z_t | x_hat)`` (docs/math.md, "Samplers";
     D3PM, Austin et al. 2021; GIDD, arXiv 2503.04482), for any kernel.
 
     Memory-light: the posterior is "stay at ``z_t`` with probability

@@ -2,7 +2,7 @@
 min-p), mask state removed; its values at given tokens; and exact draws from it.
 
 Draws use the inverse CDF in float64 (``cumsum`` + ``searchsorted``), chunked over positions:
-at vocabulary 100,278 a float32 cumsum would lose rare tokens (MATH.md, "Samplers"), and
+at vocabulary 100,278 a float32 cumsum would lose rare tokens (docs/math.md, "Samplers"), and
 ``torch.multinomial`` / Gumbel-max over 100k-wide rows are several times slower on CPU.
 Temperature 0 means argmax and never builds a ``[..., V]`` probability tensor.
 """

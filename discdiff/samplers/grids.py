@@ -1,4 +1,4 @@
-"""Step grids: ascending log-SNRs from noisy to clean (MATH.md, "Step grids (Sumi)")."""
+"""Step grids: ascending log-SNRs from noisy to clean (docs/math.md, "Step grids")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The schedule interface: a decreasing map from time ``t`` to log-SNR ``lambda``.
 
-Convention (MATH.md): ``t = 0`` is data, ``t = 1`` the prior; ``alpha = sigmoid(lambda)``.
+Convention (docs/math.md): ``t = 0`` is data, ``t = 1`` the prior; ``alpha = sigmoid(lambda)``.
 Every schedule clamps ``lambda`` to ``[log_snr_min, log_snr_max]`` (Sumi and the GIDD scaling
 work use ``[-9, 9]``); inside the clamp its derivative is the analytic one, outside it is 0.
 Subclasses implement only the unclamped map, its derivative and its inverse.

@@ -1,4 +1,4 @@
-"""Linear-in-alpha schedule: ``alpha_t = 1 - t`` (MDLM/GIDD/Sumi default; MATH.md)."""
+"""Linear-in-alpha schedule: ``alpha_t = 1 - t`` (MDLM/GIDD/Sumi default; docs/math.md)."""
 
 from __future__ import annotations
 

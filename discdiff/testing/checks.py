@@ -1,4 +1,4 @@
-"""Invariant checks for any kernel or schedule (MATH.md, "Invariants to property-test").
+"""Invariant checks for any kernel or schedule (docs/math.md, "Invariants").
 
 ``check_kernel(kernel)`` and ``check_schedule(schedule)`` raise ``AssertionError`` naming the
 invariant that failed; they return ``None`` when all hold.  They need only torch and run in
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from discdiff.kernels.base import Kernel
 from discdiff.kernels.dense import Dense
-from discdiff.losses.gidd import gidd
+from discdiff.losses.elbo import gidd
 from discdiff.schedules.base import Schedule
 
 DEFAULT_LOG_SNRS = (-9.0, -4.0, -1.0, 0.0, 0.5, 2.0, 6.0, 9.0)
@@ -76,7 +76,7 @@ def check_kernel(
     samples: int = 20_000,
     tightness: bool = True,
 ) -> None:
-    """Check every invariant of MATH.md on ``kernel`` in float64.
+    """Check every invariant of docs/math.md on ``kernel`` in float64.
 
     1. marginals non-negative, summing to 1; 2. endpoints ``lambda = +inf`` -> ``e_x`` and
     ``-inf`` -> the prior; 3. Chapman-Kolmogorov through :meth:`~Kernel.transition`, which must

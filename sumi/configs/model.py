@@ -1,4 +1,4 @@
-"""The Sumi model configuration and its presets (Sumi, arXiv 2606.19005; MATH.md "Sumi facts").
+"""The Sumi model configuration and its presets (Sumi, arXiv 2606.19005; docs/math.md "Sumi recipe facts").
 
 One size knob per preset; derived values (``head_dim``, GQA group size) are computed.  Field
 names follow the released Hugging Face ``config.json`` so the two map one to one.
@@ -7,6 +7,8 @@ names follow the released Hugging Face ``config.json`` so the two map one to one
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+from sumi._checks import check_int
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash")
 """The accepted values of ``ModelConfig.attention_backend`` (see :mod:`sumi.model.attention`)."""
@@ -41,9 +43,7 @@ class ModelConfig:
         ints = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
         for name in ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, getattr(self, name), 1)
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "

@@ -1,4 +1,4 @@
-"""Training configuration and presets (Sumi, arXiv 2606.19005; MATH.md "Sumi facts").
+"""Training configuration and presets (Sumi, arXiv 2606.19005; docs/math.md "Sumi recipe facts").
 
 The released recipe: AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, WSD schedule with 2000
 warmup steps, peak 2e-4, floor 2e-5, global batch 4608 x 1184 tokens (~5.5M); 1.3T pretraining
@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
+from sumi._checks import check_int
 from sumi.configs.model import ModelConfig, sumi_1b, sumi_7b, sumi_150m, tiny
 
 RELEASED_TOKENS_PER_STEP = 4608 * 1184
@@ -61,14 +62,11 @@ class TrainConfig:
         positive = ("seq_len", "global_batch_size", "micro_batch_size", "steps", "checkpoint_every", "keep_last",
                     "log_every")
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, getattr(self, name), 1)
         if self.seq_len > self.model.max_position_embeddings:
             raise ValueError(f"seq_len ({self.seq_len}) exceeds the model's max_position_embeddings "
                              f"({self.model.max_position_embeddings})")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        check_int("warmup_steps", self.warmup_steps, 0)
         if not 0 < self.floor_lr <= self.peak_lr:
             raise ValueError(f"need 0 < floor_lr <= peak_lr, got {self.floor_lr}, {self.peak_lr}")
         for name in ("decay_fraction", "per_token_share", "beta1", "beta2"):
@@ -160,7 +158,7 @@ def _released(model: ModelConfig, phase: str, **overrides) -> TrainConfig:
 
 def train_sumi_7b(phase: str = "pretrain", **overrides) -> TrainConfig:
     """The released recipe for one phase (``pretrain``, ``mid``, ``long``).  At 4864 tokens the
-    global batch keeps ~5.5M tokens per step (1122 sequences); MATH.md does not state it."""
+    global batch keeps ~5.5M tokens per step (1122 sequences); the paper does not state it."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {sorted(PHASES)}, got {phase!r}")
     return _released(sumi_7b(), phase, **overrides)

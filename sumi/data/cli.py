@@ -1,8 +1,8 @@
-"""``sumi data prepare``: tokenize local files into packed shards (see :mod:`sumi.data.prepare`).
+"""``sumi data prepare``: tokenize local files into packed shards (see :mod:`sumi.data.packing`).
 
 Wired into ``sumi.cli.COMMANDS`` as the ``data`` command: :func:`add_arguments` adds the
 ``prepare`` sub-command, :func:`run` does the work.  Mistakes in user input raise
-``sumi.cli.UsageError`` (one line on stderr, exit status 2).
+``sumi.cli_common.UsageError`` (one line on stderr, exit status 2).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_SEQ_LEN = 1184  # the released recipe's pretraining / mid-training length (MATH.md)
+from sumi.cli_common import UsageError
+
+DEFAULT_SEQ_LEN = 1184  # the released recipe's pretraining / mid-training length (docs/math.md, "Sumi recipe facts")
 DEFAULT_TOKENIZER = "default"
 
 
@@ -36,8 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sumi.cli import UsageError  # lazy: sumi.cli imports this module
-
     if args.data_command != "prepare":
         raise UsageError(f"unknown action {args.data_command!r}")
     sources: list = list(args.source)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seq-len must be >= 2, got {args.seq_len}")
     if args.shard_rows is not None and args.shard_rows < 1:
         raise UsageError(f"--shard-rows must be >= 1, got {args.shard_rows}")
-    from sumi.data.prepare import DEFAULT_SHARD_SEQUENCES, prepare
+    from sumi.data.packing import DEFAULT_SHARD_SEQUENCES, prepare
     from sumi.tokenizer import SumiTokenizer
 
     if args.tokenizer == DEFAULT_TOKENIZER:

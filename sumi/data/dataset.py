@@ -1,9 +1,9 @@
 """Reading packed shards: :class:`PackedDataset` (one prepared directory) and :class:`Mixture`.
 
 A row is ``seq_len`` token ids (``numpy.uint32``, read-only, memory-mapped): a window of the
-``BOS text EOS BOS text EOS ...`` stream written by :func:`sumi.data.prepare.prepare`.
+``BOS text EOS BOS text EOS ...`` stream written by :func:`sumi.data.prepare`.
 
-Phases (MATH.md "Sumi facts": pretraining, then mid-training with a code/math/general/reasoning
+Phases (docs/math.md "Sumi recipe facts": pretraining, then mid-training with a code/math/general/reasoning
 mix): one :class:`Mixture` per phase, each with its own weights and size.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sumi.data.prepare import Manifest
+from sumi._checks import check_int, check_number
+from sumi.data.packing import Manifest
 
 
 class PackedDataset:
@@ -94,14 +95,12 @@ class Mixture:
     def __init__(self, sources: Mapping[str, tuple[object, float]], seed: int, *, rows: int | None = None) -> None:
         if not sources:
             raise ValueError("a Mixture needs at least one source")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        check_int("seed", seed)
         self.names = list(sources)
         self.datasets = [sources[n][0] for n in self.names]
         weights = [sources[n][1] for n in self.names]
         for name, ds, w in zip(self.names, self.datasets, weights):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                raise ValueError(f"weight of source {name!r} must be a finite number >= 0, got {w!r}")
+            check_number(f"the weight of source {name!r}", w, 0.0)
             if len(ds) == 0 and w > 0:
                 raise ValueError(f"source {name!r} is empty")
             if ds.seq_len != self.datasets[0].seq_len:
@@ -117,8 +116,7 @@ class Mixture:
         self.weights = [w / total for w in weights]
         if rows is None:
             rows = math.floor(min(len(ds) / p for ds, p in zip(self.datasets, self.weights) if p > 0) * (1 + 1e-12))
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise ValueError(f"rows must be an int >= 1, got {rows!r}")
+        check_int("rows", rows, 1)
         self.rows, self.seq_len = rows, self.datasets[0].seq_len
         exact = [p * rows for p in self.weights]
         counts = [int(x) for x in exact]

@@ -21,11 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def _int(name: str, v, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-    return v
+from sumi._checks import check_int
 
 
 class Loader:
@@ -35,14 +31,13 @@ class Loader:
                  drop_last: bool = True, vocab_size: int | None = None) -> None:
         self.data = data
         # ids are checked batch by batch (reading every shard up front would take hours at scale)
-        self.vocab_size = None if vocab_size is None else _int("vocab_size", vocab_size, 1)
-        self.batch_size = _int("batch_size", batch_size, 1)
-        self.world_size = _int("world_size", world_size, 1)
-        self.rank = _int("rank", rank, 0)
+        self.vocab_size = None if vocab_size is None else check_int("vocab_size", vocab_size, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.world_size = check_int("world_size", world_size, 1)
+        self.rank = check_int("rank", rank, 0)
         if rank >= world_size:
             raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        check_int("seed", seed)
         self.seed, self.drop_last = seed, bool(drop_last)
         self.rows, self.global_batch = len(data), self.batch_size * self.world_size
         if self.rows < self.global_batch:
@@ -96,7 +91,7 @@ class Loader:
             if state[key] != getattr(self, key):
                 raise ValueError(f"loader state has {key}={state[key]!r} but this loader has "
                                  f"{getattr(self, key)!r}: resuming would not replay the same tokens")
-        epoch, step = _int("epoch", state.get("epoch"), 0), _int("step", state.get("step"), 0)
+        epoch, step = check_int("epoch", state.get("epoch"), 0), check_int("step", state.get("step"), 0)
         if step >= self.steps_per_epoch:
             raise ValueError(f"loader state step {step} >= steps_per_epoch {self.steps_per_epoch}")
         self.epoch, self.step = epoch, step

@@ -11,7 +11,7 @@ plain model, and DCP checkpoints with a consolidated safetensors export.
 
 from sumi.distributed import checkpoint
 from sumi.distributed.checkpoint import export_safetensors, keep_last, latest
-from sumi.distributed.parallelize import apply_activation_checkpointing, default_mesh, parallelize
+from sumi.distributed.parallelism import apply_activation_checkpointing, default_mesh, parallelize
 from sumi.distributed.setup import DistInfo, barrier, destroy, init_distributed, is_distributed
 
 __all__ = ["DistInfo", "init_distributed", "destroy", "barrier", "is_distributed", "parallelize",

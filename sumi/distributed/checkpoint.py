@@ -45,6 +45,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from sumi._checks import check_int
+
 __all__ = ["save", "load", "latest", "keep_last", "resolve", "step_dir", "export_safetensors",
            "rng_state", "set_rng_state", "COMPLETE"]
 
@@ -86,8 +88,7 @@ def _broadcast(obj: Any) -> Any:
 
 def step_dir(directory: str | os.PathLike, step: int) -> Path:
     """``DIR/step-00000012``: the path a complete checkpoint of ``step`` has."""
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 10**8:
-        raise ValueError(f"step must be an int in [0, 1e8), got {step!r}")
+    check_int("step", step, 0, 10**8 - 1)
     return Path(directory) / f"step-{step:08d}"
 
 
@@ -132,8 +133,7 @@ def keep_last(directory: str | os.PathLike, k: int) -> list[Path]:
     """Delete all but the ``k`` newest complete checkpoints, and leftovers of crashed saves that
     are older than the newest complete one.  Rank 0 deletes; every rank returns the deleted paths
     after a barrier.  A save in progress (newer than every complete checkpoint) is left alone."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"keep_last needs k >= 1, got {k!r}")
+    check_int("keep_last", k, 1)
     directory = Path(directory)
     removed: list[Path] = []
     if _rank() == 0:

@@ -7,19 +7,8 @@ import argparse
 import json
 import sys
 
+from sumi.cli_common import UsageError, add_model_arguments, load_model
 from sumi.evaluate.likelihood import DEFAULT_CANVAS, DEFAULT_POINTS
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --tokenizer, --device, --dtype: as ``sumi generate`` (read by ``sumi.cli._load``)."""
-    from sumi.cli import DTYPES, TINY
-
-    parser.add_argument("--model", required=True,
-                        help=f"a model directory (Hugging Face layout, with tokenizer.json), or '{TINY}': "
-                             "a tiny model with random weights")
-    parser.add_argument("--tokenizer", help="a tokenizer.json (default: MODEL/tokenizer.json)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weights dtype (default: the checkpoint's)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sumi.cli import UsageError
-
     if args.eval_command == "harness":
         from sumi.evaluate.__main__ import main as harness_main
 
@@ -67,10 +54,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if not texts:
         raise UsageError(f"no non-empty documents in {' '.join(args.data)}")
-    from sumi.cli import _load
     from sumi.evaluate.likelihood import nelbo_texts
 
-    model, tokenizer = _load(args)
+    model, tokenizer = load_model(args)
     try:
         report = nelbo_texts(model, tokenizer, texts, canvas_length=args.canvas_length, points=args.points,
                              effective_snr=args.effective_snr, batch_size=args.batch_size, seed=args.seed,

@@ -4,7 +4,7 @@
 ``lm_eval`` command line with this model registered (the plain ``lm_eval`` script only knows
 models of processes that imported this module: lm-eval has no plugin discovery).
 
-Protocol (the released evaluation, MATH.md "Sumi facts"; canvas rules in
+Protocol (the released evaluation, docs/math.md "Sumi recipe facts"; canvas rules in
 :mod:`sumi.evaluate.likelihood`):
 
 - ``loglikelihood(context, continuation)``: ``-NELBO`` of the continuation given the clean
@@ -12,7 +12,7 @@ Protocol (the released evaluation, MATH.md "Sumi facts"; canvas rules in
   ``is_greedy``: whether one denoising pass from pure noise on the continuation positions
   (context clean) puts the continuation's tokens at every argmax;
 - ``loglikelihood_rolling(text)``: ``-NELBO`` of the whole text (windows of the canvas);
-- ``generate_until(context, gen_kwargs)``: :func:`sumi.generate.generate` with the adaptive
+- ``generate_until(context, gen_kwargs)``: :func:`sumi.generate` with the adaptive
   sampler, 256 steps and 256 new tokens by default (``max_gen_toks`` overrides), temperature
   from ``gen_kwargs`` (0, the argmax, unless ``do_sample``), cut at the first ``until`` string.
 
@@ -31,16 +31,15 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from sumi.cli import DTYPES
+from sumi._checks import check_int
 from sumi.evaluate.likelihood import (DEFAULT_CANVAS, DEFAULT_POINTS, Row, Scorer, continuation_row,
                                      document_rows, pad_rows)
 
 def _int_arg(name: str, value, minimum: int) -> int:
+    """A model argument (``--model_args`` passes strings) as an int >= ``minimum``."""
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"sumi model argument {name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return check_int(f"sumi model argument {name}", value, minimum)
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -76,10 +75,8 @@ class SumiLM(LM):
             directory = Path(pretrained)
             if not directory.is_dir():
                 raise FileNotFoundError(f"sumi: no model directory {pretrained}")
-            if dtype is not None and dtype not in DTYPES:
-                raise ValueError(f"sumi: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = from_pretrained(directory, dtype=DTYPES[dtype] if dtype else None, device=device)
+            model = from_pretrained(directory, dtype=dtype, device=device)  # dtype names checked there
             tokenizer_path = Path(tokenizer) if tokenizer else directory / "tokenizer.json"
             if not tokenizer_path.is_file():
                 raise FileNotFoundError(f"sumi: no tokenizer at {tokenizer_path}; pass tokenizer=PATH")
@@ -158,7 +155,7 @@ class SumiLM(LM):
 
     # -- generation -------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from sumi.generate import generate
+        from sumi.generation import generate
 
         config = self.model.config
         results: list[str | None] = [None] * len(requests)

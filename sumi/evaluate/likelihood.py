@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from discdiff.kernels import Uniform
 from discdiff.likelihood import nelbo
+from sumi._checks import check_int
 
 DEFAULT_POINTS = 128
 DEFAULT_CANVAS = 2048
@@ -49,7 +50,7 @@ class Row:
 def document_rows(ids: Sequence[int], canvas_length: int, bos_id: int, eos_id: int) -> list[Row]:
     """The windows of ``BOS ids EOS`` (``canvas_length`` tokens each, the last shorter), with the
     text tokens scored and the delimiters frozen."""
-    _positive("canvas_length", canvas_length, 1)
+    check_int("canvas_length", canvas_length, 1)
     stream = [bos_id, *ids, eos_id]
     scored = [False, *([True] * len(ids)), False]
     return [Row(stream[i:i + canvas_length], scored[i:i + canvas_length])
@@ -60,7 +61,7 @@ def continuation_row(context: Sequence[int], continuation: Sequence[int], canvas
                      eos_id: int) -> Row:
     """``BOS context continuation EOS`` with only the continuation scored; the context (BOS
     first) is cut from the left when the row would exceed ``canvas_length``."""
-    _positive("canvas_length", canvas_length, 1)
+    check_int("canvas_length", canvas_length, 1)
     if not continuation:
         raise ValueError("the continuation is empty (nothing to score)")
     room = canvas_length - len(continuation) - 1  # the EOS after the continuation
@@ -87,18 +88,12 @@ def pad_rows(rows: Sequence[Row], pad_id: int, device: torch.device | str) -> tu
     return x.to(device), scored.to(device), present.to(device)
 
 
-def _positive(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 class Scorer:
     """NELBO (nats, summed over scored tokens) of canvas rows under ``model``, in batches.
 
     ``model``: a :class:`sumi.Sumi` (called as ``model(ids, attention_mask=mask)``); it runs in
     eval mode under ``torch.no_grad()`` and its mode is restored.  ``points``: time points;
-    ``effective_snr``: evaluate each point at the realized clean fraction (MATH.md,
+    ``effective_snr``: evaluate each point at the realized clean fraction (docs/math.md,
     "Likelihood"); ``seed``: the noise of every estimate (the same rows in the same order and
     batch size give the same numbers).  Rows are scored longest first, ``batch_size`` at a time.
     """
@@ -106,9 +101,9 @@ class Scorer:
     def __init__(self, model: nn.Module, *, points: int = DEFAULT_POINTS, effective_snr: bool = False,
                  batch_size: int = 4, seed: int = 0, device: torch.device | str | None = None) -> None:
         self.model = model
-        self.points = _positive("points", points, 1)
-        self.batch_size = _positive("batch_size", batch_size, 1)
-        self.seed = _positive("seed", seed, 0)
+        self.points = check_int("points", points, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
         self.effective_snr = bool(effective_snr)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.kernel = Uniform(model.config.vocab_size)
@@ -196,7 +191,7 @@ def nelbo_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, canvas_len
     if not texts:
         raise ValueError("no texts to score")
     config = model.config
-    canvas_length = _positive("canvas_length", canvas_length, 3)
+    canvas_length = check_int("canvas_length", canvas_length, 3)
     if canvas_length > config.max_position_embeddings:
         raise ValueError(f"canvas_length {canvas_length} exceeds the model's max_position_embeddings "
                          f"({config.max_position_embeddings})")

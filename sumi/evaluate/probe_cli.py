@@ -4,7 +4,7 @@
 exit status.  Prompts come from ``--prompt TEXT`` (repeatable) and/or ``--prompts FILE.jsonl``
 (objects with ``"prompt"`` and optional ``"answer"``).  Results go to ``--out DIR``: the report
 as JSON (``to_dict()`` plus the decoded texts) and its plots as PNG; a small table goes to
-stdout.  Mistakes in user input raise ``sumi.cli.UsageError`` (one line on stderr, exit 2).
+stdout.  Mistakes in user input raise ``sumi.cli_common.UsageError`` (one line on stderr, exit 2).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sumi.cli_common import UsageError, add_model_arguments, load_model
 from sumi.data.sources import jsonl_records
-from sumi.generate import SAMPLERS
+from sumi.generation import SAMPLERS
 
 DEFAULT_BUDGETS = "0,8,16,32,64"
 CHECKS: dict[str, Callable[[str, str], bool]] = {
@@ -45,8 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    from sumi.evaluate.cli import add_model_arguments  # --model --tokenizer --device --dtype, as `sumi eval`
-
     add_model_arguments(parser)
     parser.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                         help="a prompt (BOS is added); repeatable")
@@ -72,14 +71,12 @@ class _Prompt:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sumi.cli import UsageError, _load  # lazy: sumi.cli imports this module
-
     prompts = _read_prompts(args)
     budgets = _parse_budgets(args.budgets) if args.probe_action == "revision" else None
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a directory")
-    model, tokenizer = _load(args)
+    model, tokenizer = load_model(args)
     ids = [list(tokenizer.encode(p.text, add_bos=True)) for p in prompts]
     settings = dict(max_new_tokens=args.max_new_tokens, canvas_length=args.canvas_length, steps=args.steps,
                     sampler=args.sampler, tokens_per_step=args.tokens_per_step, seed=args.seed,
@@ -142,8 +139,6 @@ def _commitment(model, tokenizer, prompts: list[_Prompt], ids: list[list[int]], 
 
 
 def _read_prompts(args: argparse.Namespace) -> list[_Prompt]:
-    from sumi.cli import UsageError
-
     prompts = [_Prompt(text) for text in args.prompt]
     if args.prompts is not None:
         path = Path(args.prompts)
@@ -166,8 +161,6 @@ def _read_prompts(args: argparse.Namespace) -> list[_Prompt]:
 
 
 def _parse_budgets(text: str) -> list[int]:
-    from sumi.cli import UsageError
-
     try:
         budgets = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:

@@ -11,7 +11,7 @@ uniform diffusion, measured on a model's own generations.
   final token: left to right like an autoregressive model, or some other way?  We record when
   each position commits and how the "ink" (positions already holding their final token) spreads.
 
-Both read the :class:`~discdiff.samplers.Trace` of :func:`sumi.generate.generate` and count only
+Both read the :class:`~discdiff.samplers.Trace` of :func:`sumi.generate` and count only
 answer positions ``P_i .. P_i + max_new_tokens - 1`` of row ``i`` (the prompt, the pinned EOS/BOS
 and the tail are left out).  The statistics are the Trace's own; nothing is re-implemented here.
 """
@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from discdiff.samplers import Trace, sample
-from sumi.generate import Canvas, GenerationOutput, _check_int, answers, generate, make_sampler, step_grid
+from sumi._checks import check_int
+from sumi.generation import Canvas, GenerationOutput, answers, generate, make_sampler, step_grid
 
 Checker = Callable[[int, list[int]], bool]
 
@@ -136,7 +137,7 @@ def revision_probe(model: nn.Module, prompts: list[list[int]], *, budgets: Itera
                    progress: bool = False) -> RevisionReport:
     """How much a model rewrites its own answer when given extra steps, and whether it helps.
 
-    First pass: :func:`sumi.generate.generate` (``steps`` steps of ``sampler``, linear grid,
+    First pass: :func:`sumi.generate` (``steps`` steps of ``sampler``, linear grid,
     temperature 1, the tail denoised as released; ``seed`` seeds it).  Then one revision run of
     ``max(budgets)`` :class:`~discdiff.samplers.Adaptive` steps (``revision_tokens_per_step``
     positions each) on the grid ``[lambda_end] * (max(budgets) + 1)``, ``lambda_end`` the first
@@ -148,11 +149,11 @@ def revision_probe(model: nn.Module, prompts: list[list[int]], *, budgets: Itera
     The revision run's generator is seeded from ``seed`` but distinct from the first pass's.
 
     ``checker(prompt_index, answer_ids) -> bool`` (optional) judges each answer (cut at the first
-    EOS, as :func:`~sumi.generate.answers`); its mean is each budget's accuracy.
+    EOS, as :func:`~sumi.generation.answers`); its mean is each budget's accuracy.
     """
     budgets = _check_budgets(budgets)
-    revision_tokens_per_step = _check_int("revision_tokens_per_step", revision_tokens_per_step, 1)
-    seed = _check_int("seed", seed, 0)
+    revision_tokens_per_step = check_int("revision_tokens_per_step", revision_tokens_per_step, 1)
+    seed = check_int("seed", seed, 0)
     if checker is not None and not callable(checker):
         raise ValueError(f"checker must be callable(prompt_index, answer_ids) -> bool, got {type(checker).__name__}")
     first = generate(model, prompts, max_new_tokens, canvas_length=canvas_length, steps=steps, sampler=sampler,
@@ -191,7 +192,7 @@ def commitment_probe(model: nn.Module, prompts: list[list[int]], *, max_new_toke
                      seed: int = 0, progress: bool = False) -> CommitmentReport:
     """In what order answer positions commit to their final token, and how the ink spreads.
 
-    One :func:`sumi.generate.generate` run (linear grid, temperature 1, ``seed``) with its trace.
+    One :func:`sumi.generate` run (linear grid, temperature 1, ``seed``) with its trace.
     Per prompt, over its answer positions: the commitment step of each position, Spearman's rho
     between position and commitment step, the left-to-right pair fraction
     (:meth:`~discdiff.samplers.Trace.left_to_right_fraction`), and the ink matrix
@@ -199,7 +200,7 @@ def commitment_probe(model: nn.Module, prompts: list[list[int]], *, max_new_toke
     hold its final token early by chance and lose it again; from its commitment step on it is
     inked for good.
     """
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     out = generate(model, prompts, max_new_tokens, canvas_length=canvas_length, steps=steps, sampler=sampler,
                    tokens_per_step=tokens_per_step, schedule=_SCHEDULE, seed=seed, trace=True, progress=progress)
     trace = Trace.from_tokens(out.trace.tokens.cpu())  # host-side statistics (round trips, ranks) run on the CPU
@@ -225,8 +226,7 @@ def _check_budgets(budgets: Iterable[int]) -> tuple[int, ...]:
     if not values:
         raise ValueError("budgets is empty: give at least one revision budget, e.g. [0, 8, 16]")
     for b in values:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-            raise ValueError(f"budgets must be non-negative ints (revision steps), got {b!r}")
+        check_int("a revision budget (steps)", b, 0)
     if len(set(values)) != len(values):
         raise ValueError(f"budgets repeat a value: {values}")
     return tuple(sorted(values))

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 class RMSNorm(nn.Module):
     """``w * cast(x / rms(x))`` with the normalization in float32, then cast back to the input
-    dtype before the weight multiplies (the released checkpoint's convention; DESIGN.md)."""
+    dtype before the weight multiplies (the released checkpoint's convention; docs/math.md, "Sumi recipe facts")."""
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from sumi.cli_common import UsageError
 from sumi.configs.train import PHASES, TRAIN_PRESETS, train_sumi_7b
 
 
@@ -32,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sumi.cli import UsageError
     from sumi.data.spec import parse_data_args
     from sumi.train import embedded
     from sumi.train.loop import train

@@ -1,6 +1,6 @@
 """Sumi's training objective in one place: noise sampling and the loss terms.
 
-Sources: MATH.md, "Loss" and "Sumi facts"; the Sumi paper (arXiv 2606.19005); von Rütte et al.,
+Sources: docs/math.md, "Loss" and "Sumi facts"; the Sumi paper (arXiv 2606.19005); von Rütte et al.,
 "Scaling Behavior of Discrete Diffusion Language Models" (arXiv 2512.10858), Eqs. 1-5.
 
 - Forward process: pure uniform noise over the **full** vocabulary (``discdiff.kernels.Uniform``,
@@ -24,7 +24,6 @@ of per-rank means is wrong whenever ranks count different numbers of tokens).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +32,7 @@ from torch import Tensor
 from discdiff.kernels import Uniform
 from discdiff.losses import LossOutput, gidd, gidd_from_hidden
 from discdiff.schedules import LinearAlpha
+from sumi._checks import check_number
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,8 @@ class ObjectiveTerms:
     num_tokens: Tensor
 
 
-def _check_number(name: str, value: object, *, lo: float, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
-    return float(value)
-
-
 class Objective:
-    """Sumi's training objective (MATH.md "Loss" / "Sumi facts"; arXiv 2606.19005).
+    """Sumi's training objective (docs/math.md "Loss" / "Sumi facts"; arXiv 2606.19005).
 
     Args:
         vocab_size: ``V``; the uniform kernel covers all ``V`` ids.
@@ -112,11 +104,11 @@ class Objective:
     ) -> None:
         self.kernel = Uniform(vocab_size)
         self.vocab_size = self.kernel.vocab_size
-        self.per_token_share = _check_number("per_token_share", per_token_share, lo=0.0, hi=1.0)
-        self.z_loss = _check_number("z_loss", z_loss, lo=0.0)
-        self.beta_is = _check_number("beta_is", beta_is, lo=0.0)
-        log_snr_min = _check_number("log_snr_min", log_snr_min, lo=-math.inf)
-        log_snr_max = _check_number("log_snr_max", log_snr_max, lo=-math.inf)
+        self.per_token_share = check_number("per_token_share", per_token_share, 0.0, 1.0)
+        self.z_loss = check_number("z_loss", z_loss, 0.0)
+        self.beta_is = check_number("beta_is", beta_is, 0.0)
+        log_snr_min = check_number("log_snr_min", log_snr_min)
+        log_snr_max = check_number("log_snr_max", log_snr_max)
         if not log_snr_min < log_snr_max:
             raise ValueError(f"log_snr_min ({log_snr_min}) must be smaller than log_snr_max ({log_snr_max})")
         self.schedule = LinearAlpha(log_snr_min=log_snr_min, log_snr_max=log_snr_max)
@@ -199,7 +191,7 @@ class Objective:
         ``hidden``: ``[batch, seq, H]`` from ``model(z, return_hidden=True)``; ``head_weight``:
         ``[V, H]`` (``model.lm_head.weight``), same dtype.  The loss and the z-loss come from
         ``discdiff.losses.gidd_from_hidden`` (chunked over tokens and the vocabulary, float32
-        accumulation; MATH.md, "Memory-light form"); gradients reach ``hidden`` and ``head_weight``.
+        accumulation; docs/math.md, "Memory-light form of the KL"); gradients reach ``hidden`` and ``head_weight``.
         """
         self._check_mask(mask, x)
         out = gidd_from_hidden(self.kernel, hidden, head_weight, x, z, lam, self.beta_is, reduction="none",

@@ -1,6 +1,6 @@
 """Optimizer, learning-rate schedule and gradient clipping of Sumi's recipe.
 
-Sumi (arXiv 2606.19005; MATH.md "Sumi facts"): AdamW with betas ``(0.9, 0.95)``, weight decay
+Sumi (arXiv 2606.19005; docs/math.md "Sumi recipe facts"): AdamW with betas ``(0.9, 0.95)``, weight decay
 ``0.1``, gradient clipping at global norm ``1.0``, and a Warmup-Stable-Decay schedule (2000
 warmup steps, peak ``2e-4``, floor ``2e-5``).
 """
@@ -13,23 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-
-def _check(name: str, value: object, *, lo: float, hi: float = math.inf, lo_open: bool = False,
-           hi_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    too_low = value <= lo if lo_open else value < lo
-    too_high = value >= hi if hi_open else value > hi
-    if too_low or too_high:
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return float(value)
-
-
-def _check_int(name: str, value: object, *, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    return value
+from sumi._checks import check_int, check_number
 
 
 # -- optimizer ---------------------------------------------------------------------------------
@@ -62,13 +46,13 @@ def build_optimizer(model: nn.Module, *, lr: float, betas: tuple[float, float] =
     (:func:`param_groups` says why).  ``lr`` is the initial rate; a schedule (:class:`WSD`)
     overwrites ``group["lr"]`` every step.  The groups carry ``name`` = ``"decay"`` / ``"no_decay"``.
     """
-    lr = _check("lr", lr, lo=0.0)
+    lr = check_number("lr", lr, 0.0)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair, got {betas!r}")
-    betas = (_check("betas[0]", betas[0], lo=0.0, hi=1.0, hi_open=True),
-             _check("betas[1]", betas[1], lo=0.0, hi=1.0, hi_open=True))
-    weight_decay = _check("weight_decay", weight_decay, lo=0.0)
-    eps = _check("eps", eps, lo=0.0, lo_open=True)
+    betas = (check_number("betas[0]", betas[0], 0.0, 1.0, open_hi=True),
+             check_number("betas[1]", betas[1], 0.0, 1.0, open_hi=True))
+    weight_decay = check_number("weight_decay", weight_decay, 0.0)
+    eps = check_number("eps", eps, 0.0, open_lo=True)
     decay, no_decay = param_groups(model)
     if not decay and not no_decay:
         raise ValueError("the model has no trainable parameters")
@@ -104,13 +88,13 @@ class WSD:
 
     def __init__(self, peak_lr: float, floor_lr: float, warmup_steps: int, total_steps: int,
                  decay_fraction: float = 0.2, *, shape: str = "1-sqrt") -> None:
-        self.peak_lr = _check("peak_lr", peak_lr, lo=0.0, lo_open=True)
-        self.floor_lr = _check("floor_lr", floor_lr, lo=0.0)
+        self.peak_lr = check_number("peak_lr", peak_lr, 0.0, open_lo=True)
+        self.floor_lr = check_number("floor_lr", floor_lr, 0.0)
         if self.floor_lr > self.peak_lr:
             raise ValueError(f"floor_lr ({floor_lr}) must not exceed peak_lr ({peak_lr})")
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, lo=0)
-        self.total_steps = _check_int("total_steps", total_steps, lo=1)
-        self.decay_fraction = _check("decay_fraction", decay_fraction, lo=0.0, hi=1.0)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        self.total_steps = check_int("total_steps", total_steps, 1)
+        self.decay_fraction = check_number("decay_fraction", decay_fraction, 0.0, 1.0)
         if shape not in _SHAPES:
             raise ValueError(f"shape must be one of {_SHAPES}, got {shape!r}")
         self.shape = shape
@@ -126,7 +110,7 @@ class WSD:
 
     def lr(self, step: int) -> float:
         """The learning rate at optimizer step ``step`` (0-based)."""
-        step = _check_int("step", step, lo=0)
+        step = check_int("step", step, 0)
         if step < self.warmup_steps:
             return self.peak_lr * step / self.warmup_steps
         if step <= self.decay_start:
@@ -169,7 +153,7 @@ def clip_grad_norm(params: Iterable[Tensor] | Tensor, max_norm: float) -> Tensor
     skipped; none at all gives 0.  A non-finite norm is returned, not raised, so the caller can
     skip the step.
     """
-    max_norm = _check("max_norm", max_norm, lo=0.0, lo_open=True)
+    max_norm = check_number("max_norm", max_norm, 0.0, open_lo=True)
     params = [params] if isinstance(params, Tensor) else list(params)
     with_grad = [p for p in params if p.grad is not None]
     if not with_grad:

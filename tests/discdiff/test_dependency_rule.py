@@ -1,4 +1,4 @@
-"""The dependency rule: discdiff imports torch, einops and jaxtyping only (plus the standard
+"""The dependency rule: discdiff imports torch and jaxtyping only (plus the standard
 library), never sumi or torch.distributed, and defines no nn.Module with parameters."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import discdiff
 
 ROOT = Path(discdiff.__file__).parent
-ALLOWED = {"torch", "einops", "jaxtyping", "discdiff"}
+ALLOWED = {"torch", "jaxtyping", "discdiff"}
 TESTING_EXTRA = {"hypothesis"}  # discdiff.testing.strategies only (the [test] extra)
 
 

@@ -1,4 +1,4 @@
-"""Kernels: every MATH.md invariant through check_kernel, hypothesis properties over families,
+"""Kernels: every docs/math.md invariant through check_kernel, hypothesis properties over families,
 per-token shapes and log-SNRs, cross-family identities, and input validation."""
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def test_hybrid_limits_and_closed_form_weights():
         k = dd.Hybrid(V, m, shift=shift, scale=scale)
         s = torch.sigmoid(scale * lam + shift)
         x = torch.zeros_like(lam, dtype=torch.long)
-        # MATH.md closed forms: mask 1 + a s; other non-mask 1 - a (1 - s); clean s (1 - a(1-s)) / (s + N e^lam)
+        # docs/math.md closed forms: mask 1 + a s; other non-mask 1 - a (1 - s); clean s (1 - a(1-s)) / (s + N e^lam)
         torch.testing.assert_close(k.weight(x, torch.full_like(x, m), lam), 1 + scale * s)
         torch.testing.assert_close(k.weight(x, torch.full_like(x, 3), lam), 1 - scale * (1 - s))
         torch.testing.assert_close(k.weight(x, x, lam), s * (1 - scale * (1 - s)) / (s + N * torch.exp(lam)))
@@ -203,7 +203,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="mask_id"):
         dd.Masked(5, 5)
     with pytest.raises(ValueError, match="scale"):
-        dd.Hybrid(5, 4, scale=2.0)  # q_{t|s} would have negative entries (MATH.md)
+        dd.Hybrid(5, 4, scale=2.0)  # q_{t|s} would have negative entries (docs/math.md)
     with pytest.raises(ValueError, match="shift"):
         dd.Hybrid(5, 4, shift=float("nan"))
     for p in (0.0, 1.0, 1.2):

@@ -1,8 +1,8 @@
 """NELBO estimation (:func:`discdiff.likelihood.nelbo`).
 
 Oracles: a dense float64 re-derivation of the ELBO integrand for a constant predictor ``p0``
-(written out here from MATH.md, independent of :mod:`discdiff.losses`), integrated by
-quadrature (``-log p0(x)`` over all log-SNRs, MATH.md invariant 6) and summed exactly over the
+(written out here from docs/math.md, independent of :mod:`discdiff.losses`), integrated by
+quadrature (``-log p0(x)`` over all log-SNRs, docs/math.md, "Invariants", 6) and summed exactly over the
 noisy token ``z`` for the deterministic time grid; paired runs sharing one seeded generator
 (which makes clamped/unclamped and conditional/unconditional comparisons exact); a perfect
 predictor (NELBO 0).  Monte-Carlo comparisons use tolerances of 4 standard errors computed
@@ -71,7 +71,7 @@ def clean_tokens(kernel, shape, g) -> torch.Tensor:
 
 # -- the dense oracle ---------------------------------------------------------------------
 def _pi_and_dpi(kernel, lam: torch.Tensor):
-    """``pi_lambda`` and ``d pi / d lambda`` as [L, V] from MATH.md (u excludes the mask)."""
+    """``pi_lambda`` and ``d pi / d lambda`` as [L, V] from docs/math.md (u excludes the mask)."""
     Vk, L = kernel.vocab_size, lam.shape[0]
     if isinstance(kernel, Uniform):
         return torch.full((L, Vk), 1.0 / Vk, dtype=F64), torch.zeros(L, Vk, dtype=F64)

@@ -129,7 +129,7 @@ def gidd_share_logit(kernel: GIDD, lam: float) -> float:
 
 
 def oracle_pi_fn(kernel):
-    """``pi_lambda`` of each family written from its definition (MATH.md), for the dense oracle.
+    """``pi_lambda`` of each family written from its definition (docs/math.md), for the dense oracle.
     Mixtures use ``1 - s = sigmoid(-logit(s))`` so that a tiny mask share keeps full relative
     precision (the finite-difference ``pi'`` divides by it in the weight)."""
     V, m = kernel.vocab_size, kernel.mask_id

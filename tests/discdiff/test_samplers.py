@@ -194,7 +194,7 @@ FULL_RUN_KERNELS = [
 @pytest.mark.parametrize("kernel", FULL_RUN_KERNELS, ids=repr)
 def test_ancestral_run_from_prior_transports_constant_predictor(kernel):
     """With ``x_hat = p0`` everywhere the ancestral chain started at the prior has marginal
-    ``q_lambda(. | p0)`` after every step (MATH.md invariant 4), hence ~p0 at the end."""
+    ``q_lambda(. | p0)`` after every step (docs/math.md, "Invariants", 4), hence ~p0 at the end."""
     V, shape = kernel.vocab_size, (5, 10_000)
     n = math.prod(shape)
     log_p0 = torch.log(_x_hat(_logits(V, 21), kernel.mask_id))  # -inf at the mask

@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from sumi.cli import UsageError, _Parser
+from sumi.cli import _Parser
+from sumi.cli_common import UsageError
 from sumi.data import Loader, Manifest, Mixture, PackedDataset, iter_documents, prepare, stdlib_files
 from sumi.data import cli as data_cli
 from sumi.data.spec import describe, open_data, parse_data_args
 from sumi.tokenizer import SumiTokenizer
+from tests.sumi.data_helpers import hand_dataset, rows_dataset
 
 # the package exports the function prepare(), which hides the submodule of the same name
-prepare_mod = importlib.import_module("sumi.data.prepare")
+prepare_mod = importlib.import_module("sumi.data.packing")
 
 DOCS = ["the cat sat on the mat.", "a dog", "", "x" * 40, "end of the story\n"]
 
@@ -37,28 +39,6 @@ def _write_docs(root: Path, docs=DOCS) -> list[Path]:
         (p := root / f"doc{i:02d}.txt").write_text(d, encoding="utf-8")
         paths.append(p)
     return paths
-
-
-def _hand_dataset(path: Path, shards: list[np.ndarray], vocab_size: int = 100, sha: str = "x") -> Path:
-    """A prepared directory written by hand (no tokenizer): shards as given, a matching manifest."""
-    path.mkdir(parents=True)
-    names = [prepare_mod.shard_name(i) for i in range(len(shards))]
-    for n, s in zip(names, shards):
-        np.save(path / n, s.astype(np.uint32))
-    rows = [s.shape[0] for s in shards]
-    seq = shards[0].shape[1]
-    m = Manifest(seq_len=seq, vocab_size=vocab_size, bos_id=vocab_size - 2, eos_id=vocab_size - 1,
-                 shard_sequences=max(rows), shards=names, shard_rows=rows, total_rows=sum(rows),
-                 total_tokens=sum(rows) * seq, documents=1, dropped_tokens=0, tokenizer_sha256=sha,
-                 sources=["hand"], files=0)
-    (path / prepare_mod.MANIFEST).write_text(m.to_json())
-    return path
-
-
-def _rows_dataset(path: Path, n: int, seq: int = 4, fill: int | None = None, sha: str = "x") -> PackedDataset:
-    """n rows; row i is all ``i`` (or all ``fill``), so a batch says which rows it holds."""
-    vals = np.full(n, fill) if fill is not None else np.arange(n)
-    return PackedDataset(_hand_dataset(path, [np.repeat(vals[:, None], seq, axis=1)], vocab_size=n + 10, sha=sha))
 
 
 # -- packing ----------------------------------------------------------------------------------
@@ -210,7 +190,7 @@ def test_prepare_bad_inputs(tmp_path, tok):
 def test_out_of_range_ids_detected(tmp_path):
     bad = np.zeros((5, 6), np.uint32)
     bad[3, 4] = 100
-    path = _hand_dataset(tmp_path / "ds", [np.zeros((2, 6)), bad], vocab_size=100)
+    path = hand_dataset(tmp_path / "ds", [np.zeros((2, 6)), bad], vocab_size=100)
     ds = PackedDataset(path)
     with pytest.raises(ValueError, match=r"shard-00001.npy: row 3, column 4 holds id 100 >= vocab_size 100"):
         ds.check_ids()
@@ -222,7 +202,7 @@ def test_out_of_range_ids_detected(tmp_path):
 def test_dataset_validation(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest.json in .*nowhere"):
         PackedDataset(tmp_path / "nowhere")
-    path = _hand_dataset(tmp_path / "ds", [np.zeros((3, 4))])
+    path = hand_dataset(tmp_path / "ds", [np.zeros((3, 4))])
     ds = PackedDataset(path)
     assert len(ds) == 3 and ds[-1].shape == (4,) and ds[np.int64(2)].dtype == np.uint32
     with pytest.raises(IndexError):
@@ -243,98 +223,15 @@ def test_dataset_validation(tmp_path):
         PackedDataset(path)
 
 
-# -- loader -----------------------------------------------------------------------------------
-def _take(loader: Loader, n: int) -> list[torch.Tensor]:
-    return [loader.next_batch() for _ in range(n)]
-
-
-def test_loader_is_deterministic_and_seeded(tmp_path):
-    ds = _rows_dataset(tmp_path / "ds", 40)
-    a, b = _take(Loader(ds, 4, seed=3), 12), _take(Loader(ds, 4, seed=3), 12)
-    assert all(x.dtype == torch.int64 and x.shape == (4, 4) for x in a)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    c = _take(Loader(ds, 4, seed=4), 12)
-    assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    state = torch.random.get_rng_state()
-    _take(Loader(ds, 4, seed=3), 3)
-    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
-    perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a[1][:, 0], perm[4:8])  # the documented order
-
-
-def test_ranks_partition_the_global_batch(tmp_path):
-    ds = _rows_dataset(tmp_path / "ds", 50)
-    one = Loader(ds, 6, seed=0)
-    r0, r1 = Loader(ds, 3, seed=0, rank=0, world_size=2), Loader(ds, 3, seed=0, rank=1, world_size=2)
-    seen = []
-    for _ in range(one.steps_per_epoch):
-        g, a, b = one.next_batch(), r0.next_batch(), r1.next_batch()
-        assert torch.equal(torch.cat([a, b]), g)
-        assert not set(a[:, 0].tolist()) & set(b[:, 0].tolist())
-        seen += g[:, 0].tolist()
-    assert len(seen) == len(set(seen)) == 48  # 50 // 6 steps, 2 rows dropped
-
-
-def test_resume_replays_exactly(tmp_path):
-    ds = _rows_dataset(tmp_path / "ds", 30)
-    full = _take(Loader(ds, 2, seed=7, world_size=1), 10)
-    first = Loader(ds, 2, seed=7)
-    before = _take(first, 3)
-    state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
-    assert state["epoch"] == 0 and state["step"] == 3 and state["seed"] == 7
-    resumed = Loader(ds, 2, seed=7)
-    resumed.load_state_dict(state)
-    after = _take(resumed, 7)
-    assert all(torch.equal(x, y) for x, y in zip(before + after, full))
-    rows = torch.cat(before + after)[:, 0].tolist()
-    assert len(rows) == len(set(rows)) == 20  # nothing skipped or repeated within the epoch
-    # same global batch on another world size resumes too
-    r1 = Loader(ds, 1, seed=7, rank=1, world_size=2)
-    r1.load_state_dict(state)
-    assert torch.equal(r1.next_batch(), full[3][1:])
-
-
-def test_epoch_rollover(tmp_path):
-    ds = _rows_dataset(tmp_path / "ds", 10)
-    loader = Loader(ds, 3, seed=1)
-    assert loader.steps_per_epoch == 3
-    e0 = torch.cat(_take(loader, 3))[:, 0]
-    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["step"] == 0
-    e1 = torch.cat(_take(loader, 3))[:, 0]
-    g = lambda e: torch.randperm(10, generator=torch.Generator().manual_seed(1 + e))  # noqa: E731
-    assert torch.equal(e0, g(0)[:9]) and torch.equal(e1, g(1)[:9])
-    keep = Loader(ds, 3, seed=1, drop_last=False)
-    assert keep.steps_per_epoch == 4
-    last = _take(keep, 4)[-1][:, 0]
-    assert torch.equal(last, g(0)[[9, 0, 1]])  # filled up from the start of the permutation
-    assert keep.state_dict()["epoch"] == 1
-
-
-def test_loader_bad_inputs(tmp_path):
-    ds = _rows_dataset(tmp_path / "ds", 10)
-    for kwargs, match in [(dict(batch_size=0), "batch_size"), (dict(world_size=0), "world_size"),
-                          (dict(rank=2, world_size=2), r"rank must lie in \[0, world_size=2\)"),
-                          (dict(rank=-1), "rank"), (dict(batch_size=6, world_size=2), "fewer than one global batch"),
-                          (dict(seed=1.5), "seed")]:
-        args = dict(batch_size=2, seed=0) | kwargs
-        with pytest.raises(ValueError, match=match):
-            Loader(ds, args.pop("batch_size"), **args)
-    loader = Loader(ds, 2, seed=0)
-    for change, match in [({"seed": 1}, "seed=1"), ({"rows": 11}, "rows=11"), ({"global_batch": 4}, "global_batch"),
-                          ({"step": 5}, "steps_per_epoch")]:
-        with pytest.raises(ValueError, match=match):
-            loader.load_state_dict(loader.state_dict() | change)
-
-
 # -- mixtures ---------------------------------------------------------------------------------
 def test_mixture_weights_and_determinism(tmp_path):
-    a, b, c = (_rows_dataset(tmp_path / n, k, fill=v) for n, k, v in (("a", 600, 1), ("b", 300, 2), ("c", 50, 3)))
+    a, b, c = (rows_dataset(tmp_path / n, k, fill=v) for n, k, v in (("a", 600, 1), ("b", 300, 2), ("c", 50, 3)))
     mix = Mixture({"a": (a, 0.6), "b": (b, 0.3), "c": (c, 0.1)}, seed=5, rows=1000)
     assert mix.counts == [600, 300, 100] and len(mix) == 1000  # c is upsampled (50 rows, used twice)
     assert Counter(int(mix[j][0]) for j in range(len(mix))) == {1: 600, 2: 300, 3: 100}
     assert all(mix.source_of(j) == "abc"[int(mix[j][0]) - 1] for j in range(50))
     loader = Loader(mix, 50, seed=0)
-    drawn = Counter(torch.cat(_take(loader, 6))[:, 0].tolist())  # 300 rows: a statistical sample
+    drawn = Counter(torch.cat([loader.next_batch() for _ in range(6)])[:, 0].tolist())  # 300 rows: a statistical sample
     for v, p in ((1, 0.6), (2, 0.3), (3, 0.1)):
         assert abs(drawn[v] / 300 - p) < 4 * (p * (1 - p) / 300) ** 0.5
     first = [mix.source_of(j) for j in range(40)]
@@ -348,15 +245,15 @@ def test_mixture_weights_and_determinism(tmp_path):
 
 
 def test_mixture_rows_are_distinct_until_upsampled(tmp_path):
-    a = _rows_dataset(tmp_path / "a", 100)
+    a = rows_dataset(tmp_path / "a", 100)
     mix = Mixture({"a": (a, 1.0)}, seed=2, rows=100)
     assert sorted(int(mix[j][0]) for j in range(100)) == list(range(100))
 
 
 def test_mixture_bad_inputs(tmp_path):
-    a = _rows_dataset(tmp_path / "a", 10)
-    b = _rows_dataset(tmp_path / "b", 10, seq=5)
-    c = _rows_dataset(tmp_path / "c", 10, sha="other")
+    a = rows_dataset(tmp_path / "a", 10)
+    b = rows_dataset(tmp_path / "b", 10, seq=5)
+    c = rows_dataset(tmp_path / "c", 10, sha="other")
     for sources, match in [({}, "at least one source"), ({"a": (a, -1)}, "weight of source 'a'"),
                            ({"a": (a, 0)}, "at least one Mixture weight"), ({"a": (a, 1), "b": (b, 1)}, "seq_len"),
                            ({"a": (a, 1), "c": (c, 1)}, "another tokenizer"),
@@ -367,21 +264,8 @@ def test_mixture_bad_inputs(tmp_path):
         Mixture({"a": (a, 1)}, seed=0, rows=0)
 
 
-def test_loader_checks_ids_against_the_model_vocabulary(tmp_path):
-    rows = np.zeros((8, 6), np.uint32)
-    rows[5, 2] = 77  # below the manifest's vocab_size (100), above the model's (50)
-    ds = PackedDataset(_hand_dataset(tmp_path / "ds", [rows], vocab_size=100))
-    loader = Loader(ds, 8, seed=0, vocab_size=50)
-    with pytest.raises(ValueError, match=r"row 5 of PackedDataset\(.*column 2, holds id 77 >= vocab_size 50"):
-        loader.next_batch()
-    assert (loader.epoch, loader.step) == (0, 0)  # the failed batch did not advance the position
-    assert Loader(ds, 8, seed=0, vocab_size=78).next_batch()[..., 2].max() == 77
-    with pytest.raises(ValueError, match="vocab_size"):
-        Loader(ds, 8, seed=0, vocab_size=0)
-
-
 def test_mixture_vocab_size_is_the_largest_sources(tmp_path):
-    a, b = _rows_dataset(tmp_path / "a", 10), _rows_dataset(tmp_path / "b", 30)
+    a, b = rows_dataset(tmp_path / "a", 10), rows_dataset(tmp_path / "b", 30)
     assert Mixture({"a": (a, 1), "b": (b, 1)}, seed=0).vocab_size == 40 == b.vocab_size
 
 
@@ -396,7 +280,7 @@ def test_parse_data_args():
 
 
 def test_open_data(tmp_path):
-    a, b = (_rows_dataset(tmp_path / n, k).path for n, k in (("a", 30), ("b", 10)))
+    a, b = (rows_dataset(tmp_path / n, k).path for n, k in (("a", 30), ("b", 10)))
     assert isinstance(open_data(a, None, 0), PackedDataset)
     mix = open_data({"a": a, "b": b}, {"a": 0.75, "b": 0.25}, seed=3)
     assert isinstance(mix, Mixture) and mix.names == ["a", "b"] and mix.counts == [30, 10]

@@ -16,7 +16,7 @@ from torch import nn
 import sumi
 from sumi.cli import main
 from sumi.configs import tiny
-from sumi.generate import GenerationOutput, generate
+from sumi.generation import GenerationOutput, generate
 
 V = 64
 CONFIG = tiny(vocab_size=V)  # max_position_embeddings 512

@@ -1,4 +1,4 @@
-"""The Hugging Face checkpoint layout (DESIGN.md "Sumi checkpoint layout"): checkpoints written
+"""The Hugging Face checkpoint layout (docs/sumi.md, "Checkpoints"): checkpoints written
 independently with the ``safetensors`` library and a hand-written release-style config.json are
 loaded exactly; save -> load round trips (single file and sharded); dtype/device; every error
 names its key or file; weights only ever come from safetensors, straight into a meta-built model."""

@@ -1,7 +1,7 @@
 """The generation-dynamics probes (:mod:`sumi.evaluate.probes`), their plots and ``sumi probe``.
 
 Oracles: statistics recomputed here from the revision trace's tokens with plain Python (not the
-Trace methods the probe uses); the first pass compared with :func:`sumi.generate.generate`
+Trace methods the probe uses); the first pass compared with :func:`sumi.generate`
 itself; stub models whose logits fix the target token and the Adaptive commit order of every
 position, so commitment steps, order statistics and checker verdicts are known exactly; and
 nesting (a smaller budget is a prefix of a larger one).  Mechanics run on a random-weights tiny
@@ -21,7 +21,7 @@ from sumi.configs import tiny
 from sumi.evaluate import probe_cli
 from sumi.evaluate.plots import plot_commitment, plot_ink, plot_revision
 from sumi.evaluate.probes import BudgetStats, CommitmentReport, RevisionReport, commitment_probe, revision_probe
-from sumi.generate import generate
+from sumi.generation import generate
 
 V = 64
 CONFIG = tiny(vocab_size=V)
@@ -277,9 +277,9 @@ class Recorder(nn.Module):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(budgets=[]), "empty"),
-    (dict(budgets=[-1]), "non-negative"),
-    (dict(budgets=[2.0]), "non-negative ints"),
-    (dict(budgets=[True]), "non-negative ints"),
+    (dict(budgets=[-1]), r"revision budget \(steps\) must be an int >= 0"),
+    (dict(budgets=[2.0]), r"revision budget \(steps\) must be an int >= 0"),
+    (dict(budgets=[True]), r"revision budget \(steps\) must be an int >= 0"),
     (dict(budgets=[4, 4]), "repeat"),
     (dict(budgets="8"), "list"),
     (dict(budgets=8), "list"),
@@ -405,7 +405,7 @@ def test_cli_without_expected_answers_reports_no_accuracy(tmp_path, capsys):
     (["commitment", "--model", "tiny", "--prompt", "a", "--out", "FILE"], "not a directory"),
 ])
 def test_cli_user_errors(tmp_path, argv, match):
-    from sumi.cli import UsageError
+    from sumi.cli_common import UsageError
 
     (tmp_path / "BAD.jsonl").write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
     (tmp_path / "FILE").write_text("")

@@ -1,6 +1,6 @@
 """Tokenize documents into packed shards: the on-disk format of Sumi's training data.
 
-Packing (MATH.md "Sumi facts": documents packed as ``BOS text EOS``): every document becomes
+Packing (docs/math.md "Sumi recipe facts": documents packed as ``BOS text EOS``): every document becomes
 ``[bos_id, *encode(text), eos_id]``; the documents are concatenated in source order into one
 stream, which is cut into rows of exactly ``seq_len`` tokens.  Documents cross row boundaries
 freely (no padding, no per-row BOS); the last partial row is dropped and its length reported as
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sumi._checks import check_int
 from sumi.data.sources import iter_documents
 
 FORMAT = "sumi-packed-v1"
@@ -114,9 +115,8 @@ def prepare(sources: str | os.PathLike | Iterable[str | os.PathLike], tokenizer,
     Raises ``FileExistsError`` if ``out_dir`` exists and is not empty (unless ``overwrite``),
     ``ValueError`` if the sources hold less than one row of tokens.
     """
-    for name, v, low in (("seq_len", seq_len, 2), ("shard_sequences", shard_sequences, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    check_int("seq_len", seq_len, 2)
+    check_int("shard_sequences", shard_sequences, 1)
     if tokenizer.vocab_size > 2**32:
         raise ValueError(f"vocab_size {tokenizer.vocab_size} does not fit uint32 shards")
     out = Path(out_dir)

@@ -14,7 +14,7 @@ def nelbo(output: LossOutput, schedule: Schedule, t: FloatLike) -> PerToken:
     """Per-token NELBO estimate ``|d lambda/dt| w (KL + IS)`` at the times ``t`` that drew
     ``lambda = schedule.log_snr(t)`` (``t`` per sequence or per token, like ``lambda``).
 
-    ``E_t[nelbo]`` with ``t ~ U(0, 1)`` is the NELBO of the clean tokens (MATH.md, "Loss"):
+    ``E_t[nelbo]`` with ``t ~ U(0, 1)`` is the NELBO of the clean tokens (docs/math.md, "Loss"):
     ``integral d lambda E_z[w (KL + IS)] = integral dt |d lambda / dt| E_z[w (KL + IS)]``.
     Uses the exact weight (``beta_is = 1``, no clip) whatever the surrogate was trained with.
     """

@@ -2,7 +2,7 @@
 
 Sources: von Rütte et al., "Generalized Interpolating Discrete Diffusion", ICML 2025
 (arXiv 2503.04482); von Rütte et al., "Scaling Behavior of Discrete Diffusion Language
-Models", arXiv 2512.10858, Eqs. 1-5 (Prop. 1).  MATH.md, "Loss".
+Models", arXiv 2512.10858, Eqs. 1-5 (Prop. 1).  docs/math.md, "Loss".
 
 Per token, with ``q = q_lambda(. | x)`` and ``p = q_lambda(. | x_hat)``:
 ``NELBO(x) = integral d lambda E_z[w (KL(q || p) + IS)]``,
@@ -38,13 +38,13 @@ def _itakura_saito(d: Tensor) -> Tensor:
 def kl_and_log_ratio(
     kernel: Kernel, log_x0: Tensor, x: Tokens, z: Tokens, lam: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """``KL(q || p)`` and ``d = log q_z - log p_z`` per token, in the stable forms of MATH.md.
+    """``KL(q || p)`` and ``d = log q_z - log p_z`` per token, in the stable forms of docs/math.md.
 
     With ``c = sigmoid(-lambda) pi`` (noise mass per state) and ``T`` the kernel's
     :meth:`~discdiff.kernels.Kernel.noise_log1p_sum`:
     ``KL = q_x log(q_x / p_x) - T + c_x log1p(alpha x_hat_x / c_x)``,
     ``q_x = alpha + c_x``, ``p_x = alpha x_hat_x + c_x``, all in log space (no epsilon anywhere:
-    MATH.md, "Pitfalls").  ``log_x0`` is ``[*shape, V]``; the rest ``[*shape]``, ``lam``
+    docs/math.md, "Numerics").  ``log_x0`` is ``[*shape, V]``; the rest ``[*shape]``, ``lam``
     already broadcast.
     """
     log_x0_x = log_x0.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
@@ -57,8 +57,8 @@ def kl_and_log_ratio_from_parts(
 ) -> tuple[Tensor, Tensor]:
     """:func:`kl_and_log_ratio` from per-token parts only: ``log x_hat`` at ``x`` and at ``z``
     (``-inf`` where ``z`` is the mask) and ``T = sum_j c_j log1p(alpha x_hat_j / c_j)``, all
-    ``[*shape]``.  No vocabulary-sized tensor is needed once these are known (MATH.md,
-    "Memory-light form"); :func:`discdiff.losses.gidd_from_hidden` computes them in chunks.
+    ``[*shape]``.  No vocabulary-sized tensor is needed once these are known (docs/math.md,
+    "Memory-light form of the KL"); :func:`discdiff.losses.gidd_from_hidden` computes them in chunks.
     """
     log_alpha, log_beta = F.logsigmoid(lam), F.logsigmoid(-lam)
     log_cx = log_beta + torch.log(kernel.pi_at(lam, x))

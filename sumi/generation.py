@@ -1,6 +1,6 @@
 """Text generation with Sumi's canvas semantics, on top of :mod:`discdiff.samplers`.
 
-The released inference layout (Sumi, arXiv 2606.19005; MATH.md, "Sumi facts"), per sequence
+The released inference layout (Sumi, arXiv 2606.19005; docs/math.md, "Sumi recipe facts"), per sequence
 of a ``[batch, canvas_length]`` canvas::
 
     | prompt (frozen) | answer budget (max_new_tokens) | EOS | BOS | tail ................ |
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from discdiff.kernels import Uniform
 from discdiff.samplers import Adaptive, Ancestral, Greedy, StepRule, Trace, cosine_grid, linear_alpha_grid, sample
+from sumi._checks import check_int
 
 SAMPLERS = ("ancestral", "adaptive", "greedy")
 SCHEDULES = ("linear", "cosine")
@@ -68,12 +69,6 @@ class Canvas:
     frozen: Tensor
     attention_mask: Tensor | None
     prompt_lengths: list[int]
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _prompt_rows(prompt_ids) -> list[list[int]]:
@@ -144,8 +139,8 @@ def make_sampler(sampler: str, vocab_size: int, *, tokens_per_step: int = 1, top
 
 
 def step_grid(schedule: str, steps: int) -> Tensor:
-    """Sumi's step grids (MATH.md): ``"linear"`` in alpha or ``"cosine"``; ascending log-SNRs."""
-    _check_int("steps", steps, 1)
+    """Sumi's step grids (docs/math.md, "Step grids"): ``"linear"`` in alpha or ``"cosine"``; ascending log-SNRs."""
+    check_int("steps", steps, 1)
     if schedule == "linear":
         return linear_alpha_grid(steps)
     if schedule == "cosine":
@@ -200,8 +195,8 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     config = model.config
     vocab_size = config.vocab_size
     prompts = _prompt_rows(prompt_ids)
-    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
-    canvas_length = _check_int("canvas_length", canvas_length, 1)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
+    canvas_length = check_int("canvas_length", canvas_length, 1)
     if canvas_length > config.max_position_embeddings:
         raise ValueError(f"canvas_length {canvas_length} exceeds the model's max_position_embeddings "
                          f"({config.max_position_embeddings})")
@@ -214,12 +209,12 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
             raise ValueError(f"prompt {i} ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) + EOS/BOS "
                              f"needs {need} positions, more than canvas_length={canvas_length}")
     log_snrs = step_grid(schedule, steps)
-    rule = make_sampler(sampler, vocab_size, tokens_per_step=_check_int("tokens_per_step", tokens_per_step, 1),
+    rule = make_sampler(sampler, vocab_size, tokens_per_step=check_int("tokens_per_step", tokens_per_step, 1),
                         top_k=top_k, top_p=top_p, min_p=min_p)
     if seed is None:
         seed = secrets.randbits(63)  # not torch.seed(): that would reseed the global RNG
-    elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    else:
+        check_int("seed", seed, 0)
     device = _model_device(model, device)
     generator = torch.Generator(device=device).manual_seed(seed)
 

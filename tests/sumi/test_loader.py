@@ -1,0 +1,108 @@
+"""sumi.data.Loader: determinism, rank slicing, resume (on any world size with the same global
+batch), epoch rollover, and the id check against the model's vocabulary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sumi.data import Loader, PackedDataset
+from tests.sumi.data_helpers import hand_dataset, rows_dataset
+
+
+def _take(loader: Loader, n: int) -> list[torch.Tensor]:
+    return [loader.next_batch() for _ in range(n)]
+
+
+def test_loader_is_deterministic_and_seeded(tmp_path):
+    ds = rows_dataset(tmp_path / "ds", 40)
+    a, b = _take(Loader(ds, 4, seed=3), 12), _take(Loader(ds, 4, seed=3), 12)
+    assert all(x.dtype == torch.int64 and x.shape == (4, 4) for x in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    c = _take(Loader(ds, 4, seed=4), 12)
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    state = torch.random.get_rng_state()
+    _take(Loader(ds, 4, seed=3), 3)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a[1][:, 0], perm[4:8])  # the documented order
+
+
+def test_ranks_partition_the_global_batch(tmp_path):
+    ds = rows_dataset(tmp_path / "ds", 50)
+    one = Loader(ds, 6, seed=0)
+    r0, r1 = Loader(ds, 3, seed=0, rank=0, world_size=2), Loader(ds, 3, seed=0, rank=1, world_size=2)
+    seen = []
+    for _ in range(one.steps_per_epoch):
+        g, a, b = one.next_batch(), r0.next_batch(), r1.next_batch()
+        assert torch.equal(torch.cat([a, b]), g)
+        assert not set(a[:, 0].tolist()) & set(b[:, 0].tolist())
+        seen += g[:, 0].tolist()
+    assert len(seen) == len(set(seen)) == 48  # 50 // 6 steps, 2 rows dropped
+
+
+def test_resume_replays_exactly(tmp_path):
+    ds = rows_dataset(tmp_path / "ds", 30)
+    full = _take(Loader(ds, 2, seed=7, world_size=1), 10)
+    first = Loader(ds, 2, seed=7)
+    before = _take(first, 3)
+    state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
+    assert state["epoch"] == 0 and state["step"] == 3 and state["seed"] == 7
+    resumed = Loader(ds, 2, seed=7)
+    resumed.load_state_dict(state)
+    after = _take(resumed, 7)
+    assert all(torch.equal(x, y) for x, y in zip(before + after, full))
+    rows = torch.cat(before + after)[:, 0].tolist()
+    assert len(rows) == len(set(rows)) == 20  # nothing skipped or repeated within the epoch
+    # same global batch on another world size resumes too
+    r1 = Loader(ds, 1, seed=7, rank=1, world_size=2)
+    r1.load_state_dict(state)
+    assert torch.equal(r1.next_batch(), full[3][1:])
+
+
+def test_epoch_rollover(tmp_path):
+    ds = rows_dataset(tmp_path / "ds", 10)
+    loader = Loader(ds, 3, seed=1)
+    assert loader.steps_per_epoch == 3
+    e0 = torch.cat(_take(loader, 3))[:, 0]
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["step"] == 0
+    e1 = torch.cat(_take(loader, 3))[:, 0]
+    g = lambda e: torch.randperm(10, generator=torch.Generator().manual_seed(1 + e))  # noqa: E731
+    assert torch.equal(e0, g(0)[:9]) and torch.equal(e1, g(1)[:9])
+    keep = Loader(ds, 3, seed=1, drop_last=False)
+    assert keep.steps_per_epoch == 4
+    last = _take(keep, 4)[-1][:, 0]
+    assert torch.equal(last, g(0)[[9, 0, 1]])  # filled up from the start of the permutation
+    assert keep.state_dict()["epoch"] == 1
+
+
+def test_loader_bad_inputs(tmp_path):
+    ds = rows_dataset(tmp_path / "ds", 10)
+    for kwargs, match in [(dict(batch_size=0), "batch_size"), (dict(world_size=0), "world_size"),
+                          (dict(rank=2, world_size=2), r"rank must lie in \[0, world_size=2\)"),
+                          (dict(rank=-1), "rank"), (dict(batch_size=6, world_size=2), "fewer than one global batch"),
+                          (dict(seed=1.5), "seed")]:
+        args = dict(batch_size=2, seed=0) | kwargs
+        with pytest.raises(ValueError, match=match):
+            Loader(ds, args.pop("batch_size"), **args)
+    loader = Loader(ds, 2, seed=0)
+    for change, match in [({"seed": 1}, "seed=1"), ({"rows": 11}, "rows=11"), ({"global_batch": 4}, "global_batch"),
+                          ({"step": 5}, "steps_per_epoch")]:
+        with pytest.raises(ValueError, match=match):
+            loader.load_state_dict(loader.state_dict() | change)
+
+
+def test_loader_checks_ids_against_the_model_vocabulary(tmp_path):
+    rows = np.zeros((8, 6), np.uint32)
+    rows[5, 2] = 77  # below the manifest's vocab_size (100), above the model's (50)
+    ds = PackedDataset(hand_dataset(tmp_path / "ds", [rows], vocab_size=100))
+    loader = Loader(ds, 8, seed=0, vocab_size=50)
+    with pytest.raises(ValueError, match=r"row 5 of PackedDataset\(.*column 2, holds id 77 >= vocab_size 50"):
+        loader.next_batch()
+    assert (loader.epoch, loader.step) == (0, 0)  # the failed batch did not advance the position
+    assert Loader(ds, 8, seed=0, vocab_size=78).next_batch()[..., 2].max() == 77
+    with pytest.raises(ValueError, match="vocab_size"):
+        Loader(ds, 8, seed=0, vocab_size=0)
