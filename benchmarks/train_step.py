@@ -132,9 +132,9 @@ def measure(args: argparse.Namespace) -> dict:
     objective = Objective(config.model.vocab_size, per_token_share=config.per_token_share, z_loss=config.z_loss,
                           fused=config.fused_loss)
     data = torch.Generator(device).manual_seed(1)
-    batches = [torch.randint(config.model.vocab_size, (config.micro_batch_size, config.seq_len), generator=data,
-                             device=device) for _ in range(args.accumulation)]
-    noise = torch.Generator(device).manual_seed(2)
+    batches = [(torch.randint(config.model.vocab_size, (config.micro_batch_size, config.seq_len), generator=data,
+                              device=device), m * config.micro_batch_size) for m in range(args.accumulation)]
+    noise = torch.Generator(device)
     tokens = config.global_batch_size * config.seq_len
 
     times, losses = [], []
@@ -148,8 +148,8 @@ def measure(args: argparse.Namespace) -> dict:
                 state = rss_bytes()
         sync(device)
         start = time.perf_counter()
-        sums, _ = train_step(model, optimizer, objective, batches, noise, global_tokens=tokens,
-                             grad_clip=config.grad_clip, world_size=info.world_size)
+        sums, _ = train_step(model, optimizer, objective, batches, noise, 2, global_batch=config.global_batch_size,
+                             global_tokens=tokens, grad_clip=config.grad_clip, world_size=info.world_size)
         losses.append(float(sums[0]))
         sync(device)
         if i >= args.warmup:

@@ -1,6 +1,6 @@
 """discdiff: composable discrete-diffusion primitives.
 
-Conventions (fixed for the whole library; see docs/math.md):
+Conventions (fixed for the whole library; see docs/math.md, "Conventions"):
 
 - Time ``t in [0, 1]``: ``t = 0`` is data, ``t = 1`` is the prior.
 - Kernels, losses and samplers take the log-SNR ``lambda = log(alpha / (1 - alpha))``;
@@ -12,12 +12,14 @@ Conventions (fixed for the whole library; see docs/math.md):
 - Every stochastic function takes ``generator: torch.Generator | None``; nothing touches global
   state at import.
 
-Samplers (``discdiff.samplers``) and NELBO estimation (``discdiff.likelihood``) build on these.
-Imports torch and jaxtyping only.  ``discdiff.testing`` (hypothesis strategies and
+Samplers (``discdiff.samplers``) and NELBO estimation (``discdiff.likelihood``) build on these;
+``discdiff.typing`` holds the tensor type aliases.  ``discdiff.nelbo`` is a deprecated alias of
+``discdiff.losses.nelbo_estimate``.  Imports torch and jaxtyping only.  ``discdiff.testing`` (hypothesis strategies and
 invariant checks) needs the ``[test]`` extra and is not imported here.
 """
 
-from discdiff import kernels, likelihood, losses, samplers, schedules, time_sampling
+from discdiff import errors, kernels, likelihood, losses, samplers, schedules, time_sampling, typing
+from discdiff.errors import NonFiniteError
 from discdiff.kernels import GIDD, Dense, Hybrid, Kernel, Masked, Prior, Uniform
 from discdiff.losses import LossOutput, gidd, gidd_from_hidden, masked_ce, mdlm, nelbo
 from discdiff.schedules import Cosine, GIDDTime, LinearAlpha, LinearLogSNR, Schedule
@@ -25,12 +27,15 @@ from discdiff.schedules import Cosine, GIDDTime, LinearAlpha, LinearLogSNR, Sche
 __version__ = "0.1.0"
 
 __all__ = [
+    "errors",
+    "NonFiniteError",
     "kernels",
     "losses",
     "schedules",
     "time_sampling",
     "samplers",
     "likelihood",
+    "typing",
     "Kernel",
     "Uniform",
     "Masked",

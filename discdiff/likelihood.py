@@ -14,12 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from discdiff._typing import Logits, Mask, Tokens
+from discdiff._checks import check_int, top_logit
+from discdiff.errors import NonFiniteError
+from discdiff._denoiser import denoise, takes_log_snr
 from discdiff.kernels.base import Kernel
 from discdiff.losses.elbo import gidd
 from discdiff.losses.estimate import elbo_weight_in_time
 from discdiff.schedules.base import Schedule
 from discdiff.schedules.linear_alpha import LinearAlpha
+from discdiff.typing import Logits, Mask, Tokens
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class LikelihoodOutput:
 
 
 def nelbo(
-    denoiser: Callable[[Tokens], Logits],
+    denoiser: Callable[..., Logits],
     kernel: Kernel,
     x: Tokens,
     *,
@@ -49,35 +52,48 @@ def nelbo(
     frozen: Mask | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int, int], None] | None = None,
+    time_conditioned: bool | None = None,
 ) -> LikelihoodOutput:
-    """Per-token NELBO of ``x`` (``[batch, seq]``) under ``denoiser`` (tokens -> logits).
+    """Per-token NELBO of ``x`` (``[batch, seq]``) under ``denoiser`` (tokens -> logits;
+    docs/math.md, "Likelihood").
 
     Args:
+        denoiser: ``denoiser(z)`` or, time-conditioned, ``denoiser(z, lam)`` with ``lam`` the
+            log-SNR at which the integrand is evaluated (``lambda(t_i)``, or the effective one),
+            float64 ``[batch]``.
         schedule: maps the time grid to log-SNR (default ``LinearAlpha()``, clamped to [-9, 9]).
         points: time points; the grid is the midpoints ``t_i = (i + 1/2) / points`` unless
             ``stratified``, which draws ``t_i = (i + U_i) / points`` per sequence.
         effective_snr: per sequence and point, evaluate the integrand at the logit of the
-            realized clean fraction instead of at ``lambda(t_i)`` (docs/math.md; meant for long
-            sequences).  The fraction is estimated from the match rate ``f`` of ``z = x`` (with a
-            half-count correction ``(matches + 1/2) / (n + 1)``) as ``(f - p) / (1 - p)``, ``p``
-            the mean of ``pi_lambda(x_j)``, since noise can redraw ``x`` itself; then clamped
-            to the schedule's range.  The quadrature weight stays ``|d lambda/dt|`` at ``t_i``.
+            realized clean fraction instead of at ``lambda(t_i)`` (docs/math.md, "Likelihood";
+            meant for long sequences).  The fraction is estimated from the match rate ``f`` of
+            ``z = x`` (with a half-count correction ``(matches + 1/2) / (n + 1)``) as
+            ``(f - p) / (1 - p)``, ``p`` the mean of ``pi_lambda(x_j)``, since noise can redraw
+            ``x`` itself; then clamped to the schedule's range.  The quadrature weight stays ``|d lambda/dt|`` at ``t_i``.
             (With a constant predictor we measured no variance reduction; see the tests.)
         frozen: context positions (bool ``[batch, seq]``): never noised, not counted: the
             conditional NELBO of the rest given them.
         callback: called as ``callback(done, points)`` after each point (progress).
+        time_conditioned: call ``denoiser(z, lam)`` (``True``) or ``denoiser(z)`` (``False``);
+            ``None`` reads the signature, as :func:`discdiff.samplers.sample` does.
+
+    Raises:
+        NonFiniteError: (a ``ValueError``) if the result holds NaN, checked once at the end (one host sync), naming
+            the cause: the denoiser's logits were NaN or ``+inf`` (or ``-inf`` at every
+            non-mask state) at some counted position, or else the loss itself.
     """
     schedule = LinearAlpha() if schedule is None else schedule
     kernel.check_clean(x)
     if x.dim() != 2:
         raise ValueError(f"x must be [batch, seq], got shape {tuple(x.shape)}")
-    if isinstance(points, bool) or not isinstance(points, int) or points < 1:
-        raise ValueError(f"points must be an int >= 1, got {points!r}")
+    check_int("points", points, lo=1)
+    with_log_snr = takes_log_snr(denoiser, time_conditioned)
     if frozen is not None and (frozen.dtype != torch.bool or frozen.shape != x.shape):
         raise ValueError(f"frozen must be a bool tensor of shape {tuple(x.shape)}")
     counted = torch.ones_like(x, dtype=torch.bool) if frozen is None else ~frozen
     batch = x.shape[0]
     total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)  # first point with bad logits, no sync
     for i in range(points):
         if stratified:
             u = torch.rand(batch, generator=generator, device=x.device, dtype=torch.float64)
@@ -96,9 +112,25 @@ def nelbo(
             pi_x = torch.where(counted, kernel.pi_at(lam.unsqueeze(-1).expand(x.shape), x).double(), 0.0).sum(-1) / n
             share = ((matched - pi_x) / (1 - pi_x)).clamp(0.5 / (n + 1), 1 - 0.5 / (n + 1))
             lam = torch.logit(share).clamp(schedule.log_snr_min, schedule.log_snr_max)
-        out = gidd(kernel, denoiser(z), x, z, lam, validate=False)
+        logits = denoise(denoiser, z, lam, with_log_snr, check=True)
+        out = gidd(kernel, logits, x, z, lam, validate=False)
+        bad = (~torch.isfinite(top_logit(logits, kernel.mask_id)) & counted).any()
+        first_bad = torch.where(bad & (first_bad < 0), i, first_bad)
         integrand = torch.where(counted, out.integrand.double(), torch.zeros_like(total))
         total += speed.unsqueeze(-1) * integrand / points
         if callback is not None:
             callback(i + 1, points)
+    _check_result(total, first_bad, points)
     return LikelihoodOutput(per_token=total, per_sequence=total.sum(-1), num_tokens=counted.sum(-1))
+
+
+def _check_result(total: Tensor, first_bad: Tensor, points: int) -> None:
+    """One host sync for the whole estimate: NaN anywhere is an error, named by its cause."""
+    nan, bad_point = torch.stack([torch.isnan(total).any().long(), first_bad]).tolist()
+    if bad_point >= 0:
+        raise NonFiniteError(f"the denoiser's logits are not usable (NaN or +inf, or -inf at every non-mask state) at "
+                         f"counted positions, first at time point {bad_point} of {points}: the NELBO is undefined")
+    if nan:
+        raise NonFiniteError(f"the NELBO is NaN at {int(torch.isnan(total).sum())} tokens although the denoiser's logits "
+                         f"were finite: the kernel's loss terms produced NaN (check the kernel with "
+                         f"discdiff.testing.check_kernel)")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from discdiff._checks import check_finite_float
+from discdiff._checks import check_finite_float, check_int
 
 
 def _range(t_min: float, t_max: float) -> tuple[float, float]:
@@ -26,8 +26,8 @@ def _range(t_min: float, t_max: float) -> tuple[float, float]:
 
 def _shape(shape: Sequence[int] | int) -> tuple[int, ...]:
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    if any((not isinstance(n, int)) or n < 0 for n in shape):
-        raise ValueError(f"shape must hold non-negative ints, got {shape}")
+    for n in shape:
+        check_int(f"every entry of shape {shape}", n, lo=0)
     return shape
 
 

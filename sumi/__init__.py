@@ -1,7 +1,7 @@
 """sumi: the Sumi uniform diffusion language model and its recipe, built on discdiff.
 
 ``sumi.configs`` (ModelConfig, presets), ``sumi.Sumi`` (the transformer),
-``sumi.from_pretrained`` / ``model.save_pretrained`` (Hugging Face layout, safetensors only),
+``sumi.from_pretrained`` / ``sumi.save_pretrained`` (Hugging Face layout, safetensors only),
 ``sumi.SumiTokenizer`` (a local ``tokenizer.json``, or the embedded byte-level default),
 ``sumi.generate`` (the released canvas semantics on top of ``discdiff.samplers``), ``sumi`` CLI.
 """

@@ -12,18 +12,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["LockedError", "StorageError", "umask", "temp_file", "temp_dir", "atomic_write", "replace_dir",
            "exclusive_lock", "remove_leftovers", "check_writable_dir", "free_bytes", "explain_write_error",
-           "storage_error", "ensure_space"]
+           "reraise_storage_error", "ensure_space", "sha256_file", "sha256_files"]
 
 
 class LockedError(RuntimeError):
@@ -98,8 +100,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise storage_error(e, path) from e
+        reraise_storage_error(e, path.parent, f"writing {path.name} in")
         raise
     fsync_dir(path.parent)
     return path
@@ -169,18 +170,19 @@ def remove_leftovers(directory: str | os.PathLike, name: str) -> list[Path]:
 
 # -- locking ------------------------------------------------------------------------------------
 @contextmanager
-def exclusive_lock(lock_file: str | os.PathLike, what: str) -> Iterator[Path]:
+def exclusive_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive ``flock`` on ``lock_file`` (created if needed) for the ``with`` block.
 
     The file records the holder's pid and host.  A second process gets a :class:`LockedError`
-    naming them and ``what`` is locked; the lock dies with its process (no stale lock after a
-    crash or SIGKILL)."""
+    naming them and ``what`` is locked, or with ``wait=True`` waits for the holder to finish (a
+    cache that one process builds while the others wait).  The lock dies with its process (no
+    stale lock after a crash or SIGKILL)."""
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
             raise LockedError(f"{what} is in use by {holder}; wait for it to finish or choose another "
@@ -220,41 +222,71 @@ _CAUSES = {
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "not a directory (a part of the path is a file)",
 }
 
 
-def explain_write_error(error: BaseException, path: str | os.PathLike, needed: int | None = None) -> str | None:
-    """A plain cause for a failed write under ``path``, or None when storage is not to blame.
+def _cause(errnum: int | None, path: str | os.PathLike) -> str | None:
+    if errnum not in _CAUSES:
+        return None
+    cause = _CAUSES[errnum]
+    if errnum in (errno.ENOSPC, errno.EDQUOT):
+        free = free_bytes(path)
+        cause += f" ({_size(free)} free)" if free is not None else ""
+    return cause
 
-    An ``OSError`` says its errno; other libraries report a short write in their own words
-    (``unexpected pos``, ``requested and written``), so the file system is asked: with less than
-    ``needed`` bytes (default 64 MB) free, the disk is called full."""
+
+def _probe_write(directory: str | os.PathLike, size: int) -> int | None:
+    """Write ``size`` bytes to a probe file in ``directory``: the errno if that fails, else None."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+    except OSError as e:
+        return e.errno
+    try:
+        block = b"\0" * min(size, 2**20)
+        written = 0
+        while written < size:
+            written += os.write(fd, block[: size - written])
+        os.fsync(fd)
+        return None
+    except OSError as e:
+        return e.errno
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def explain_write_error(error: BaseException, path: str | os.PathLike, needed: int | None = None) -> str | None:
+    """A plain cause for a failed write under the directory ``path``, or None when storage is not
+    to blame.
+
+    An ``OSError`` in the exception chain says its errno.  Other libraries report a short write
+    in their own words (``unexpected pos``, ``requested and written``), so the file system is
+    asked: fewer than ``needed`` bytes (default 64 MB) free is a full disk; else a probe file of
+    up to 8 MB is written there, and its error, if any, is the cause (a file-size limit, ...)."""
     seen: set[int] = set()
     e: BaseException | None = error
     while e is not None and id(e) not in seen:  # the cause may sit in the exception chain
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in _CAUSES:
-            cause = _CAUSES[e.errno]
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                free = free_bytes(path)
-                cause += f" ({_size(free)} free)" if free is not None else ""
-            return cause
+            return _cause(e.errno, path)
         e = e.__cause__ or e.__context__
     free = free_bytes(path)
     if free is not None and free < (needed if needed is not None else 64 * 10**6):
         return f"no space left on device (only {_size(free)} free)"
+    if Path(path).is_dir():
+        return _cause(_probe_write(path, min(needed or 2**23, 2**23)), path)
     return None
 
 
-def storage_error(error: BaseException, path: str | os.PathLike, what: str = "writing",
-                  needed: int | None = None) -> BaseException:
-    """A :class:`StorageError` saying why ``what`` under ``path`` failed when storage is to
-    blame, else ``error`` itself (raise the result ``from error``)."""
+def reraise_storage_error(error: BaseException, path: str | os.PathLike, what: str = "writing",
+                          needed: int | None = None) -> None:
+    """Raise a :class:`StorageError` saying why ``what`` ``path`` failed, from ``error``, when
+    storage is to blame; return otherwise (the caller re-raises ``error``)."""
     cause = explain_write_error(error, path, needed)
-    if cause is None:
-        return error
-    errnum = error.errno if isinstance(error, OSError) and error.errno else errno.EIO
-    return StorageError(errnum, f"{what} {path} failed: {cause}")
+    if cause is not None:
+        errnum = error.errno if isinstance(error, OSError) and error.errno else errno.EIO
+        raise StorageError(errnum, f"{what} {path} failed: {cause}") from error
 
 
 def ensure_space(path: str | os.PathLike, needed: int, what: str) -> None:
@@ -281,3 +313,31 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
         cause = _CAUSES.get(e.errno, e.strerror or str(e))
         raise type(e)(e.errno, f"cannot write to {path}: {cause}") from None
     return path
+
+
+# -- checksums ------------------------------------------------------------------------------------
+_READ_BLOCK = 8 * 2**20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex (what ``sha256sum`` prints), read in 8 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        block = bytearray(_READ_BLOCK)
+        view = memoryview(block)
+        while n := f.readinto(block):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def sha256_files(paths: Iterable[str | os.PathLike], threads: int | None = None) -> list[str]:
+    """:func:`sha256_file` of each path, in order, hashed by ``threads`` threads at once
+    (hashlib releases the GIL on large blocks; default: up to 8, one per CPU)."""
+    paths = list(paths)
+    if not paths:
+        return []
+    threads = threads or min(8, os.cpu_count() or 1, len(paths))
+    if threads == 1:
+        return [sha256_file(p) for p in paths]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(sha256_file, paths))

@@ -2,8 +2,9 @@
 
 Each subcommand is one ``(add_arguments, run)`` pair in :data:`COMMANDS`: ``add_arguments``
 fills its argparse sub-parser, ``run(args)`` does the work and returns the exit status.
-Mistakes in user input (bad flags, missing files, a prompt too long for the canvas) print one
-line on stderr and exit with status 2, without a traceback.
+Mistakes in user input (bad flags, missing files, a prompt too long for the canvas) and a
+model that computes NaN/inf print one line on stderr and exit with status 2, without a
+traceback.  Defaults that depend on the model (the canvas length) come from the model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from sumi.cli_common import DTYPES, UsageError, add_model_arguments, load_model
 
-__all__ = ["main", "build_parser", "COMMANDS", "UsageError"]
+__all__ = ["main", "build_parser", "parse_args", "COMMANDS", "PASSTHROUGH", "UsageError"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,12 +27,14 @@ class _Parser(argparse.ArgumentParser):
 
 # -- sumi generate ----------------------------------------------------------------------------
 def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    from sumi.generation import SAMPLERS, SCHEDULES
+    from sumi.generation import DEFAULT_CANVAS_LENGTH, SAMPLERS, SCHEDULES
 
     add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="the prompt text (BOS is added)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="the answer budget (default 256)")
-    parser.add_argument("--canvas-length", type=int, default=2048, help="canvas positions (default 2048)")
+    parser.add_argument("--canvas-length", type=int, default=None,
+                        help=f"canvas positions (default: min({DEFAULT_CANVAS_LENGTH}, the model's "
+                             "max_position_embeddings))")
     parser.add_argument("--steps", type=int, default=128, help="denoising steps = model calls (default 128)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
     parser.add_argument("--tokens-per-step", type=int, default=1, help="positions committed per step (adaptive)")
@@ -56,7 +59,7 @@ def _run_generate(args) -> int:
                        sampler=args.sampler, tokens_per_step=args.tokens_per_step, schedule=args.schedule,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                        seed=args.seed, denoise_end=args.denoise_end, progress=True)
-    except (ValueError, TypeError) as e:  # generate validates every input before it samples
+    except (ValueError, TypeError) as e:  # inputs (validated before sampling) or a model giving NaN/inf
         raise UsageError(str(e)) from None
     print(f"sumi: seed {out.seed}", file=sys.stderr)
     print(tokenizer.decode(out.tokens[0], skip_special_tokens=True))
@@ -122,9 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Sub-actions whose arguments belong to another program: everything after them goes to
+# ``args.<dest>`` verbatim (argparse's REMAINDER cannot start with an option such as ``--model``).
+PASSTHROUGH: dict[tuple[str, ...], str] = {("eval", "harness"): "harness_args"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``argv`` (default ``sys.argv[1:]``) parsed by :func:`build_parser`, with the arguments of
+    a :data:`PASSTHROUGH` sub-action kept verbatim."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    for prefix, dest in PASSTHROUGH.items():
+        if tuple(argv[:len(prefix)]) == prefix:
+            args = parser.parse_args(list(prefix))
+            setattr(args, dest, argv[len(prefix):])
+            return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``sumi COMMAND ...``; returns the exit status (0), or raises ``SystemExit(2)`` on a user error."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
     except UsageError as e:

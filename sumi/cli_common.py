@@ -137,7 +137,8 @@ def load_tokenizer(path: str | os.PathLike):
     try:
         return SumiTokenizer.from_file(path)
     except (OSError, ValueError) as e:
-        raise UsageError(str(e)) from None
+        message = str(e)  # name the file when the message does not (a missing special token, ...)
+        raise UsageError(message if str(path) in message else f"tokenizer {path}: {message}") from None
 
 
 def load_model(args: argparse.Namespace) -> tuple:
@@ -182,5 +183,5 @@ def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
 
     try:
         return check_writable_dir(path)
-    except OSError as e:
-        raise UsageError(f"{flag} {path}: {e}") from None
+    except OSError as e:  # strerror: the message without the "[Errno N]" prefix
+        raise UsageError(f"{flag} {path}: {e.strerror or e}") from None

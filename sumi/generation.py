@@ -28,18 +28,22 @@ from __future__ import annotations
 import math
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from discdiff.errors import NonFiniteError
 from discdiff.kernels import Uniform
 from discdiff.samplers import Adaptive, Ancestral, Greedy, StepRule, Trace, cosine_grid, linear_alpha_grid, sample
 from sumi._checks import check_int
 
 SAMPLERS = ("ancestral", "adaptive", "greedy")
 SCHEDULES = ("linear", "cosine")
+DEFAULT_CANVAS_LENGTH = 2048  # the released inference canvas (docs/math.md, "Sumi recipe facts")
+NON_FINITE = "the model produced non-finite values (its weights may be NaN/inf)"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,35 @@ class Canvas:
     frozen: Tensor
     attention_mask: Tensor | None
     prompt_lengths: list[int]
+
+
+@contextmanager
+def blame_the_model() -> Iterator[None]:
+    """Re-raise discdiff's :class:`~discdiff.NonFiniteError` (the denoiser's output was NaN/inf)
+    as one that says the model's weights are the likely cause (:data:`NON_FINITE`)."""
+    try:
+        yield
+    except NonFiniteError as e:
+        raise NonFiniteError(f"{NON_FINITE}: {e}") from None
+
+
+def canvas_length_for(config, canvas_length: int | None, preferred: int = DEFAULT_CANVAS_LENGTH,
+                      minimum: int = 1) -> int:
+    """The canvas length to use with a model of ``config``.
+
+    ``None`` (every default): ``min(preferred, config.max_position_embeddings)``, so a small model
+    (the tiny preset has 512 positions) works without flags.  An explicit value is checked
+    (an int >= ``minimum``) and must fit the model's positions: a ``ValueError`` otherwise, never
+    a silent clamp (a number the caller chose is never changed behind their back).
+    """
+    limit = config.max_position_embeddings
+    if canvas_length is None:
+        return min(preferred, limit)
+    canvas_length = check_int("canvas_length", canvas_length, minimum)
+    if canvas_length > limit:
+        raise ValueError(f"canvas_length {canvas_length} exceeds the model's max_position_embeddings ({limit}); "
+                         f"leave it unset to use min({preferred}, {limit})")
+    return canvas_length
 
 
 def _prompt_rows(prompt_ids) -> list[list[int]]:
@@ -134,7 +167,7 @@ def make_sampler(sampler: str, vocab_size: int, *, tokens_per_step: int = 1, top
     if sampler == "adaptive":
         return Adaptive(kernel, tokens_per_step, top_k=top_k, top_p=top_p, min_p=min_p)
     if sampler == "greedy":
-        return Greedy()
+        return Greedy(kernel)
     raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
 
 
@@ -168,7 +201,7 @@ def answers(canvas: Tensor, prompt_lengths: list[int], eos_id: int) -> list[list
     return out
 
 
-def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length: int = 2048, steps: int = 128,
+def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length: int | None = None, steps: int = 128,
              sampler: str = "ancestral", tokens_per_step: int = 1, schedule: str = "linear",
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, seed: int | None = None, denoise_end: bool = True, trace: bool = False,
@@ -181,6 +214,8 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     ``torch.no_grad()`` and its train/eval mode is restored afterwards.
     ``prompt_ids``: one prompt (a list of ids, BOS included: this function adds nothing) or a
     batch (a list of lists, lengths may differ).  ``max_new_tokens``: the answer budget.
+    ``canvas_length``: canvas positions (default ``min(2048, max_position_embeddings)`` of the
+    model; an explicit value beyond the model's positions is a ``ValueError``).
     ``sampler``: ``"ancestral"`` (exact posterior, the default), ``"adaptive"``
     (``tokens_per_step`` most confident positions per step) or ``"greedy"`` (argmax
     everywhere, every step; ignores ``temperature`` and the filters).  ``schedule``:
@@ -191,15 +226,16 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     pinned BOS with the answer (released behaviour), or freeze it to pad ids hidden from
     attention.  ``progress``: a tqdm bar over steps on stderr.  ``device``: where the canvas
     lives (default: the model's device; the model is not moved).
+
+    Raises ``ValueError`` for bad inputs (before any model call), and
+    :class:`discdiff.NonFiniteError` (a ``ValueError``) starting with :data:`NON_FINITE` when the
+    model's first logits hold NaN/inf (checked once, by the sampler's first step).
     """
     config = model.config
     vocab_size = config.vocab_size
     prompts = _prompt_rows(prompt_ids)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
-    canvas_length = check_int("canvas_length", canvas_length, 1)
-    if canvas_length > config.max_position_embeddings:
-        raise ValueError(f"canvas_length {canvas_length} exceeds the model's max_position_embeddings "
-                         f"({config.max_position_embeddings})")
+    canvas_length = canvas_length_for(config, canvas_length)
     for i, prompt in enumerate(prompts):
         lo, hi = min(prompt), max(prompt)
         if lo < 0 or hi >= vocab_size:
@@ -234,7 +270,7 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), blame_the_model():
             out = sample(denoiser, rule, canvas.tokens, log_snrs, canvas.frozen, temperature=temperature,
                          generator=generator, callback=(lambda info: bar.update(1)) if bar is not None else None,
                          trace=trace)

@@ -86,7 +86,7 @@ class SumiTokenizer:
         try:
             tokenizer = Tokenizer.from_file(str(file))
         except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
-            raise ValueError(f"{file} is not a tokenizers JSON file: {err}") from err
+            raise ValueError(f"{file} is not a {TOKENIZER_FILE} (a Hugging Face tokenizers JSON file): {err}") from err
         return cls(tokenizer, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
 
     @classmethod

@@ -1,15 +1,18 @@
 """The kernel interface: a forward (noising) process in log-SNR form.
 
-``q_lambda(z | x) = sigmoid(lambda) e_x + sigmoid(-lambda) pi_lambda``  (docs/math.md, "Forward process and kernels"; von Rütte et al., arXiv 2503.04482 Eq. 1 and arXiv 2512.10858 Eq. 1).
+``q_lambda(z | x) = sigmoid(lambda) e_x + sigmoid(-lambda) pi_lambda`` (docs/math.md, "Forward
+process and kernels"; von Rütte et al., arXiv 2503.04482 Eq. 1 and arXiv 2512.10858 Eq. 1).
 
-A family only says what its mixing distribution ``pi_lambda`` is (:meth:`Kernel.pi`, its
-lambda-derivative :meth:`Kernel.dpi`, and how to draw from it); marginals, transitions,
-posteriors and loss weights are derived here once for every family.
+A family only says what its mixing distribution ``pi_lambda`` is (:meth:`Kernel.pi` and its
+lambda-derivative :meth:`Kernel.dpi`); draws, marginals, transitions, posteriors and loss
+weights are derived here once for every family.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import math
+from abc import ABCMeta, abstractmethod
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,21 +20,58 @@ from torch import Tensor
 
 from discdiff._checks import (
     align_log_snr,
+    as_log_snr,
+    broadcast_base,
+    check_int,
     check_log_snr,
+    check_mask_id,
     check_same_shape,
     check_tokens,
     check_vocab_dim,
+    check_vocab_size,
     compute_dtype,
 )
-from discdiff._typing import Logits, LogSNR, PerToken, Probs, Tokens
+from discdiff.typing import Logits, LogSNR, PerToken, Probs, Tokens
+
+SAMPLE_CHUNK = 64  # distinct log-SNRs per float64 CDF block in the default sample_pi (64 x V x 8 bytes)
 
 
-class Kernel(ABC):
+class _ChecksAfterInit(ABCMeta):
+    """Validates ``vocab_size`` and ``mask_id`` once the whole ``__init__`` chain has returned
+    (also for dataclass kernels, whose ``__init__`` is generated after class creation)."""
+
+    def __call__(cls, *args, **kwargs):
+        kernel = super().__call__(*args, **kwargs)
+        _check_kernel_attributes(kernel)
+        return kernel
+
+
+def _check_kernel_attributes(kernel: Kernel) -> None:
+    name = type(kernel).__name__
+    if not hasattr(kernel, "vocab_size"):
+        raise TypeError(f"{name} does not set vocab_size: a Kernel must set self.vocab_size (the number "
+                        f"of states, an int >= 2) in __init__")
+    if not hasattr(kernel, "mask_id"):
+        raise TypeError(f"{name} does not set mask_id: a Kernel must set self.mask_id (None, or the id of "
+                        f"its absorbing mask state) in __init__")
+    try:
+        check_vocab_size(kernel.vocab_size)
+        if kernel.mask_id is not None:
+            check_mask_id(kernel.mask_id, kernel.vocab_size)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{name}: {err}") from None
+
+
+class Kernel(metaclass=_ChecksAfterInit):
     """A discrete forward process ``q_lambda(z | x)`` over ``vocab_size`` states.
 
-    Subclasses implement :meth:`pi`, :meth:`dpi` and :meth:`sample_pi`; they may override the
-    gathered forms (:meth:`pi_at`, :meth:`dpi_at`) and :meth:`noise_log1p_sum` to avoid
-    building ``[..., V]`` tensors.  ``mask_id`` is ``None`` for kernels without a mask state.
+    A subclass sets ``self.vocab_size`` (an int >= 2) and ``self.mask_id`` (``None``, or the id
+    of an absorbing mask state that clean data never takes) in ``__init__``, checked as soon as
+    the object is built, and implements :meth:`pi` and :meth:`dpi`.  Everything else has a
+    default: :meth:`sample_pi` (an inverse-CDF draw), the gathered forms :meth:`pi_at` and
+    :meth:`dpi_at` and :meth:`noise_log1p_sum`, which evaluate :meth:`pi` once per distinct
+    ``lambda`` (``[batch, 1, V]`` for a per-sequence ``lambda``, never ``[batch, seq, V]``).
+    Families override them where a closed form avoids ``[..., V]`` tensors altogether.
     """
 
     vocab_size: int
@@ -40,25 +80,73 @@ class Kernel(ABC):
     # -- the mixing distribution: what a family defines ------------------------------------
     @abstractmethod
     def pi(self, lam: LogSNR) -> Probs:
-        """``pi_lambda`` as a ``[*lam.shape, V]`` tensor (possibly an expanded view)."""
+        """``pi_lambda`` as a ``[*lam.shape, V]`` tensor (possibly an expanded view), in
+        ``lam``'s dtype; defined at ``lambda = +-inf`` too (``-inf``: the prior)."""
 
     @abstractmethod
     def dpi(self, lam: LogSNR) -> Tensor:
-        """``d pi_lambda / d lambda`` as a ``[*lam.shape, V]`` tensor (sums to 0)."""
+        """``d pi_lambda / d lambda`` as a ``[*lam.shape, V]`` tensor (sums to 0), in ``lam``'s dtype."""
 
-    @abstractmethod
     def sample_pi(self, lam: LogSNR, generator: torch.Generator | None = None) -> Tokens:
-        """One draw from ``pi_lambda`` at every element of ``lam``."""
+        """One draw from ``pi_lambda`` at every element of ``lam`` (int64, ``lam.shape``).
+
+        The default is the inverse CDF of :meth:`pi` in float64 (as in docs/math.md, "The denoised
+        distribution"): ``pi`` is evaluated once per distinct value of ``lam``, at most 64 values
+        (64 ``[V]`` rows) at a time, so memory is bounded by the number of distinct log-SNRs, not
+        by ``lam.numel()``.  Finding the distinct values synchronizes with the host; families
+        override this with a direct draw.
+        """
+        shape, device = lam.shape, lam.device
+        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64).reshape(-1)
+        out = torch.zeros(u.shape, dtype=torch.long, device=device)
+        if u.numel() == 0:
+            return out.reshape(shape)
+        base = broadcast_base(lam)
+        values, inverse = torch.unique(base.reshape(-1), return_inverse=True)
+        rows = inverse.reshape(base.shape).expand(shape).reshape(-1)
+        order = rows.argsort()
+        sorted_rows = rows[order]
+        starts = torch.arange(0, values.numel() + SAMPLE_CHUNK, SAMPLE_CHUNK, device=device)
+        bounds = torch.searchsorted(sorted_rows, starts.clamp_max(values.numel())).tolist()  # elements per block
+        V = self.vocab_size
+        for chunk, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if lo == hi:
+                continue
+            first = chunk * SAMPLE_CHUNK
+            probs = self.pi(values[first:first + SAMPLE_CHUNK].to(torch.float64)).to(torch.float64)
+            cdf = probs.cumsum(-1)
+            cdf = cdf / cdf[:, -1:]
+            # one non-decreasing sequence: row r's CDF shifted into [r, r + 1] (at most 6 bits of
+            # float64 lost, below the cumsum's own rounding); zero-probability states stay tied
+            offsets = torch.arange(cdf.shape[0], dtype=torch.float64, device=device).unsqueeze(-1)
+            flat = (cdf + offsets).reshape(-1)
+            last = V - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(-1)  # last state with mass, per row
+            idx = order[lo:hi]
+            r = sorted_rows[lo:hi] - first
+            pos = torch.searchsorted(flat, r.to(torch.float64) + u[idx], right=True) - r * V
+            out[idx] = torch.minimum(pos, last[r])
+        return out.reshape(shape)
+
+    def sample_prior(self, shape: Sequence[int] | int, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> Tokens:
+        """A draw from the prior ``pi_{-inf}`` (``lambda = -inf``) of the given shape, int64: the
+        canvas sampling starts from (docs/math.md, "Prior")."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        for n in shape:
+            check_int(f"every entry of shape {shape}", n, lo=0)
+        lam = torch.tensor(-math.inf, dtype=torch.float64, device=device).expand(shape)
+        return self.sample_pi(lam, generator)
 
     def pi_at(self, lam: LogSNR, idx: Tokens) -> Tensor:
-        """``pi_lambda(idx)`` gathered elementwise (``lam`` and ``idx`` broadcast)."""
+        """``pi_lambda(idx)`` gathered elementwise (``lam`` and ``idx`` broadcast); :meth:`pi` is
+        evaluated once per distinct ``lambda`` (:func:`broadcast_base`)."""
         lam, idx = torch.broadcast_tensors(lam, idx)
-        return self.pi(lam).gather(-1, idx.long().unsqueeze(-1)).squeeze(-1)
+        return _gather(self.pi(broadcast_base(lam)), idx)
 
     def dpi_at(self, lam: LogSNR, idx: Tokens) -> Tensor:
-        """``d pi_lambda(idx) / d lambda`` gathered elementwise."""
+        """``d pi_lambda(idx) / d lambda`` gathered elementwise, like :meth:`pi_at`."""
         lam, idx = torch.broadcast_tensors(lam, idx)
-        return self.dpi(lam).gather(-1, idx.long().unsqueeze(-1)).squeeze(-1)
+        return _gather(self.dpi(broadcast_base(lam)), idx)
 
     def pi_slice(self, lam: LogSNR, start: int, stop: int) -> Tensor:
         """``pi_lambda`` on the states ``start .. stop - 1`` only, as any tensor that broadcasts
@@ -74,14 +162,18 @@ class Kernel(ABC):
     def noise_log1p_sum(self, lam: LogSNR, log_x0: Tensor) -> Tensor:
         """``T = sum_j c_j log1p(alpha x_hat_j / c_j)`` with ``c = sigmoid(-lambda) pi_lambda``
         (terms with ``c_j = 0`` are 0): the one vocabulary reduction the KL needs beyond the
-        gathers (docs/math.md, "Memory-light form of the KL").  ``lam`` is ``[*shape]``, ``log_x0`` ``[*shape, V]``.
+        gathers (docs/math.md, "Memory-light form of the KL").  ``lam`` is ``[*shape]``, ``log_x0``
+        ``[*shape, V]``.  The default evaluates :meth:`pi` once per distinct ``lambda``.
         """
-        log_c = F.logsigmoid(-lam).unsqueeze(-1) + torch.log(self.pi(lam).to(log_x0.dtype))
+        small = broadcast_base(lam)
+        log_c = F.logsigmoid(-small).unsqueeze(-1) + torch.log(self.pi(small).to(log_x0.dtype))
         positive = torch.isfinite(log_c)
         log_c_safe = torch.where(positive, log_c, torch.zeros_like(log_c))
-        log_ratio = F.logsigmoid(lam).unsqueeze(-1) + log_x0 - log_c_safe
-        terms = torch.exp(log_c_safe) * torch.logaddexp(log_ratio, torch.zeros_like(log_ratio))
-        return torch.where(positive, terms, torch.zeros_like(terms)).sum(-1)
+        weight = torch.where(positive, torch.exp(log_c_safe), torch.zeros_like(log_c_safe))
+        log_ratio = log_x0 - log_c_safe
+        log_ratio.add_(F.logsigmoid(lam).unsqueeze(-1).to(log_ratio.dtype))  # a fresh tensor: no copy
+        zero = torch.zeros((), dtype=log_ratio.dtype, device=log_ratio.device)
+        return _dot_last(torch.logaddexp(log_ratio, zero), weight)
 
     # -- derived, shared by every family -----------------------------------------------------
     def x0_log_probs(self, logits: Logits) -> Tensor:
@@ -92,12 +184,13 @@ class Kernel(ABC):
             logits = logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
         return torch.log_softmax(logits, dim=-1)
 
-    def marginal(self, x: Tokens, lam: LogSNR, *, validate: bool = True) -> Probs:
+    def marginal(self, x: Tokens, lam: LogSNR | float, *, validate: bool = True) -> Probs:
         """``q_lambda(. | x) = sigmoid(lambda) e_x + sigmoid(-lambda) pi_lambda`` as ``[*x.shape, V]``.
 
-        ``lam`` may be ``+-inf`` (the endpoints: ``e_x`` and the prior).
+        ``lam`` (a tensor or a Python float) may be ``+-inf`` (the endpoints: ``e_x`` and the prior).
         """
         check_tokens("x", x, self.vocab_size, forbid=self.mask_id, validate=validate)
+        lam = as_log_snr("lam", lam, x)
         check_log_snr("lam", lam, allow_inf=True, validate=validate)
         lam = align_log_snr("lam", lam, x.shape)
         onehot = F.one_hot(x.long(), self.vocab_size).to(lam.dtype)
@@ -107,19 +200,21 @@ class Kernel(ABC):
         """``q_lambda(. | x_hat) = sigmoid(lambda) x_hat + sigmoid(-lambda) pi_lambda`` (linear in x_hat)."""
         alpha = torch.sigmoid(lam).unsqueeze(-1)
         beta = torch.sigmoid(-lam).unsqueeze(-1)
-        return alpha * x0_probs + beta * self.pi(lam).to(x0_probs.dtype)
+        return alpha * x0_probs + beta * self.pi(broadcast_base(lam)).to(x0_probs.dtype)
 
     def corrupt(
         self,
         x: Tokens,
-        lam: LogSNR,
+        lam: LogSNR | float,
         generator: torch.Generator | None = None,
         *,
         validate: bool = True,
     ) -> Tokens:
         """A draw ``z ~ q_lambda(. | x)``: keep ``x`` with probability ``alpha``, else draw from
-        ``pi_lambda``.  ``lam`` is per sequence (``[batch]``, ``[batch, 1]``) or per token."""
+        ``pi_lambda``.  ``lam`` is per sequence (``[batch]``, ``[batch, 1]``), per token, or one
+        Python float for every token.  For a draw from the prior use :meth:`sample_prior`."""
         check_tokens("x", x, self.vocab_size, forbid=self.mask_id, validate=validate)
+        lam = as_log_snr("lam", lam, x)
         check_log_snr("lam", lam, allow_inf=True, validate=validate)
         lam = align_log_snr("lam", lam, x.shape)
         # The keep/noise decision in float64: sigmoid(lambda) at |lambda| = 9 is 1.2e-4 from 1.
@@ -132,13 +227,13 @@ class Kernel(ABC):
         """``q_{t|s}(z_t | z_s) = alpha_{t|s} [z_t = z_s] + (beta pi)_{t|s}(z_t)`` for ``lam_s >= lam_t``.
 
         Returns ``alpha_{t|s} = alpha_t / alpha_s`` (``[*shape]``) and
-        ``(beta pi)_{t|s} = beta_t pi_t - alpha_{t|s} beta_s pi_s`` (``[*shape, V]``); docs/math.md.
-        The kernel is a valid Markov kernel where the latter is non-negative.
+        ``(beta pi)_{t|s} = beta_t pi_t - alpha_{t|s} beta_s pi_s`` (``[*shape, V]``; docs/math.md,
+        "Transition").  The kernel is a valid Markov kernel where the latter is non-negative.
         """
         lam_t, lam_s = torch.broadcast_tensors(lam_t, lam_s)
         alpha_ts = torch.exp(F.logsigmoid(lam_t) - F.logsigmoid(lam_s))
-        noise_t = torch.sigmoid(-lam_t).unsqueeze(-1) * self.pi(lam_t)
-        noise_s = torch.sigmoid(-lam_s).unsqueeze(-1) * self.pi(lam_s)
+        noise_t = torch.sigmoid(-lam_t).unsqueeze(-1) * self.pi(broadcast_base(lam_t))
+        noise_s = torch.sigmoid(-lam_s).unsqueeze(-1) * self.pi(broadcast_base(lam_s))
         return alpha_ts, noise_t - alpha_ts.unsqueeze(-1) * noise_s
 
     def posterior(
@@ -194,6 +289,29 @@ class Kernel(ABC):
         check_tokens("x", x, self.vocab_size, forbid=self.mask_id, validate=validate)
         check_tokens("z", z, self.vocab_size, validate=validate)
         check_same_shape("x", x, "z", z)
+
+
+def _dot_last(values: Tensor, weight: Tensor) -> Tensor:
+    """``sum_j values[..., j] weight[..., j]`` for a ``weight`` that broadcasts against ``values``
+    (``[*shape, V]``).  Where ``weight`` varies only along leading dimensions (per sequence, or
+    one for all) it is a batched matrix product, so no ``[*shape, V]`` product is built."""
+    shape, V = values.shape[:-1], values.shape[-1]
+    wshape = (1,) * (len(shape) - (weight.dim() - 1)) + tuple(weight.shape[:-1])
+    lead = 0
+    while lead < len(shape) and wshape[lead] == shape[lead]:
+        lead += 1
+    if any(n != 1 for n in wshape[lead:]):
+        return (values * weight).sum(-1)
+    groups = math.prod(shape[:lead])
+    rows = values.reshape(groups, math.prod(shape[lead:]), V)
+    return torch.matmul(rows, weight.to(values.dtype).reshape(groups, V, 1)).reshape(shape)
+
+
+def _gather(table: Tensor, idx: Tensor) -> Tensor:
+    """``table[..., idx]`` elementwise, for a ``table`` that broadcasts to ``[*idx.shape, V]``
+    (expanded, not copied)."""
+    table = table.expand(*idx.shape, table.shape[-1])
+    return table.gather(-1, idx.long().unsqueeze(-1)).squeeze(-1)
 
 
 def _check_slice(start: int, stop: int, vocab_size: int) -> None:

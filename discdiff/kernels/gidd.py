@@ -8,8 +8,8 @@ from torch import Tensor
 
 from discdiff import _gidd_time
 from discdiff._checks import check_finite_float, check_mask_id, check_vocab_size
-from discdiff._typing import LogSNR
 from discdiff.kernels.mixture import UniformMaskMixture
+from discdiff.typing import LogSNR
 
 
 class GIDD(UniformMaskMixture):

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from discdiff._checks import check_finite_float, check_mask_id, check_vocab_size
-from discdiff._typing import LogSNR
 from discdiff.kernels.mixture import UniformMaskMixture
+from discdiff.typing import LogSNR
 
 
 class Hybrid(UniformMaskMixture):
@@ -17,7 +17,8 @@ class Hybrid(UniformMaskMixture):
     ``shift`` moves the balance: large positive is nearly uniform, large negative nearly masked;
     ``shift in {-2, 0, 2}`` are the papers' mixes.  With ``scale > 0`` uniform noise dominates
     near the data end.  ``scale`` must lie in ``[0, 1]``: above 1 the transition
-    ``q_{t|s}`` has negative entries and is not a Markov kernel (docs/math.md).
+    ``q_{t|s}`` has negative entries and is not a Markov kernel (docs/math.md,
+    "Transition").
     """
 
     def __init__(self, vocab_size: int, mask_id: int, shift: float = 0.0, scale: float = 1.0) -> None:

@@ -6,13 +6,14 @@ import torch
 from torch import Tensor
 
 from discdiff._checks import check_mask_id, check_vocab_size
-from discdiff._typing import LogSNR, Probs
 from discdiff.kernels.mixture import UniformMaskMixture
+from discdiff.typing import LogSNR, Probs
 
 
 class Masked(UniformMaskMixture):
     """``pi = e_m``.  The ELBO weight is ``1`` on masked tokens and ``0`` on clean ones, and the
-    GIDD loss reduces to MDLM (``alpha * CE`` per unit log-SNR on masked tokens; docs/math.md)."""
+    GIDD loss reduces to MDLM (``alpha * CE`` per unit log-SNR on masked tokens;
+    docs/math.md, "Reductions to known objectives")."""
 
     def __init__(self, vocab_size: int, mask_id: int) -> None:
         self.vocab_size = check_vocab_size(vocab_size)

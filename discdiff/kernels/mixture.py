@@ -1,7 +1,7 @@
 """Kernels whose mixing distribution mixes uniform noise and the mask state.
 
-``pi_lambda = s u + (1 - s) e_m`` with ``s = sigmoid(l(lambda))`` (GIDD; docs/math.md), where ``u``
-is uniform over the ``N`` non-mask states (``N = V - 1`` with a mask, ``N = V`` without).
+``pi_lambda = s u + (1 - s) e_m`` with ``s = sigmoid(l(lambda))`` (GIDD; docs/math.md, "The
+families"), where ``u`` is uniform over the ``N`` non-mask states (``N = V - 1`` with a mask, ``N = V`` without).
 Uniform (``s = 1``), masked (``s = 0``), GIDD's hybrid (``l = a lambda + b``) and GIDD's time
 form all belong here.  A family gives only the share logit ``l(lambda)`` and its derivative;
 nothing here builds a ``[..., V]`` tensor except :meth:`pi` and :meth:`dpi` themselves.
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discdiff._typing import LogSNR, Probs, Tokens
 from discdiff.kernels.base import Kernel, _check_slice
+from discdiff.typing import LogSNR, Probs, Tokens
 
 
 class UniformMaskMixture(Kernel):

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from discdiff._checks import check_mask_id, check_vocab_size
-from discdiff._typing import LogSNR, Probs, Tokens
 from discdiff.kernels.base import Kernel, _check_slice
+from discdiff.typing import LogSNR, Probs, Tokens
 
 
 class Prior(Kernel):

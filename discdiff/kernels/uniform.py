@@ -6,15 +6,16 @@ import torch
 from torch import Tensor
 
 from discdiff._checks import check_vocab_size
-from discdiff._typing import LogSNR, Probs
 from discdiff.kernels.mixture import UniformMaskMixture
+from discdiff.typing import LogSNR, Probs
 
 
 class Uniform(UniformMaskMixture):
     """``pi = u``, uniform over all ``V`` states (``N = V``, no mask state).
 
     Every id, special tokens included, can be drawn as noise (Sumi, arXiv 2606.19005).  The
-    ELBO weight is ``1`` for ``z != x`` and ``1 / (1 + N e^lambda)`` for ``z = x`` (docs/math.md).
+    ELBO weight is ``1`` for ``z != x`` and ``1 / (1 + N e^lambda)`` for ``z = x``
+    (docs/math.md, "Closed forms of the weight").
     """
 
     mask_id = None

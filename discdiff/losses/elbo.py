@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discdiff._checks import align_log_snr, check_log_snr, check_vocab_dim, compute_dtype
-from discdiff._typing import Logits, LogSNR, Mask, Reduction, Tokens
+from discdiff._checks import align_log_snr, check_finite_float, check_log_snr, check_vocab_dim, compute_dtype
 from discdiff.kernels.base import Kernel
 from discdiff.losses.output import LossOutput, reduce
+from discdiff.typing import Logits, LogSNR, Mask, Reduction, Tokens
 
 
 def _c_log1p(log_c: Tensor, log_a: Tensor) -> Tensor:
@@ -38,7 +38,8 @@ def _itakura_saito(d: Tensor) -> Tensor:
 def kl_and_log_ratio(
     kernel: Kernel, log_x0: Tensor, x: Tokens, z: Tokens, lam: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """``KL(q || p)`` and ``d = log q_z - log p_z`` per token, in the stable forms of docs/math.md.
+    """``KL(q || p)`` and ``d = log q_z - log p_z`` per token, in the stable forms of docs/math.md
+    ("Memory-light form of the KL", "Numerics").
 
     With ``c = sigmoid(-lambda) pi`` (noise mass per state) and ``T`` the kernel's
     :meth:`~discdiff.kernels.Kernel.noise_log1p_sum`:
@@ -122,15 +123,16 @@ def gidd(
             returned ``weight`` stays exact.
 
     With ``beta_is = 1`` and no clip, ``loss * |d lambda/dt|`` is an unbiased per-token NELBO
-    estimate under the schedule that drew ``lambda`` (:func:`discdiff.losses.nelbo`).
+    estimate under the schedule that drew ``lambda`` (:func:`discdiff.losses.nelbo_estimate`).
     """
     kernel.check_pair(x, z, validate=validate)
     check_vocab_dim("logits", logits, kernel.vocab_size, x.shape)
     check_log_snr("lam", lam, allow_inf=False, validate=validate)
-    if max_weight is not None and not max_weight > 0:
-        raise ValueError(f"max_weight must be positive, got {max_weight}")
+    if max_weight is not None:
+        check_finite_float("max_weight", max_weight, lo=0.0, open_lo=True, allow_inf=True)
     dtype = compute_dtype(logits)
-    lam = align_log_snr("lam", lam, x.shape).to(dtype)
+    # cast before broadcasting: .to() would copy an expanded lam into [*shape]
+    lam = align_log_snr("lam", lam.to(dtype), x.shape)
     log_x0 = kernel.x0_log_probs(logits)
     weight = kernel.weight(x, z, lam)
     kl, d = kl_and_log_ratio(kernel, log_x0, x, z, lam)

@@ -1,7 +1,7 @@
 """The GIDD surrogate from hidden states: the output projection and the loss fused, in chunks.
 
-Sources: docs/math.md, "Loss" and "Memory-light form"; von Rütte et al., "Scaling Behavior of
-Discrete Diffusion Language Models", arXiv 2512.10858, Eq. 5 (the surrogate
+Sources: docs/math.md, "Loss" and "Memory-light form of the KL"; von Rütte et al., "Scaling
+Behavior of Discrete Diffusion Language Models", arXiv 2512.10858, Eq. 5 (the surrogate
 ``w KL + beta_IS w IS``) and Prop. 1 (the weight ``w``).
 
 ``gidd_from_hidden(kernel, h, W, x, z, lam)`` equals ``gidd(kernel, h @ W.T, x, z, lam)`` without
@@ -18,13 +18,14 @@ From them (:func:`discdiff.losses.elbo.kl_and_log_ratio_from_parts`, the same co
 ``q_x = alpha + c_x``, ``p_x = alpha x_hat_x + c_x``; ``d = log q_z - log p_z`` with
 ``q_z = alpha [z = x] + c_z`` and ``p_z = alpha x_hat_z + c_z`` (``x_hat_m = 0``), and
 ``IS = e^d - 1 - d``.  For uniform/mask mixtures ``c_j = c_u`` on every non-mask state and
-these are docs/math.md's closed forms; for pure masked noise ``c_u = 0`` and ``T = 0`` (no second
-vocabulary pass).
+these are the closed forms of docs/math.md, "Memory-light form of the KL"; for pure masked noise
+``c_u = 0`` and ``T = 0`` (no second vocabulary pass).
 
 The derivatives with respect to a logit ``k``, with ``rho_j = alpha x_hat_j / (alpha x_hat_j + c_j)``
 and ``R = sum_{j != m} c_j rho_j``:
 ``dLSE/dl_k = x_hat_k``, ``dT/dl_k = c_k rho_k - x_hat_k R``, ``dl_y/dl_k = [k = y]``
-(``x_hat_m = rho_m = 0``).  Chained through the per-token formulas they give docs/math.md's
+(``x_hat_m = rho_m = 0``).  Chained through the per-token formulas they give the gradient of
+docs/math.md, "Memory-light form of the KL",
 ``w [-alpha g_x(k) - c_u (rho_k - x_hat_k R) + [z != m](1 - q_z/p_z) g_z(k)]``.
 
 The forward pass keeps ``LSE`` and ``R`` per token (besides its inputs); the backward pass
@@ -45,12 +46,12 @@ from jaxtyping import Float
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from discdiff._checks import align_log_snr, check_log_snr, compute_dtype
-from discdiff._typing import LogSNR, Mask, PerToken, Reduction, Tokens
+from discdiff._checks import align_log_snr, check_finite_float, check_int, check_log_snr, compute_dtype
 from discdiff.kernels.base import Kernel
 from discdiff.kernels.masked import Masked
 from discdiff.losses.elbo import _itakura_saito, _surrogate, kl_and_log_ratio_from_parts
 from discdiff.losses.output import LossOutput, reduce
+from discdiff.typing import LogSNR, Mask, PerToken, Reduction, Tokens
 
 Hidden = Float[Tensor, "*shape hidden"]
 HeadWeight = Float[Tensor, "vocab hidden"]
@@ -96,8 +97,9 @@ def gidd_from_hidden(
     last hidden states, without materializing the logits ``hidden @ head_weight.T``.
 
     Same values (and gradients) as ``gidd(kernel, hidden @ head_weight.T, x, z, lam, beta_is, ...)``
-    up to floating-point rounding, computed as in the module docstring (docs/math.md, "Memory-light form of the KL"): no tensor larger than one ``[chunk_size, vocab_chunk_size]`` block of logits (a few
-    such blocks at once) exists in the forward or the backward pass, and the autograd graph
+    up to floating-point rounding, computed as in the module docstring (docs/math.md, "Memory-light
+    form of the KL"): no tensor larger than one ``[chunk_size, vocab_chunk_size]`` block of logits
+    (a few such blocks at once) exists in the forward or the backward pass, and the autograd graph
     keeps the inputs and a few numbers per token.
 
     Args:
@@ -133,13 +135,13 @@ def gidd_from_hidden(
     kernel.check_pair(x, z, validate=validate)
     _check_hidden(hidden, head_weight, kernel.vocab_size, x.shape)
     check_log_snr("lam", lam, allow_inf=False, validate=validate)
-    if max_weight is not None and not max_weight > 0:
-        raise ValueError(f"max_weight must be positive, got {max_weight}")
-    z_loss = _check_number("z_loss", z_loss)
+    if max_weight is not None:
+        check_finite_float("max_weight", max_weight, lo=0.0, open_lo=True, allow_inf=True)
+    z_loss = check_finite_float("z_loss", z_loss, lo=0.0)
     default_chunks = _DEFAULT_CHUNKS["cpu" if hidden.device.type == "cpu" else "accelerator"]
-    chunk_size = _check_chunk("chunk_size", default_chunks[0] if chunk_size is None else chunk_size)
-    vocab_chunk_size = _check_chunk("vocab_chunk_size", default_chunks[1] if vocab_chunk_size is None
-                                    else vocab_chunk_size)
+    chunk_size = check_int("chunk_size", default_chunks[0] if chunk_size is None else chunk_size, lo=1)
+    vocab_chunk_size = check_int("vocab_chunk_size", default_chunks[1] if vocab_chunk_size is None
+                                 else vocab_chunk_size, lo=1)
     dtype = compute_dtype(hidden, head_weight)
     lam = align_log_snr("lam", lam.detach(), x.shape).to(dtype)
 
@@ -325,18 +327,6 @@ def _check_hidden(hidden: Tensor, head_weight: Tensor, vocab_size: int, position
             or hidden.shape[-1] != head_weight.shape[1]:
         raise ValueError(f"hidden must have shape {tuple(positions) + (head_weight.shape[1],)} "
                          f"(the tokens' shape, then head_weight's hidden size), got {tuple(hidden.shape)}")
-
-
-def _check_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_chunk(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 __all__ = ["gidd_from_hidden", "FusedLossOutput"]

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from discdiff._checks import align_log_snr, check_log_snr, check_vocab_dim, compute_dtype
-from discdiff._typing import Logits, LogSNR, Mask, Reduction, Tokens
 from discdiff.kernels.masked import Masked
 from discdiff.losses.output import LossOutput, reduce
+from discdiff.typing import Logits, LogSNR, Mask, Reduction, Tokens
 
 
 def _masked_cross_entropy(kernel: Masked, logits: Logits, x: Tokens, z: Tokens, validate: bool) -> tuple[Tensor, Tensor]:
@@ -40,11 +40,11 @@ def mdlm(
     validate: bool = True,
 ) -> LossOutput:
     """MDLM's ELBO per unit log-SNR: ``loss = alpha CE [z = m]`` (``kl = alpha CE``, ``is_div = 0``,
-    ``weight = [z = m]``).  Multiply by ``|d lambda/dt|`` (:func:`discdiff.losses.nelbo`) for
+    ``weight = [z = m]``).  Multiply by ``|d lambda/dt|`` (:func:`discdiff.losses.nelbo_estimate`) for
     the time form ``CE / t`` under ``alpha = 1 - t``."""
     ce, masked = _masked_cross_entropy(kernel, logits, x, z, validate)
     check_log_snr("lam", lam, allow_inf=False, validate=validate)
-    lam = align_log_snr("lam", lam, x.shape).to(compute_dtype(logits))
+    lam = align_log_snr("lam", lam.to(compute_dtype(logits)), x.shape)
     kl = torch.sigmoid(lam) * ce
     per_token = masked * kl
     return LossOutput(loss=reduce(per_token, reduction, mask), kl=kl, is_div=torch.zeros_like(kl), weight=masked)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from discdiff._typing import Mask, PerToken, Reduction
+from discdiff.typing import Mask, PerToken, Reduction
 
 
 @dataclass(frozen=True)

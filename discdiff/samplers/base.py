@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from discdiff._checks import align_log_snr, check_log_snr, check_tokens
-from discdiff._typing import Logits, LogSNR, Mask, Tokens
+from discdiff._checks import align_log_snr, check_log_snr, check_logits, check_tokens
 from discdiff.kernels.base import Kernel
 from discdiff.samplers.categorical import Filters, check_temperature
+from discdiff.typing import Logits, LogSNR, Mask, Tokens
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class StepRule(ABC):
     """
 
     vocab_size: int | None = None  # the kernel's; None for rules that accept any vocabulary
+    mask_id: int | None = None     # a state x_hat never takes (its logit is ignored)
 
     def step(self, logits: Logits, z_t: Tokens, lam_t: LogSNR | float, lam_s: LogSNR | float, frozen: Mask | None = None,
              temperature: float = 1.0, generator: torch.Generator | None = None, *, validate: bool = True) -> Tokens:
@@ -40,13 +41,28 @@ class StepRule(ABC):
     def step_info(self, logits: Logits, z_t: Tokens, lam_t: LogSNR | float, lam_s: LogSNR | float, frozen: Mask | None = None,
                   temperature: float = 1.0, generator: torch.Generator | None = None, *,
                   validate: bool = True) -> StepOutput:
-        """:meth:`step`, also returning which positions the rule selected."""
+        """:meth:`step`, also returning which positions the rule selected.
+
+        With ``validate=True`` (the default; :func:`~discdiff.samplers.sample` validates its
+        first step only) the inputs are checked in this order, so a message names the first real
+        problem: the logits' shape against ``z_t`` (``[*z_t.shape, V]``), their vocabulary against
+        the kernel's, token ids in ``[0, V)``, the logits' values (no NaN or ``+inf``, and not
+        ``-inf`` at every non-mask state of a position), ``frozen``, then the log-SNRs.  The value
+        checks synchronize with the host; ``validate=False`` skips them (shape checks always run).
+        """
         temperature = check_temperature(temperature)
-        check_tokens("z_t", z_t, logits.shape[-1], validate=validate)
-        if logits.shape[:-1] != z_t.shape:
-            raise ValueError(f"logits have shape {tuple(logits.shape)}; expected {tuple(z_t.shape)} + (vocab,)")
+        check_tokens("z_t", z_t, 0, validate=False)  # type and dtype only; the range needs V
+        if not isinstance(logits, Tensor) or not logits.is_floating_point():
+            got = f"dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
+            raise TypeError(f"logits (the denoiser's output) must be a floating-point tensor [*z_t.shape, V], "
+                            f"got {got}")
+        if logits.dim() != z_t.dim() + 1 or logits.shape[:-1] != z_t.shape:
+            raise ValueError(f"logits (the denoiser's output) have shape {tuple(logits.shape)}; expected "
+                             f"{tuple(z_t.shape)} + (vocab,): one row of logits per token of z_t")
         if self.vocab_size is not None and logits.shape[-1] != self.vocab_size:
             raise ValueError(f"logits have vocabulary {logits.shape[-1]} but the kernel has {self.vocab_size} states")
+        check_tokens("z_t", z_t, logits.shape[-1], validate=validate)
+        check_logits("the denoiser's logits", logits, self.mask_id, validate=validate)
         if frozen is None:
             frozen = torch.zeros(z_t.shape, dtype=torch.bool, device=z_t.device)
         elif frozen.dtype != torch.bool or frozen.shape != z_t.shape:
@@ -76,8 +92,11 @@ class KernelStepRule(StepRule):
 
     def __init__(self, kernel: Kernel, *, top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None) -> None:
+        if not isinstance(kernel, Kernel):
+            raise TypeError(f"{type(self).__name__} needs a discdiff Kernel, got {kernel!r}")
         self.kernel = kernel
         self.vocab_size = kernel.vocab_size
+        self.mask_id = kernel.mask_id
         self.filters = Filters(top_k, top_p, min_p)
 
     def _repr_extra(self) -> str:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from discdiff._checks import compute_dtype
-from discdiff._typing import Logits, Tokens
+from discdiff._checks import check_finite_float, check_int, compute_dtype
+from discdiff.typing import Logits, Tokens
 
 DRAW_CHUNK = 256  # positions per float64 CDF chunk: 256 x 100,278 x 8 bytes = 205 MB
 
@@ -35,12 +35,12 @@ class Filters:
     min_p: float | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
-        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1] or None, got {self.min_p!r}")
+        if self.top_k is not None:
+            check_int("top_k", self.top_k, lo=1)
+        if self.top_p is not None:
+            check_finite_float("top_p", self.top_p, lo=0.0, hi=1.0, open_lo=True)
+        if self.min_p is not None:
+            check_finite_float("min_p", self.min_p, lo=0.0, hi=1.0)
 
     @property
     def active(self) -> bool:
@@ -65,11 +65,8 @@ class Filters:
 
 
 def check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
-        raise TypeError(f"temperature must be a finite number, got {temperature!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    return float(temperature)
+    """A finite ``temperature >= 0`` (0: argmax), as a float."""
+    return check_finite_float("temperature", temperature, lo=0.0)
 
 
 class Denoised:

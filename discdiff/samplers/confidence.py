@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from discdiff._checks import check_int
 from discdiff.kernels.base import Kernel
 from discdiff.samplers.base import KernelStepRule, StepOutput
 from discdiff.samplers.categorical import Denoised
@@ -30,9 +31,8 @@ class Confidence(KernelStepRule):
                  top_k: int | None = None, top_p: float | None = None, min_p: float | None = None) -> None:
         if kernel.mask_id is None:
             raise ValueError(f"Confidence needs a kernel with a mask state, got {kernel!r}")
-        if tokens_per_step is not None and (isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int)
-                                            or tokens_per_step < 1):
-            raise ValueError(f"tokens_per_step must be an int >= 1 or None, got {tokens_per_step!r}")
+        if tokens_per_step is not None:
+            check_int("tokens_per_step", tokens_per_step, lo=1)
         super().__init__(kernel, top_k=top_k, top_p=top_p, min_p=min_p)
         self.tokens_per_step = tokens_per_step
         self.by_confidence = by_confidence

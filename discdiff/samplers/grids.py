@@ -7,13 +7,12 @@ import math
 import torch
 from torch import Tensor
 
+from discdiff._checks import check_int
 from discdiff.schedules.base import Schedule
 
 
 def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    return steps
+    return check_int("steps", steps, lo=1)
 
 
 def _clamped_logit(alpha: Tensor, log_snr_min: float, log_snr_max: float) -> Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discdiff._typing import Tokens
+from discdiff.typing import Tokens
 
 
 class Trace:

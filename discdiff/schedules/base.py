@@ -1,6 +1,7 @@
 """The schedule interface: a decreasing map from time ``t`` to log-SNR ``lambda``.
 
-Convention (docs/math.md): ``t = 0`` is data, ``t = 1`` the prior; ``alpha = sigmoid(lambda)``.
+Convention (docs/math.md, "Conventions" and "Schedules"): ``t = 0`` is data, ``t = 1`` the
+prior; ``alpha = sigmoid(lambda)``.
 Every schedule clamps ``lambda`` to ``[log_snr_min, log_snr_max]`` (Sumi and the GIDD scaling
 work use ``[-9, 9]``); inside the clamp its derivative is the analytic one, outside it is 0.
 Subclasses implement only the unclamped map, its derivative and its inverse.
@@ -8,15 +9,14 @@ Subclasses implement only the unclamped map, its derivative and its inverse.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from discdiff._checks import as_float_tensor, check_log_snr
-from discdiff._typing import FloatLike, LogSNR, Time
+from discdiff._checks import as_float_tensor, check_finite_float, check_log_snr
+from discdiff.typing import FloatLike, LogSNR, Time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,9 +28,7 @@ class Schedule(ABC):
 
     def __post_init__(self) -> None:
         for name in ("log_snr_min", "log_snr_max"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-                raise ValueError(f"{name} must be a number (+-inf allowed), got {v!r}")
+            check_finite_float(name, getattr(self, name), allow_inf=True)
         if not self.log_snr_min < self.log_snr_max:
             raise ValueError(
                 f"log_snr_min ({self.log_snr_min}) must be smaller than log_snr_max ({self.log_snr_max})"

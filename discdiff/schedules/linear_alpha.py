@@ -1,4 +1,4 @@
-"""Linear-in-alpha schedule: ``alpha_t = 1 - t`` (MDLM/GIDD/Sumi default; docs/math.md)."""
+"""Linear-in-alpha schedule: ``alpha_t = 1 - t`` (MDLM/GIDD/Sumi default; docs/math.md, "Schedules")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for discrete-diffusion tests (needs the ``[test]`` extra).
+"""Hypothesis strategies for discrete-diffusion tests (needs the ``[test]`` extra; docs/math.md,
+"Checking your own kernel or schedule").
 
 Tensors are built from drawn integer seeds through an explicit ``torch.Generator``, so every
 example is reproducible and shrinks by its seed.  Typical use::
@@ -8,6 +9,10 @@ example is reproducible and shrinks by its seed.  Typical use::
 
     @given(kernel=dst.kernels(), lam=dst.log_snrs())
     def test_marginal_normalized(kernel, lam): ...
+
+    # your own kernel family next to the built-in ones
+    @given(kernel=dst.kernels(families=("uniform", "masked", lambda V: MyKernel(V))))
+    def test_my_property(kernel): ...
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from discdiff.schedules import Cosine, GIDDTime, LinearAlpha, LinearLogSNR, Sche
 
 CLAMP_EDGES = (-9.0, 9.0)
 FAMILIES = ("uniform", "masked", "hybrid", "gidd", "prior")
+"""The built-in kernel families :func:`kernels` draws by name."""
 
 
 def vocab_sizes(min_size: int = 2, max_size: int = 12) -> st.SearchStrategy[int]:
@@ -38,7 +44,8 @@ def log_snrs(min_value: float = -9.0, max_value: float = 9.0) -> st.SearchStrate
 
 
 def log_snr_pairs(min_value: float = -9.0, max_value: float = 9.0) -> st.SearchStrategy[tuple[float, float]]:
-    """``(lam_t, lam_s)`` with ``lam_s >= lam_t`` (``s`` is the cleaner time)."""
+    """Pairs ``(lam_t, lam_s)`` of :func:`log_snrs` with ``lam_s >= lam_t`` (``s`` is the cleaner
+    time): the two ends of a reverse step, for ``transition``, ``posterior`` and step rules."""
     return st.tuples(log_snrs(min_value, max_value), log_snrs(min_value, max_value)).map(lambda p: (min(p), max(p)))
 
 
@@ -48,7 +55,10 @@ def _mask_ids(vocab_size: int) -> st.SearchStrategy[int]:
 
 @st.composite
 def prior_probs(draw, vocab_size: int) -> Tensor:
-    """A random distribution over ``vocab_size`` states (float64), some states possibly 0."""
+    """A random distribution over ``vocab_size`` states, float64 ``[vocab_size]``: a softmax of
+    ``2 * N(0, 1)`` logits from a drawn seed, with one state set to probability 0 in about half
+    the examples (``vocab_size > 2``).  For :class:`~discdiff.kernels.Prior` kernels and
+    constant predictors."""
     seed = draw(st.integers(0, 2**31 - 1))
     gen = torch.Generator().manual_seed(seed)
     logits = 2.0 * torch.randn(vocab_size, generator=gen, dtype=torch.float64)
@@ -59,13 +69,39 @@ def prior_probs(draw, vocab_size: int) -> Tensor:
 
 @st.composite
 def kernels(draw, vocab_size: int | None = None, families: tuple = FAMILIES) -> Kernel:
-    """One kernel of every family (``families``, a subset of :data:`FAMILIES`, restricts them).
+    """A kernel of one of ``families`` (default: every built-in family), of ``vocab_size`` states
+    (default: drawn by :func:`vocab_sizes`).
+
+    Each item of ``families`` is a built-in name from :data:`FAMILIES` (``"uniform"``,
+    ``"masked"``, ``"hybrid"``, ``"gidd"``, ``"prior"``: parameters drawn too), a callable
+    ``V -> Kernel`` (your own family; it may also return a strategy that draws the kernel), or a
+    strategy that draws a :class:`~discdiff.kernels.Kernel` itself.  A drawn kernel must have
+    ``vocab_size`` states when ``vocab_size`` is given.
 
     (``families`` is annotated as a bare ``tuple``: beartype samples container items with the
     global ``random`` module, which hypothesis forbids inside strategies.)
     """
     V = draw(vocab_sizes()) if vocab_size is None else vocab_size
     family = draw(st.sampled_from(families))
+    if isinstance(family, str):
+        return _builtin_kernel(draw, family, V)
+    if isinstance(family, st.SearchStrategy):
+        kernel = draw(family)
+    elif callable(family):
+        kernel = family(V)
+        if isinstance(kernel, st.SearchStrategy):
+            kernel = draw(kernel)
+    else:
+        raise TypeError(f"families holds names, callables V -> Kernel or strategies, got {family!r}")
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"the family {family!r} produced {kernel!r}, not a discdiff Kernel")
+    if vocab_size is not None and kernel.vocab_size != vocab_size:
+        raise ValueError(f"the family {family!r} produced a kernel of {kernel.vocab_size} states, "
+                         f"but vocab_size={vocab_size} was asked for")
+    return kernel
+
+
+def _builtin_kernel(draw, family: str, V: int) -> Kernel:
     if family == "uniform":
         return Uniform(V)
     if family == "masked":
@@ -78,8 +114,9 @@ def kernels(draw, vocab_size: int | None = None, families: tuple = FAMILIES) -> 
         p_u = draw(st.floats(0.01, 0.99))
         gamma = draw(st.sampled_from([1.0]) | st.floats(0.5, 1.9))
         return GIDD(V, draw(_mask_ids(V)), p_uniform=p_u, gamma=gamma)
-    probs = draw(prior_probs(V))
-    return Prior(probs)
+    if family == "prior":
+        return Prior(draw(prior_probs(V)))
+    raise ValueError(f"unknown kernel family {family!r}; the built-in ones are {FAMILIES}")
 
 
 @st.composite
@@ -113,7 +150,9 @@ def token_batches(draw, kernel: Kernel, max_batch: int = 3, max_seq: int = 6) ->
 
 @st.composite
 def log_snr_for(draw, tokens: Tensor, min_value: float = -9.0, max_value: float = 9.0) -> Tensor:
-    """Float64 log-SNR for ``tokens``: per sequence (``[batch]`` or ``[batch, 1]``) or per token."""
+    """A float64 log-SNR tensor for ``tokens`` (``[batch, seq]``) in every layout the library
+    accepts: per sequence (``[batch]`` or ``[batch, 1]``) or per token (``[batch, seq]``), with
+    values from :func:`log_snrs`."""
     layout = draw(st.sampled_from(["batch", "batch1", "token"]))
     shape = {"batch": tokens.shape[:1], "batch1": (tokens.shape[0], 1), "token": tokens.shape}[layout]
     n = math.prod(shape)
@@ -121,10 +160,14 @@ def log_snr_for(draw, tokens: Tensor, min_value: float = -9.0, max_value: float 
     return torch.tensor(values, dtype=torch.float64).reshape(shape)
 
 
-def logits_for(draw_seed: int, shape: tuple[int, ...], scale: float = 3.0) -> Tensor:
-    """Float64 logits of ``shape`` from a seed (use with ``st.integers`` seeds)."""
-    gen = torch.Generator().manual_seed(draw_seed)
-    return scale * torch.randn(shape, generator=gen, dtype=torch.float64)
+@st.composite
+def logits(draw, shape: tuple, scale: float = 3.0) -> Tensor:
+    """Float64 logits of ``shape`` (the vocabulary last): ``scale * N(0, 1)`` from a drawn seed.
+
+    (``shape`` is annotated as a bare ``tuple`` for the reason given under :func:`kernels`.)
+    """
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    return scale * torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
 
 
 __all__ = [
@@ -136,5 +179,5 @@ __all__ = [
     "schedules",
     "token_batches",
     "log_snr_for",
-    "logits_for",
+    "logits",
 ]

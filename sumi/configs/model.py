@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sumi._checks import check_int
+from sumi._checks import check_int, check_number
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash")
 """The accepted values of ``ModelConfig.attention_backend`` (see :mod:`sumi.model.attention`)."""
+# The fields holding special token ids (each in [0, vocab_size)).
+_SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,20 @@ class ModelConfig:
                 raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                                  f"({self.num_attention_heads}) unless head_dim is given")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
-        if self.head_dim < 2 or self.head_dim % 2:
+        check_int("head_dim", self.head_dim, 2)
+        if self.head_dim % 2:
             raise ValueError(f"head_dim must be even (rotate-half RoPE), got {self.head_dim}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                              f"num_key_value_heads ({self.num_key_value_heads})")
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name} ({value}) must be in [0, vocab_size={self.vocab_size})")
-        if not self.rms_norm_eps > 0 or not self.rope_theta > 0 or not self.initializer_range > 0:
-            raise ValueError("rms_norm_eps, rope_theta and initializer_range must be positive")
+        specials = {name: check_int(name, getattr(self, name), 0) for name in _SPECIAL_TOKEN_FIELDS}
+        if max(specials.values()) >= self.vocab_size:
+            ids = ", ".join(f"{name}={value}" for name, value in specials.items())
+            raise ValueError(f"vocab_size={self.vocab_size} is too small for the special token ids ({ids}), which "
+                             f"must all be below it: set vocab_size to at least {max(specials.values()) + 1}, or "
+                             "set bos_token_id, eos_token_id and pad_token_id below vocab_size as well")
+        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
+            check_number(name, getattr(self, name), 0.0, open_lo=True)
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
 

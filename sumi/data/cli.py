@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sumi.cli_common import UsageError
+from sumi.cli_common import UsageError, load_tokenizer
 
 DEFAULT_SEQ_LEN = 1184  # the released recipe's pretraining / mid-training length (docs/math.md, "Sumi recipe facts")
 DEFAULT_TOKENIZER = "default"
@@ -27,14 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "a directory or a glob; repeat for more")
     p.add_argument("--stdlib", action="store_true",
                    help="add the running Python's standard library .py files (a corpus every install has)")
-    p.add_argument("--out", required=True, help="the directory to write (must not exist or be empty)")
+    p.add_argument("--out", required=True, help="the directory to write (must not exist or be empty); it gets the "
+                                                "shards, manifest.json (with their sha256) and tokenizer.json")
     p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
                    help=f"tokens per row (default {DEFAULT_SEQ_LEN}, the released recipe)")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                    help="a tokenizer.json or a directory holding one, or 'default': the embedded tokenizer")
     p.add_argument("--text-field", default="text", help="the JSONL field holding the text (default 'text')")
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default 8192)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous prepare's --out (a directory holding anything else is refused)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seq-len must be >= 2, got {args.seq_len}")
     if args.shard_rows is not None and args.shard_rows < 1:
         raise UsageError(f"--shard-rows must be >= 1, got {args.shard_rows}")
+    from sumi._fs import LockedError
     from sumi.data.packing import DEFAULT_SHARD_SEQUENCES, prepare
     from sumi.tokenizer import SumiTokenizer
 
@@ -59,15 +62,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not Path(args.tokenizer).exists():
             raise UsageError(f"no tokenizer at {args.tokenizer} (or pass --tokenizer {DEFAULT_TOKENIZER})")
-        try:
-            tokenizer = SumiTokenizer.from_file(args.tokenizer)
-        except (OSError, ValueError) as e:
-            raise UsageError(str(e)) from None
+        tokenizer = load_tokenizer(args.tokenizer)
     try:
         m = prepare(sources, tokenizer, args.out, args.seq_len, text_field=args.text_field,
                     shard_sequences=args.shard_rows or DEFAULT_SHARD_SEQUENCES, overwrite=args.overwrite,
                     progress=True)
-    except (OSError, ValueError) as e:  # missing/empty sources, a non-empty --out, too little text
+    except (OSError, ValueError, LockedError) as e:  # bad sources, an --out in the way or in use, too little text
         raise UsageError(str(e)) from None
     print(f"sumi: wrote {args.out}: {m.total_rows} rows x {m.seq_len} tokens in {len(m.shards)} shards "
           f"({m.documents} documents from {m.files} files; {m.dropped_tokens} tokens of the last partial row "

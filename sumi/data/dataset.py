@@ -10,6 +10,7 @@ mix): one :class:`Mixture` per phase, each with its own weights and size.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,20 +19,28 @@ import numpy as np
 import torch
 
 from sumi._checks import check_int, check_number
+from sumi._fs import sha256_files
 from sumi.data.packing import Manifest
+
+
+class IntegrityError(ValueError):
+    """A shard whose bytes differ from the checksum its manifest recorded at prepare time."""
 
 
 class PackedDataset:
     """The rows of one prepared directory, memory-mapped (nothing is read until indexed).
 
     Checks the manifest and that every shard exists with dtype uint32 and shape
-    ``[shard_rows[i], seq_len]``.  Token ids themselves are checked only by :meth:`check_ids`
-    (it reads every shard).
+    ``[shard_rows[i], seq_len]``.  The tokens themselves are checked by :meth:`verify` (every
+    shard's sha256 against the manifest: ``PackedDataset(path, verify=True)`` when opening a
+    dataset to train on) and :meth:`check_ids` (ids below the vocabulary); both read every shard.
     """
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, *, verify: bool = False) -> None:
         self.path = Path(path)
         self.manifest: Manifest = Manifest.load(self.path)
+        if self.manifest.tokenizer_file is not None and not (self.path / self.manifest.tokenizer_file).is_file():
+            raise FileNotFoundError(f"{self.path}: {self.manifest.tokenizer_file} listed in the manifest is missing")
         self.shards: list[np.ndarray] = []
         for name, rows in zip(self.manifest.shards, self.manifest.shard_rows):
             file = self.path / name
@@ -46,9 +55,42 @@ class PackedDataset:
                                  f"got {arr.dtype} {list(arr.shape)}")
             self.shards.append(arr)
         self._starts = np.cumsum([0, *self.manifest.shard_rows])
+        if verify:
+            self.verify()
 
     seq_len = property(lambda self: self.manifest.seq_len)
     vocab_size = property(lambda self: self.manifest.vocab_size)
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        """The ``tokenizer.json`` that wrote the ids (saved by :func:`sumi.data.prepare`), or
+        ``None`` for a directory prepared before it was saved.  Load it with the manifest's ids:
+        ``SumiTokenizer.from_file(path, vocab_size=ds.vocab_size)``."""
+        name = self.manifest.tokenizer_file
+        return None if name is None else self.path / name
+
+    def verify(self, threads: int | None = None, *, part: tuple[int, int] = (0, 1)) -> None:
+        """Prove every shard holds the bytes written at prepare time: its sha256 against the
+        manifest's ``shard_sha256``, shards hashed in parallel by ``threads`` threads (default: up
+        to 8, one per CPU; hashlib releases the GIL).  ``part=(i, n)`` checks only the shards
+        ``i, i + n, ...`` (the ranks of a job share the work).  Raises :class:`IntegrityError`
+        naming every shard that differs.  A manifest without checksums (prepared by an older
+        version) cannot be verified: a ``UserWarning`` says so and how to add them (prepare again)."""
+        expected = self.manifest.shard_sha256
+        if expected is None:
+            warnings.warn(f"{self.path}: the manifest has no shard checksums (prepared by an older version), so its "
+                          "tokens cannot be verified; run `sumi data prepare --overwrite` again to add them",
+                          UserWarning, stacklevel=2)
+            return
+        index, count = part
+        names, expected = self.manifest.shards[index::count], expected[index::count]
+        got = sha256_files([self.path / name for name in names], threads=threads)
+        bad = [name for name, want, have in zip(names, expected, got) if want != have]
+        if bad:
+            shown = ", ".join(str(self.path / n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise IntegrityError(f"{shown}: sha256 differs from the manifest's: {len(bad)} of "
+                                 f"{len(expected)} shard(s) checked changed after `sumi data prepare` (corrupted or "
+                                 "edited); prepare the data again")
 
     def __len__(self) -> int:
         return self.manifest.total_rows
@@ -136,6 +178,12 @@ class Mixture:
 
     def __len__(self) -> int:
         return self.rows
+
+    def verify(self, threads: int | None = None, *, part: tuple[int, int] = (0, 1)) -> None:
+        """:meth:`PackedDataset.verify` of every source (sources without a ``verify`` method are skipped)."""
+        for ds in self.datasets:
+            if hasattr(ds, "verify"):
+                ds.verify(threads, part=part)
 
     @property
     def vocab_size(self) -> int:

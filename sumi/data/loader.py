@@ -1,19 +1,24 @@
 """A resumable, rank-aware batch loader over a :class:`PackedDataset` or :class:`Mixture`.
 
-Order (no global RNG anywhere):
+Order (no global RNG anywhere), with ``G`` = ``global_batch`` (sequences per optimizer step,
+all ranks together), ``B`` = ``batch_size`` (sequences per call, per rank), ``W`` = ``world_size``
+and ``A = G / (B W)`` micro-batches per rank and step:
 
 - epoch ``e`` visits the rows in the order ``torch.randperm(N, generator=Generator().manual_seed(seed + e))``;
-- global step ``g`` of the epoch takes positions ``[g*B*W, (g+1)*B*W)`` of that permutation
-  (``B`` = per-rank ``batch_size``, ``W`` = ``world_size``), and rank ``r`` takes the ``r``-th
-  ``B``-slice of them, so the ranks together see exactly the global batch, never overlapping;
-- an epoch has ``N // (B*W)`` steps (``drop_last=True``: the remainder is skipped) or
-  ``ceil(N / (B*W))`` (``drop_last=False``: the last global batch is filled up with rows from the
-  start of the same permutation), so every batch is ``[B, seq_len]``;
+- step ``s`` of the epoch takes positions ``[s G, (s + 1) G)`` of that permutation: the global
+  batch.  Call ``m`` (``0 <= m < A``) of rank ``r`` within the step returns the ``B`` rows at
+  offsets ``[(m W + r) B, (m W + r + 1) B)`` of the global batch (:meth:`Loader.offset`), so
+  the ranks together see exactly the global batch, never overlapping;
+- an epoch has ``N // G`` steps (``drop_last=True``: the remainder is skipped) or ``ceil(N / G)``
+  (``drop_last=False``: the last global batch is filled up with rows from the start of the same
+  permutation), so every batch is ``[B, seq_len]``;
 - then the next epoch starts.
 
-The position is ``(epoch, step)``: :meth:`Loader.state_dict` saves it with the checkpoint and
-:meth:`Loader.load_state_dict` restores it, so a resumed run sees exactly the tokens it would
-have seen.  Only the global batch ``B*W`` must stay the same across a restart.
+The position is ``(epoch, step)`` between steps: :meth:`Loader.state_dict` saves it with the
+checkpoint and :meth:`Loader.load_state_dict` restores it, so a resumed run sees exactly the
+tokens it would have seen.  The state does not depend on ``B`` or ``W``: a run checkpointed on
+``W`` ranks resumes on any other number of ranks with the same global batch (each step reads the
+same rows; only their split among ranks and micro-batches differs).
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ from sumi._checks import check_int
 
 
 class Loader:
-    """``next_batch()`` -> ``torch.LongTensor [batch_size, seq_len]``; see the module docstring."""
+    """``next_batch()`` -> ``torch.LongTensor [batch_size, seq_len]``; see the module docstring.
+
+    ``global_batch`` defaults to ``batch_size * world_size`` (one micro-batch per step); it must
+    be a multiple of it.
+    """
 
     def __init__(self, data, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True, vocab_size: int | None = None) -> None:
+                 global_batch: int | None = None, drop_last: bool = True, vocab_size: int | None = None) -> None:
         self.data = data
         # ids are checked batch by batch (reading every shard up front would take hours at scale)
         self.vocab_size = None if vocab_size is None else check_int("vocab_size", vocab_size, 1)
@@ -38,14 +47,19 @@ class Loader:
         if rank >= world_size:
             raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
         check_int("seed", seed)
+        per_call = self.batch_size * self.world_size
+        self.global_batch = per_call if global_batch is None else check_int("global_batch", global_batch, 1)
+        if self.global_batch % per_call:
+            raise ValueError(f"global_batch ({self.global_batch}) must be a multiple of batch_size x world_size "
+                             f"({self.batch_size} x {self.world_size})")
+        self.micro_batches = self.global_batch // per_call
         self.seed, self.drop_last = seed, bool(drop_last)
-        self.rows, self.global_batch = len(data), self.batch_size * self.world_size
+        self.rows = len(data)
         if self.rows < self.global_batch:
-            raise ValueError(f"the data has {self.rows} rows, fewer than one global batch "
-                             f"(batch_size {batch_size} x world_size {world_size} = {self.global_batch})")
+            raise ValueError(f"the data has {self.rows} rows, fewer than one global batch ({self.global_batch})")
         self.steps_per_epoch = (self.rows // self.global_batch if drop_last
                                 else -(-self.rows // self.global_batch))
-        self.epoch = self.step = 0
+        self.epoch = self.step = self.micro = 0
         self._perm_epoch, self._perm = None, None
 
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -55,14 +69,18 @@ class Loader:
             self._perm, self._perm_epoch = torch.randperm(self.rows, generator=g), epoch
         return self._perm
 
-    def indices(self, epoch: int, step: int) -> torch.Tensor:
-        """The rows (dataset indices) of this rank's batch at ``(epoch, step)``."""
-        start = step * self.global_batch + self.rank * self.batch_size
+    def offset(self, micro: int) -> int:
+        """Where this rank's micro-batch ``micro`` starts within the global batch of a step."""
+        return (micro * self.world_size + self.rank) * self.batch_size
+
+    def indices(self, epoch: int, step: int, micro: int = 0) -> torch.Tensor:
+        """The rows (dataset indices) of this rank's micro-batch ``micro`` at ``(epoch, step)``."""
+        start = step * self.global_batch + self.offset(micro)
         pos = torch.arange(start, start + self.batch_size) % self.rows  # wraps only when drop_last=False
         return self.permutation(epoch)[pos]
 
     def next_batch(self) -> torch.Tensor:
-        indices = self.indices(self.epoch, self.step)
+        indices = self.indices(self.epoch, self.step, self.micro)
         rows = [np.asarray(self.data[int(i)]) for i in indices]
         if self.vocab_size is not None:
             for i, row in zip(indices, rows):
@@ -70,9 +88,11 @@ class Loader:
                     col = int(np.argmax(row >= self.vocab_size))
                     raise ValueError(f"row {int(i)} of {self.data!r}, column {col}, holds id {int(row[col])} >= "
                                      f"vocab_size {self.vocab_size}: the shards do not match the model's vocabulary")
-        self.step += 1
-        if self.step == self.steps_per_epoch:
-            self.epoch, self.step = self.epoch + 1, 0
+        self.micro += 1
+        if self.micro == self.micro_batches:
+            self.micro, self.step = 0, self.step + 1
+            if self.step == self.steps_per_epoch:
+                self.epoch, self.step = self.epoch + 1, 0
         return torch.from_numpy(np.stack(rows).astype(np.int64))
 
     def __iter__(self):
@@ -80,11 +100,16 @@ class Loader:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
+        """The position between two steps (raises mid-step: a checkpoint is taken between steps)."""
+        if self.micro:
+            raise ValueError(f"the loader is inside a step ({self.micro} of {self.micro_batches} micro-batches "
+                             "read): its position is saved between steps")
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "rows": self.rows,
                 "global_batch": self.global_batch, "drop_last": self.drop_last}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at ``state``'s position; the data, seed, global batch and drop_last must match."""
+        """Resume at ``state``'s position; the data, seed, global batch and drop_last must match
+        (the micro-batch size and the number of ranks may differ)."""
         for key in ("seed", "rows", "global_batch", "drop_last"):
             if key not in state:
                 raise ValueError(f"loader state lacks {key!r}")
@@ -94,4 +119,4 @@ class Loader:
         epoch, step = check_int("epoch", state.get("epoch"), 0), check_int("step", state.get("step"), 0)
         if step >= self.steps_per_epoch:
             raise ValueError(f"loader state step {step} >= steps_per_epoch {self.steps_per_epoch}")
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step, self.micro = epoch, step, 0

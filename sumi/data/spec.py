@@ -39,21 +39,25 @@ def parse_data_args(items: list[str]) -> Path | dict[str, Path]:
     return sources
 
 
-def open_data(data: DataSpec, mixture: Mapping[str, float] | None, seed: int) -> PackedDataset | Mixture:
+def open_data(data: DataSpec, mixture: Mapping[str, float] | None, seed: int, *,
+              verify: bool = False) -> PackedDataset | Mixture:
     """The dataset a run reads: a :class:`PackedDataset`, or a :class:`Mixture` of named sources
-    weighted by ``mixture`` (the names must match exactly; a weight may be 0)."""
+    weighted by ``mixture`` (the names must match exactly; a weight may be 0).
+
+    ``verify``: check every shard of every source against its manifest's sha256 before returning
+    (:meth:`PackedDataset.verify`; raises :class:`~sumi.data.dataset.IntegrityError`)."""
     if not isinstance(data, Mapping):
         if mixture is not None:
             raise ValueError(f"this config mixes sources {sorted(mixture)}: pass --data NAME=DIR for each "
                              "(or --set mixture=null to train on one directory)")
-        return PackedDataset(data)
+        return PackedDataset(data, verify=verify)
     if mixture is None:
         raise ValueError(f"--data names sources {sorted(data)} but the config has no mixture weights: "
                          "--set mixture='{\"name\": weight, ...}'")
     if set(data) != set(mixture):
         raise ValueError(f"the mixture weighs {sorted(mixture)} but --data names {sorted(data)}: "
                          f"missing {sorted(set(mixture) - set(data))}, unweighted {sorted(set(data) - set(mixture))}")
-    return Mixture({name: (PackedDataset(data[name]), mixture[name]) for name in mixture}, seed=seed)
+    return Mixture({name: (PackedDataset(data[name], verify=verify), mixture[name]) for name in mixture}, seed=seed)
 
 
 def describe(dataset: PackedDataset | Mixture) -> dict:

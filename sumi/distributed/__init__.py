@@ -12,8 +12,10 @@ plain model, and DCP checkpoints with a consolidated safetensors export.
 from sumi.distributed import checkpoint
 from sumi.distributed.checkpoint import export_safetensors, keep_last, latest
 from sumi.distributed.parallelism import apply_activation_checkpointing, default_mesh, parallelize
-from sumi.distributed.setup import DistInfo, barrier, destroy, init_distributed, is_distributed
+from sumi.distributed.setup import (DistInfo, barrier, broadcast_object, destroy, gather_objects, init_distributed,
+                                   is_distributed, on_rank0)
 
-__all__ = ["DistInfo", "init_distributed", "destroy", "barrier", "is_distributed", "parallelize",
+__all__ = ["DistInfo", "init_distributed", "destroy", "barrier", "is_distributed", "broadcast_object",
+           "gather_objects", "on_rank0", "parallelize",
            "apply_activation_checkpointing", "default_mesh", "checkpoint", "latest", "keep_last",
            "export_safetensors"]

@@ -13,10 +13,13 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "destroy", "is_distributed", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "destroy", "is_distributed", "barrier", "rank", "world_size",
+           "broadcast_object", "gather_objects", "on_rank0"]
 
 # A hung collective should fail a job, not hold its GPUs forever; ten minutes covers the slowest
 # legitimate collective we issue (a checkpoint's metadata exchange on a busy filesystem).
@@ -59,6 +62,50 @@ def barrier() -> None:
     """``dist.barrier()`` when a process group exists; nothing in a single process."""
     if is_distributed():
         dist.barrier()
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank; ``obj`` itself without a process group."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def on_rank0(fn, *args) -> Any:
+    """Run ``fn(*args)`` on rank 0 only and return its result on every rank.  An exception there
+    is raised on every rank, so no rank waits at a later collective for one that failed (a file
+    check, a lock, a write that only rank 0 performs)."""
+    result = error = None
+    if rank() == 0:
+        try:
+            result = fn(*args)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            error = e
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def init_distributed(backend: str | None = None, *, timeout: timedelta = DEFAULT_TIMEOUT) -> DistInfo:

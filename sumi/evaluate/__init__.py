@@ -1,7 +1,7 @@
 """Evaluation: NELBO and bits per byte, the lm-eval-harness model ``sumi``, generation probes.
 
 - :mod:`sumi.evaluate.likelihood`: :func:`nelbo_texts`, :class:`Scorer` (canvas rows, batched).
-- :mod:`sumi.evaluate.harness`: the lm-eval ``LM`` ``SumiLM`` (needs ``pip install .[eval]``);
+- :mod:`sumi.evaluate.harness`: the lm-eval ``LM`` ``SumiLM`` (needs ``pip install 'discdiff[eval]'``);
   importing this package registers it as ``sumi`` when lm-eval is installed.
 - :mod:`sumi.evaluate.probes`: the revision-budget and commitment-order probes;
   :mod:`sumi.evaluate.plots`: their figures.

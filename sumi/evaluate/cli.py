@@ -1,5 +1,9 @@
 """``sumi eval``: ``nelbo`` (NELBO per token and bits per byte of local text) and ``harness``
-(the lm-eval command line with the ``sumi`` model registered)."""
+(the lm-eval command line with the ``sumi`` model registered).
+
+``sumi eval harness ARGS...`` passes ``ARGS`` to lm-eval verbatim: :func:`sumi.cli.main` hands it
+everything after ``eval harness`` (argparse alone cannot: its ``REMAINDER`` stops at a leading
+option such as ``--model``)."""
 
 from __future__ import annotations
 
@@ -20,28 +24,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="PATH_OR_GLOB",
                    help=".txt/.md/.py files (one document each), .jsonl (one per line), directories or globs")
     p.add_argument("--text-field", default="text", help="the JSONL field holding the text (default 'text')")
-    p.add_argument("--canvas-length", type=int, default=DEFAULT_CANVAS,
-                   help=f"tokens per canvas row; longer documents are scored in windows (default {DEFAULT_CANVAS})")
+    p.add_argument("--canvas-length", type=int, default=None,
+                   help="tokens per canvas row; longer documents are scored in windows (default: "
+                        f"min({DEFAULT_CANVAS}, the model's max_position_embeddings))")
     p.add_argument("--points", type=int, default=DEFAULT_POINTS,
                    help=f"time points of the linear-alpha grid (default {DEFAULT_POINTS})")
     p.add_argument("--effective-snr", action="store_true", help="evaluate each point at the realized clean fraction")
     p.add_argument("--batch-size", type=int, default=4, help="canvas rows per forward pass (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    h = sub.add_parser("harness", help="lm-eval-harness with the `sumi` model (needs pip install .[eval])",
+    h = sub.add_parser("harness", help="lm-eval-harness with the `sumi` model (needs pip install 'discdiff[eval]')",
                        description="The lm_eval command line with the `sumi` model registered; every argument "
                                    "is passed on, e.g. sumi eval harness --model sumi --model_args "
                                    "pretrained=DIR --tasks TASK.")
-    h.add_argument("harness_args", nargs=argparse.REMAINDER, help="lm_eval arguments")
+    h.add_argument("harness_args", nargs=argparse.REMAINDER, help="lm_eval arguments (passed on verbatim)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.eval_command == "harness":
         from sumi.evaluate.__main__ import main as harness_main
 
-        harness_main(args.harness_args)
-        return 0
-    for name in ("canvas_length", "points", "batch_size"):
+        return harness_main(args.harness_args)
+    if args.canvas_length is not None and args.canvas_length < 3:  # checked before the model loads
+        raise UsageError(f"--canvas-length must be >= 3, got {args.canvas_length}")
+    for name in ("points", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.seed < 0:

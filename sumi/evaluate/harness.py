@@ -1,4 +1,4 @@
-"""The lm-eval-harness model ``sumi`` (``pip install .[eval]``; importing this module registers it).
+"""The lm-eval-harness model ``sumi`` (``pip install 'discdiff[eval]'``; importing this module registers it).
 
 ``python -m sumi.evaluate --model sumi --model_args pretrained=DIR --tasks ...`` is the
 ``lm_eval`` command line with this model registered (the plain ``lm_eval`` script only knows
@@ -8,7 +8,8 @@ Protocol (the released evaluation, docs/math.md "Sumi recipe facts"; canvas rule
 :mod:`sumi.evaluate.likelihood`):
 
 - ``loglikelihood(context, continuation)``: ``-NELBO`` of the continuation given the clean
-  context (canvas 2048, 128 time points, effective SNR).  It lower-bounds the log-likelihood.
+  context (canvas 2048, or the model's positions when fewer; 128 time points, effective SNR).
+  It lower-bounds the log-likelihood.
   ``is_greedy``: whether one denoising pass from pure noise on the continuation positions
   (context clean) puts the continuation's tokens at every argmax;
 - ``loglikelihood_rolling(text)``: ``-NELBO`` of the whole text (windows of the canvas);
@@ -18,8 +19,10 @@ Protocol (the released evaluation, docs/math.md "Sumi recipe facts"; canvas rule
 
 Model arguments (``--model_args key=value,...``): ``pretrained`` (a model directory, required),
 ``tokenizer`` (default ``pretrained/tokenizer.json``), ``device``, ``dtype``, ``batch_size``,
-``canvas_length``, ``points``, ``effective_snr``, ``steps``, ``max_gen_toks``, ``sampler``,
-``tokens_per_step``, ``seed``.
+``canvas_length`` (default ``min(2048, max_position_embeddings)``; larger than the model's
+positions is an error), ``points``, ``effective_snr``, ``steps``, ``max_gen_toks``, ``sampler``,
+``tokens_per_step``, ``seed``.  A bad one raises :class:`ModelArgumentError`, which
+``python -m sumi.evaluate`` prints in one line (exit status 2).
 """
 
 from __future__ import annotations
@@ -32,14 +35,40 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from sumi._checks import check_int
+from sumi.cli_common import UsageError, resolve_device
 from sumi.evaluate.likelihood import (DEFAULT_CANVAS, DEFAULT_POINTS, Row, Scorer, continuation_row,
                                      document_rows, pad_rows)
+from sumi.generation import canvas_length_for
+
 
 def _int_arg(name: str, value, minimum: int) -> int:
     """A model argument (``--model_args`` passes strings) as an int >= ``minimum``."""
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     return check_int(f"sumi model argument {name}", value, minimum)
+
+
+def _load(pretrained: str | None, tokenizer: str | None, device: str | None, dtype: str | None) -> tuple:
+    """``(model, tokenizer)`` from the model arguments; the tokenizer is read first (cheap, and a
+    bad file is then reported as a tokenizer, not as a model)."""
+    from sumi.hf import from_pretrained
+    from sumi.tokenizer import SumiTokenizer
+
+    if pretrained is None:
+        raise ValueError("needs pretrained=DIR (a model directory)")
+    directory = Path(pretrained)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no model directory {pretrained}")
+    tokenizer_path = Path(tokenizer) if tokenizer else directory / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise FileNotFoundError(f"no tokenizer at {tokenizer_path}; pass tokenizer=PATH")
+    tokenizer_object = SumiTokenizer.from_file(tokenizer_path)
+    try:
+        device = resolve_device(device)
+    except UsageError as e:  # a device this torch build cannot use (lm-eval's --device sets it)
+        raise ValueError(str(e)) from None
+    model = from_pretrained(directory, dtype=dtype, device=device)  # dtype names checked there
+    return model, tokenizer_object
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -56,47 +85,49 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx):]
 
 
+class ModelArgumentError(ValueError):
+    """A ``sumi`` model argument that cannot work (no or a wrong ``pretrained``, an unreadable
+    tokenizer, a value out of range): ``python -m sumi.evaluate`` reports it in one line."""
+
+
 @register_model("sumi")
 class SumiLM(LM):
-    """A Sumi checkpoint as an lm-eval ``LM`` (see the module docstring)."""
+    """A Sumi checkpoint as an lm-eval ``LM`` (see the module docstring).
+
+    Raises :class:`ModelArgumentError` (a ``ValueError``) for a bad argument.  ``canvas_length``
+    defaults to ``min(2048, max_position_embeddings)`` of the model; an explicit value beyond the
+    model's positions is an error (never silently clamped).
+    """
 
     def __init__(self, pretrained: str | None = None, tokenizer: str | None = None, device: str | None = None,
                  dtype: str | None = None, batch_size: int | str = 4, max_batch_size: int | None = None,
-                 canvas_length: int = DEFAULT_CANVAS, points: int = DEFAULT_POINTS, effective_snr: bool = True,
+                 canvas_length: int | str | None = None, points: int = DEFAULT_POINTS, effective_snr: bool = True,
                  steps: int = 256, max_gen_toks: int = 256, sampler: str = "adaptive", tokens_per_step: int = 1,
                  seed: int = 0, *, model=None, tokenizer_object=None) -> None:
         super().__init__()
-        from sumi.hf import from_pretrained
-        from sumi.tokenizer import SumiTokenizer
-
-        if model is None:
-            if pretrained is None:
-                raise ValueError("the sumi model needs pretrained=DIR (a model directory)")
-            directory = Path(pretrained)
-            if not directory.is_dir():
-                raise FileNotFoundError(f"sumi: no model directory {pretrained}")
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = from_pretrained(directory, dtype=dtype, device=device)  # dtype names checked there
-            tokenizer_path = Path(tokenizer) if tokenizer else directory / "tokenizer.json"
-            if not tokenizer_path.is_file():
-                raise FileNotFoundError(f"sumi: no tokenizer at {tokenizer_path}; pass tokenizer=PATH")
-            tokenizer_object = SumiTokenizer.from_file(tokenizer_path)
-        elif tokenizer_object is None:
-            raise ValueError("pass tokenizer_object with model")
-        self.model, self.tokenizer = model, tokenizer_object
-        self._device = next(model.parameters()).device
-        config = model.config
-        if batch_size == "auto" or (isinstance(batch_size, str) and batch_size.startswith("auto")):
-            batch_size = 4  # no memory probing: a fixed, safe default
-        self.batch_size = _int_arg("batch_size", batch_size, 1)
-        self.canvas_length = min(_int_arg("canvas_length", canvas_length, 3), config.max_position_embeddings)
-        self.steps = _int_arg("steps", steps, 1)
-        self.max_gen_toks = _int_arg("max_gen_toks", max_gen_toks, 1)
-        self.tokens_per_step = _int_arg("tokens_per_step", tokens_per_step, 1)
-        self.sampler = str(sampler)
-        self.seed = _int_arg("seed", seed, 0)
-        self.scorer = Scorer(model, points=_int_arg("points", points, 1), effective_snr=bool(effective_snr),
-                             batch_size=self.batch_size, seed=self.seed, device=self._device)
+        try:
+            if model is None:
+                model, tokenizer_object = _load(pretrained, tokenizer, device, dtype)
+            elif tokenizer_object is None:
+                raise ValueError("pass tokenizer_object with model")
+            self.model, self.tokenizer = model, tokenizer_object
+            self._device = next(model.parameters()).device
+            config = model.config
+            if batch_size == "auto" or (isinstance(batch_size, str) and batch_size.startswith("auto")):
+                batch_size = 4  # no memory probing: a fixed, safe default
+            self.batch_size = _int_arg("batch_size", batch_size, 1)
+            if canvas_length is not None:
+                canvas_length = _int_arg("canvas_length", canvas_length, 3)
+            self.canvas_length = canvas_length_for(config, canvas_length, DEFAULT_CANVAS, minimum=3)
+            self.steps = _int_arg("steps", steps, 1)
+            self.max_gen_toks = _int_arg("max_gen_toks", max_gen_toks, 1)
+            self.tokens_per_step = _int_arg("tokens_per_step", tokens_per_step, 1)
+            self.sampler = str(sampler)
+            self.seed = _int_arg("seed", seed, 0)
+            self.scorer = Scorer(model, points=_int_arg("points", points, 1), effective_snr=bool(effective_snr),
+                                 batch_size=self.batch_size, seed=self.seed, device=self._device)
+        except (OSError, ValueError) as e:
+            raise ModelArgumentError(f"sumi model: {e}") from e
 
     @property
     def device(self) -> torch.device:

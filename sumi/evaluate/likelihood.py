@@ -30,9 +30,10 @@ from torch import Tensor, nn
 from discdiff.kernels import Uniform
 from discdiff.likelihood import nelbo
 from sumi._checks import check_int
+from sumi.generation import DEFAULT_CANVAS_LENGTH, blame_the_model, canvas_length_for
 
 DEFAULT_POINTS = 128
-DEFAULT_CANVAS = 2048
+DEFAULT_CANVAS = DEFAULT_CANVAS_LENGTH  # preferred; a model with fewer positions gets all of its own
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ class Scorer:
     ``effective_snr``: evaluate each point at the realized clean fraction (docs/math.md,
     "Likelihood"); ``seed``: the noise of every estimate (the same rows in the same order and
     batch size give the same numbers).  Rows are scored longest first, ``batch_size`` at a time.
+
+    Non-finite numbers are errors, not results: a batch whose NELBO is NaN (the model's logits
+    were NaN/inf at some point) raises :class:`discdiff.NonFiniteError` (a ``ValueError``)
+    starting with :data:`sumi.generation.NON_FINITE`, checked once per batch.
     """
 
     def __init__(self, model: nn.Module, *, points: int = DEFAULT_POINTS, effective_snr: bool = False,
@@ -145,8 +150,9 @@ class Scorer:
         def denoiser(z: Tensor) -> Tensor:
             return self.model(z) if mask is None else self.model(z, attention_mask=mask)
 
-        result = nelbo(denoiser, self.kernel, x, points=self.points, effective_snr=self.effective_snr,
-                       frozen=~counted, generator=generator, callback=callback)
+        with blame_the_model():
+            result = nelbo(denoiser, self.kernel, x, points=self.points, effective_snr=self.effective_snr,
+                           frozen=~counted, generator=generator, callback=callback)
         return result.per_sequence.double().cpu()
 
 
@@ -180,21 +186,20 @@ class NelboReport:
         return asdict(self)
 
 
-def nelbo_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, canvas_length: int = DEFAULT_CANVAS,
+def nelbo_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, canvas_length: int | None = None,
                 points: int = DEFAULT_POINTS, effective_snr: bool = False, batch_size: int = 4, seed: int = 0,
                 progress: bool = False, device: torch.device | str | None = None) -> NelboReport:
     """NELBO per token and bits per byte of ``texts`` (each one document; see the module docstring).
 
     ``tokenizer``: a :class:`sumi.SumiTokenizer` (``encode(text, add_bos=False)``); the model's
-    BOS/EOS ids delimit the documents."""
+    BOS/EOS ids delimit the documents.  ``canvas_length``: tokens per window (default
+    ``min(2048, max_position_embeddings)`` of the model; an explicit value beyond the model's
+    positions is a ``ValueError``).  A non-finite NELBO is a ``ValueError`` (see :class:`Scorer`)."""
     texts = list(texts)
     if not texts:
         raise ValueError("no texts to score")
     config = model.config
-    canvas_length = check_int("canvas_length", canvas_length, 3)
-    if canvas_length > config.max_position_embeddings:
-        raise ValueError(f"canvas_length {canvas_length} exceeds the model's max_position_embeddings "
-                         f"({config.max_position_embeddings})")
+    canvas_length = canvas_length_for(config, canvas_length, DEFAULT_CANVAS, minimum=3)
     rows, owner = [], []
     for d, text in enumerate(texts):
         ids = tokenizer.encode(text, add_bos=False)

@@ -3,8 +3,9 @@
 ``add_arguments`` fills the ``probe`` sub-parser, ``run(args)`` does the work and returns the
 exit status.  Prompts come from ``--prompt TEXT`` (repeatable) and/or ``--prompts FILE.jsonl``
 (objects with ``"prompt"`` and optional ``"answer"``).  Results go to ``--out DIR``: the report
-as JSON (``to_dict()`` plus the decoded texts) and its plots as PNG; a small table goes to
-stdout.  Mistakes in user input raise ``sumi.cli_common.UsageError`` (one line on stderr, exit 2).
+as JSON (``to_dict()`` plus the decoded texts) and its plots as PNG, after ``--out`` is proven
+writable (checked first, before the model loads); a small table goes to stdout.  Mistakes in
+user input raise ``sumi.cli_common.UsageError`` (one line on stderr, exit 2).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sumi.cli_common import UsageError, add_model_arguments, load_model
+from sumi.cli_common import UsageError, add_model_arguments, load_model, writable_dir
 from sumi.data.sources import jsonl_records
-from sumi.generation import SAMPLERS
+from sumi.evaluate.probes import PROBE_CANVAS
+from sumi.generation import SAMPLERS, canvas_length_for
 
 DEFAULT_BUDGETS = "0,8,16,32,64"
 CHECKS: dict[str, Callable[[str, str], bool]] = {
@@ -53,7 +55,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="one JSON object per line: {\"prompt\": TEXT, \"answer\": TEXT (optional)}")
     parser.add_argument("--out", required=True, help="the directory to write the JSON report and PNG plots to")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="the answer budget (default 64)")
-    parser.add_argument("--canvas-length", type=int, default=256, help="canvas positions (default 256)")
+    parser.add_argument("--canvas-length", type=int, default=None,
+                        help=f"canvas positions (default: min({PROBE_CANVAS}, the model's max_position_embeddings))")
     parser.add_argument("--steps", type=int, default=64, help="denoising steps of the generation (default 64)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
                         help="the generation's sampler (default ancestral: every position is denoised at every step)")
@@ -73,16 +76,15 @@ class _Prompt:
 def run(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args)
     budgets = _parse_budgets(args.budgets) if args.probe_action == "revision" else None
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a directory")
+    out_dir = writable_dir(args.out)  # before the model loads: a bad --out must not cost the whole run
     model, tokenizer = load_model(args)
     ids = [list(tokenizer.encode(p.text, add_bos=True)) for p in prompts]
-    settings = dict(max_new_tokens=args.max_new_tokens, canvas_length=args.canvas_length, steps=args.steps,
-                    sampler=args.sampler, tokens_per_step=args.tokens_per_step, seed=args.seed,
-                    progress=args.progress)
-    _note_unwritten_positions(args, min(len(i) for i in ids))
     try:
+        canvas_length = canvas_length_for(model.config, args.canvas_length, PROBE_CANVAS)
+        settings = dict(max_new_tokens=args.max_new_tokens, canvas_length=canvas_length, steps=args.steps,
+                        sampler=args.sampler, tokens_per_step=args.tokens_per_step, seed=args.seed,
+                        progress=args.progress)
+        _note_unwritten_positions(args, canvas_length, min(len(i) for i in ids))
         if args.probe_action == "revision":
             paths = _revision(model, tokenizer, prompts, ids, budgets, args.check, settings, out_dir)
         else:
@@ -116,7 +118,6 @@ def _revision(model, tokenizer, prompts: list[_Prompt], ids: list[list[int]], bu
         entry["texts"] = [tokenizer.decode(a, skip_special_tokens=True) for a in entry["answers"]]
     _table(["budget", "overwrite/step", "net change", "round trips", "accuracy"],
            [[s.budget, s.overwrite_rate, s.net_change, s.round_trips, s.accuracy] for s in report.budgets])
-    out_dir.mkdir(parents=True, exist_ok=True)
     return [_write_json(data, out_dir / "revision.json"), plot_revision(report, out_dir / "revision.png")]
 
 
@@ -133,7 +134,6 @@ def _commitment(model, tokenizer, prompts: list[_Prompt], ids: list[list[int]], 
     _table(["prompt", "spearman", "left-to-right", "mean commit"],
            [[i, float(report.order_correlation[i]), float(report.left_to_right_fraction[i]),
              float(report.commitment_steps[i].double().mean())] for i in range(len(prompts))])
-    out_dir.mkdir(parents=True, exist_ok=True)
     return [_write_json(data, out_dir / "commitment.json"), plot_commitment(report, out_dir / "commitment.png"),
             plot_ink(report, out_dir / "ink.png")]
 
@@ -170,12 +170,12 @@ def _parse_budgets(text: str) -> list[int]:
     return budgets
 
 
-def _note_unwritten_positions(args: argparse.Namespace, shortest_prompt: int) -> None:
+def _note_unwritten_positions(args: argparse.Namespace, canvas_length: int, shortest_prompt: int) -> None:
     """Adaptive writes at most ``steps * tokens_per_step`` positions: with fewer than the canvas
     has to denoise, part of the answer stays noise and its statistics describe noise."""
     if args.sampler != "adaptive" or args.steps < 1 or args.tokens_per_step < 1:
         return  # the probes reject bad values with a clearer message
-    free = args.canvas_length - shortest_prompt - 2  # answer + tail; EOS/BOS are pinned
+    free = canvas_length - shortest_prompt - 2  # answer + tail; EOS/BOS are pinned
     if args.steps * args.tokens_per_step < free:
         print(f"sumi probe: note: adaptive writes at most steps x tokens-per-step = "
               f"{args.steps * args.tokens_per_step} positions but up to {free} are noise at the start; positions "

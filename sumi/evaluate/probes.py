@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from discdiff.samplers import Trace, sample
 from sumi._checks import check_int
-from sumi.generation import Canvas, GenerationOutput, answers, generate, make_sampler, step_grid
+from sumi.generation import Canvas, GenerationOutput, answers, canvas_length_for, generate, make_sampler, step_grid
 
 Checker = Callable[[int, list[int]], bool]
 
@@ -38,6 +38,7 @@ Checker = Callable[[int, list[int]], bool]
 # neither the first pass's stream nor the first pass of a nearby seed (seed + 1, ...)
 _REVISION_SEED_OFFSET = 0x9E3779B97F4A7C15
 _SCHEDULE = "linear"  # generate's default grid, used for every first pass here
+PROBE_CANVAS = 256  # the probes' default canvas: room for a prompt and a 64-token answer, fast to trace
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -132,9 +133,9 @@ class CommitmentReport:
 
 # -- the probes -------------------------------------------------------------------------------
 def revision_probe(model: nn.Module, prompts: list[list[int]], *, budgets: Iterable[int], max_new_tokens: int = 64,
-                   canvas_length: int = 256, steps: int = 64, sampler: str = "ancestral", tokens_per_step: int = 1,
-                   revision_tokens_per_step: int = 1, seed: int = 0, checker: Checker | None = None,
-                   progress: bool = False) -> RevisionReport:
+                   canvas_length: int | None = None, steps: int = 64, sampler: str = "ancestral",
+                   tokens_per_step: int = 1, revision_tokens_per_step: int = 1, seed: int = 0,
+                   checker: Checker | None = None, progress: bool = False) -> RevisionReport:
     """How much a model rewrites its own answer when given extra steps, and whether it helps.
 
     First pass: :func:`sumi.generate` (``steps`` steps of ``sampler``, linear grid,
@@ -150,7 +151,10 @@ def revision_probe(model: nn.Module, prompts: list[list[int]], *, budgets: Itera
 
     ``checker(prompt_index, answer_ids) -> bool`` (optional) judges each answer (cut at the first
     EOS, as :func:`~sumi.generation.answers`); its mean is each budget's accuracy.
+    ``canvas_length``: default ``min(256, max_position_embeddings)`` of the model (an explicit
+    value beyond the model's positions is a ``ValueError``); the report's settings hold the value used.
     """
+    canvas_length = canvas_length_for(model.config, canvas_length, PROBE_CANVAS)
     budgets = _check_budgets(budgets)
     revision_tokens_per_step = check_int("revision_tokens_per_step", revision_tokens_per_step, 1)
     seed = check_int("seed", seed, 0)
@@ -188,8 +192,8 @@ def revision_probe(model: nn.Module, prompts: list[list[int]], *, budgets: Itera
 
 
 def commitment_probe(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int = 64,
-                     canvas_length: int = 256, steps: int = 64, sampler: str = "ancestral", tokens_per_step: int = 1,
-                     seed: int = 0, progress: bool = False) -> CommitmentReport:
+                     canvas_length: int | None = None, steps: int = 64, sampler: str = "ancestral",
+                     tokens_per_step: int = 1, seed: int = 0, progress: bool = False) -> CommitmentReport:
     """In what order answer positions commit to their final token, and how the ink spreads.
 
     One :func:`sumi.generate` run (linear grid, temperature 1, ``seed``) with its trace.
@@ -198,8 +202,9 @@ def commitment_probe(model: nn.Module, prompts: list[list[int]], *, max_new_toke
     (:meth:`~discdiff.samplers.Trace.left_to_right_fraction`), and the ink matrix
     ``ink[s, j] = [z_s(P + j) = z_final(P + j)]`` over steps ``s = 0 .. steps``.  A position may
     hold its final token early by chance and lose it again; from its commitment step on it is
-    inked for good.
+    inked for good.  ``canvas_length``: as in :func:`revision_probe`.
     """
+    canvas_length = canvas_length_for(model.config, canvas_length, PROBE_CANVAS)
     seed = check_int("seed", seed, 0)
     out = generate(model, prompts, max_new_tokens, canvas_length=canvas_length, steps=steps, sampler=sampler,
                    tokens_per_step=tokens_per_step, schedule=_SCHEDULE, seed=seed, trace=True, progress=progress)

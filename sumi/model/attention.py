@@ -10,6 +10,9 @@ has one sink, so a row whose keys are all masked outputs 0 instead of NaN.
 - ``flash``: flash-attn's varlen kernel (CUDA, fp16/bf16) with the same zero key/value appended
   to every segment; padding and packed documents become separate segments.
 
+:func:`check_backend` says up front whether a backend can run on a device (``flash`` needs
+CUDA and the flash-attn package): call it where a backend is chosen, before any work.
+
 Masks: ``key_mask`` (bool ``[batch, seq]``, True = real token) and ``document_ids`` (``[batch, seq]``:
 a query sees only keys of its own document).  Outputs at padded query positions are not
 meaningful and differ between backends (``flash`` writes 0 there).
@@ -28,6 +31,32 @@ from torch import Tensor
 def flash_available() -> bool:
     """flash-attn importable and a CUDA device present (checked at run time, never at import)."""
     return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def check_backend(name: str, device: str | torch.device | None = None) -> str:
+    """``name`` if that attention backend can run on ``device``, else a ``ValueError`` that says
+    why and what to use instead (one line, for a command line to print).
+
+    ``"eager"`` and ``"sdpa"`` run anywhere; ``"flash"`` needs the flash-attn package and a CUDA
+    ``device`` (``None``: whether CUDA is available at all).  Nothing is imported or allocated.
+
+    Args:
+        name: the backend (``ModelConfig.attention_backend``, or a ``backend=`` override).
+        device: where the model runs (``"cpu"``, ``"cuda:0"``, a ``torch.device``), or ``None``.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"attention_backend must be one of {tuple(BACKENDS)}, got {name!r}")
+    if name != "flash":
+        return name
+    fallback = "use attention_backend='sdpa' instead"
+    if device is not None and torch.device(device).type != "cuda":
+        raise ValueError(f"attention_backend='flash' runs on CUDA only, not on device {str(device)!r}; {fallback}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"attention_backend='flash' needs CUDA, which is not available here; {fallback}")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ValueError("attention_backend='flash' needs the flash-attn package, which is not installed "
+                         f"(pip install .[gpu]); {fallback}")
+    return name
 
 
 def allowed_keys(key_mask: Tensor | None, document_ids: Tensor | None) -> Tensor | None:

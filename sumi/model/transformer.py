@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sumi.configs.model import ModelConfig
-from sumi.model.attention import BACKENDS, flash_available
+from sumi.model.attention import BACKENDS, check_backend
 from sumi.model.layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
 from sumi.model.params import normal_
 
@@ -72,6 +72,13 @@ class Sumi(nn.Module):
     ``return_hidden=True`` returns the final normed hidden states ``[batch, seq, hidden]``
     instead of logits (for a fused loss that never builds the logits).  ``backend`` overrides
     ``config.attention_backend`` for one call.
+
+    ``input_ids`` must be ``torch.long`` or ``torch.int32``.  An id outside ``[0, vocab_size)`` is
+    a ``ValueError`` naming it on the CPU; on CUDA the embedding kernel's device-side assertion
+    fires instead (reported asynchronously, and the CUDA context is unusable afterwards), because
+    a range check on every forward would synchronize with the device: check ids of uncertain
+    origin once where they enter.  To write the model in the Hugging Face layout use
+    :func:`sumi.save_pretrained` (``sumi.hf.save_pretrained``).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -83,14 +90,12 @@ class Sumi(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 document_ids: Tensor | None = None, position_ids: Tensor | None = None,
                 return_hidden: bool = False, backend: str | None = None) -> Tensor:
-        backend = backend or self.config.attention_backend
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown attention backend {backend!r}; choose from {sorted(BACKENDS)}")
-        if backend == "flash" and not flash_available():
-            raise RuntimeError("attention_backend='flash' needs CUDA and the flash-attn package "
-                               "(pip install .[gpu]); use 'sdpa' otherwise")
+        backend = check_backend(backend or self.config.attention_backend, input_ids.device)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must hold integer token ids (torch.long or torch.int32), got "
+                             f"{input_ids.dtype}")
         batch, seq = input_ids.shape
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
@@ -105,11 +110,27 @@ class Sumi(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(seq, device=input_ids.device)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
-        x = self.model.embed_tokens(input_ids)
+        x = self._embed(input_ids)
         for layer in self.model.layers:
             x = layer(x, cos, sin, key_mask, document_ids, backend)
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x)
+
+    def _embed(self, input_ids: Tensor) -> Tensor:
+        """The embedding lookup, with an id outside ``[0, vocab_size)`` named in a ``ValueError``.
+
+        The range is checked only once the lookup has failed (on the CPU it raises
+        ``IndexError``): checking every forward would synchronize the host with the device.
+        On CUDA the lookup's own device-side assertion fires instead."""
+        try:
+            return self.model.embed_tokens(input_ids)
+        except IndexError:
+            vocab = self.config.vocab_size
+            bad = input_ids[(input_ids < 0) | (input_ids >= vocab)]
+            if bad.numel() == 0:
+                raise
+            raise ValueError(f"input_ids holds {bad.numel()} id(s) outside [0, vocab_size={vocab}), e.g. "
+                             f"{int(bad[0])}: token ids must come from this model's vocabulary") from None
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -141,10 +162,3 @@ class Sumi(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, path, **kwargs) -> None:
-        """Write config.json + safetensors in the Hugging Face layout (:func:`sumi.hf.save_pretrained`)."""
-        from sumi.hf import save_pretrained  # sumi.hf imports this module
-
-        save_pretrained(self, path, **kwargs)
-

@@ -3,13 +3,17 @@
 ``sumi train --preset tiny --out DIR`` is the embedded default (the main job): the Python
 standard library as corpus, a cached byte-level tokenizer, a tiny Sumi, samples and a loss
 curve in DIR.  Other presets need ``--data`` (a directory written by ``sumi data prepare``).
+
+Exit status: 0 when done, 2 for a mistake in the input (one line on stderr), 1 when the run
+diverged (non-finite loss), 130 on Ctrl-C (one line saying where it stopped and how to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from sumi.cli_common import UsageError
+from sumi.cli_common import UsageError, add_threads_argument, apply_threads, writable_dir
 from sumi.configs.train import PHASES, TRAIN_PRESETS, train_sumi_7b
 
 
@@ -26,42 +30,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--phase", choices=sorted(PHASES), default=None, help="sumi_7b: pretrain, mid or long")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in OUT")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue although the configuration differs from the checkpoint's "
+                             "in a way that changes the computation (steps, learning rates, ...)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override any TrainConfig field, or model.<field> (repeatable)")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run(args: argparse.Namespace) -> int:
-    from sumi.data.spec import parse_data_args
-    from sumi.train import embedded
-    from sumi.train.loop import train
+    import torch.distributed as dist
 
+    from sumi._fs import LockedError, StorageError
+    from sumi.data.spec import parse_data_args
+    from sumi.distributed.checkpoint import CheckpointCorrupt
+    from sumi.train import embedded
+    from sumi.train.loop import TrainingDiverged, TrainingInterrupted, train
+
+    apply_threads(args)
     tokenizer = None
+    flags = {"steps": args.steps, "seed": args.seed, "checkpoint_every": args.checkpoint_every}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.assignments
     try:
         if args.phase is not None and args.preset != "sumi_7b":
             raise UsageError(f"--phase applies to the sumi_7b recipe, not to preset {args.preset}")
-        if args.preset == "tiny" and not args.data:
-            base = TRAIN_PRESETS["tiny"]()
-            data_dir, tokenizer = embedded.prepare_embedded(base.seq_len, progress=args.progress)
-            config = embedded.embedded_config(tokenizer)
-        elif not args.data:
+        if args.preset != "tiny" and not args.data:
             raise UsageError(f"--data is required for preset {args.preset} (prepare it with `sumi data prepare`)")
-        else:
+        writable_dir(args.out)  # before any data is prepared or a model built
+        if args.data:
             data_dir = parse_data_args(args.data)
             config = train_sumi_7b(args.phase or "pretrain") if args.preset == "sumi_7b" else TRAIN_PRESETS[args.preset]()
-        flags = {"steps": args.steps, "seed": args.seed, "checkpoint_every": args.checkpoint_every}
-        config = config.override([f"{k}={v}" for k, v in flags.items() if v is not None] + args.assignments)
-        result = train(config, data_dir, args.out, resume=args.resume, progress=args.progress)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        else:  # the embedded corpus, prepared (and cached) at the sequence length asked for
+            seq_len = TRAIN_PRESETS["tiny"]().override(overrides).seq_len  # also checks --set before the work
+            data_dir, tokenizer = embedded.prepare_embedded(seq_len, progress=args.progress)
+            config = embedded.embedded_config(tokenizer)
+        config = config.override(overrides)
+        result = train(config, data_dir, args.out, resume=args.resume, allow_config_change=args.allow_config_change,
+                       progress=args.progress, tokenizer_file=embedded.tokenizer_path() if tokenizer else None)
+    except (FileNotFoundError, FileExistsError, ValueError, LockedError, CheckpointCorrupt, StorageError) as e:
         raise UsageError(str(e)) from None
-    import torch.distributed as dist
-
+    except TrainingDiverged as e:
+        _rank0_print(f"sumi train: {e}")
+        return 1
+    except TrainingInterrupted as e:
+        _rank0_print(f"sumi train: {e}; continue with the same command and --resume")
+        return 130
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
     if tokenizer is not None:  # the main job: a few samples and the loss curve
-        tokenizer.save(result.out_dir / "model")
         embedded.write_report(result.out_dir, tokenizer)
     last = f", final loss {result.losses[-1]:.4f}" if result.losses else " (nothing left to train)"
     print(f"sumi train: {result.steps} steps{last}; wrote {result.out_dir}")
     return 0
+
+
+def _rank0_print(message: str) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, file=sys.stderr)
+

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from sumi._fs import atomic_write, exclusive_lock
 from sumi.configs.train import TrainConfig, train_tiny
 from sumi.data import prepare, stdlib_files
 from sumi.tokenizer import SumiTokenizer
@@ -39,22 +40,41 @@ def corpus_files(limit_bytes: int = CORPUS_BYTES) -> list[Path]:
     return chosen
 
 
-def prepare_embedded(seq_len: int, *, progress: bool = True) -> tuple[Path, SumiTokenizer]:
-    """The cached tokenizer and packed data for the embedded default (built on first use)."""
-    root = cache_dir() / f"stdlib-py{sys.version_info.major}{sys.version_info.minor}-{CORPUS_BYTES}"
-    files = corpus_files()
-    tok_path = root / "tokenizer.json"
+def _root() -> Path:
+    return cache_dir() / f"stdlib-py{sys.version_info.major}{sys.version_info.minor}-{CORPUS_BYTES}"
+
+
+def tokenizer_path() -> Path:
+    """Where the embedded default's ``tokenizer.json`` is cached."""
+    return _root() / "tokenizer.json"
+
+
+def tokenizer(*, progress: bool = True) -> SumiTokenizer:
+    """The embedded default's tokenizer: a 512-id byte-level BPE trained on the corpus once, then
+    read from the cache (written atomically: an interrupted first run leaves no broken file)."""
+    tok_path = tokenizer_path()
     if tok_path.exists():
-        tokenizer = SumiTokenizer.from_file(tok_path)
-    else:
-        texts = (p.read_text(encoding="utf-8", errors="replace") for p in files)
-        tokenizer = SumiTokenizer.train_byte_level(texts, TOKENIZER_VOCAB)
-        root.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(tok_path)
-    data_dir = root / f"data-{seq_len}"
-    if not (data_dir / "manifest.json").exists():
-        prepare([str(p) for p in files], tokenizer, data_dir, seq_len, overwrite=True, progress=progress)
-    return data_dir, tokenizer
+        return SumiTokenizer.from_file(tok_path)
+    if progress:
+        print("sumi: training the embedded tokenizer on the standard library (once)", file=sys.stderr)
+    texts = (p.read_text(encoding="utf-8", errors="replace") for p in corpus_files())
+    trained = SumiTokenizer.train_byte_level(texts, TOKENIZER_VOCAB)
+    tok_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(tok_path, trained.backend.to_str())
+    return SumiTokenizer.from_file(tok_path)
+
+
+def prepare_embedded(seq_len: int, *, progress: bool = True) -> tuple[Path, SumiTokenizer]:
+    """The cached tokenizer and packed data (rows of ``seq_len`` tokens) of the embedded default,
+    built on first use for each ``seq_len``.  Processes that start together (the ranks of a
+    torchrun job) take turns: the first builds, the others wait and then read the cache."""
+    _root().mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(_root() / ".build.lock", f"the cache {_root()}", wait=True):
+        tok = tokenizer(progress=progress)
+        data_dir = _root() / f"data-{seq_len}"
+        if not (data_dir / "manifest.json").exists():
+            prepare([str(p) for p in corpus_files()], tok, data_dir, seq_len, overwrite=True, progress=progress)
+    return data_dir, tok
 
 
 def embedded_config(tokenizer: SumiTokenizer, **overrides) -> TrainConfig:
@@ -79,7 +99,7 @@ def write_report(out_dir: Path, tokenizer: SumiTokenizer, *, seed: int = 0) -> N
                             seed=seed + i)
         lines.append(f"--- prompt {prompt!r}\n{prompt}{tokenizer.decode(out.tokens[0])}\n")
     (out_dir / "samples.txt").write_text("\n".join(lines))
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line]
+    records = _records(out_dir / "metrics.jsonl")
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     steps, losses = [r["step"] for r in records], [r["loss"] for r in records]
     ax.plot(steps, losses, lw=0.6, alpha=0.35, marker="o" if len(records) < 50 else None, ms=3, label="per step")
@@ -96,3 +116,16 @@ def write_report(out_dir: Path, tokenizer: SumiTokenizer, *, seed: int = 0) -> N
     fig.tight_layout()
     fig.savefig(out_dir / "loss.png")
     plt.close(fig)
+
+
+def _records(path: Path) -> list[dict]:
+    """The readable records of ``metrics.jsonl`` (a line cut by a crash is skipped)."""
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("loss"), (int, float)):
+            records.append(record)
+    return records

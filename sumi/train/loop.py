@@ -1,17 +1,30 @@
 """The training loop: one function, the same code on one CPU process or many GPUs under torchrun.
 
-Per step: ``grad_accumulation`` micro-batches per rank, each noised by the objective with this
-rank's own generator, loss summed over tokens and divided by the GLOBAL token count of the step
-(so every rank and micro-batch weighs tokens equally), one clipped AdamW step with the WSD
-learning rate.  Metrics go to ``OUT/metrics.jsonl`` (rank 0) and a progress bar; checkpoints
-(DCP, atomic) every ``checkpoint_every`` steps and at the end hold the model, the optimizer, the
-step, the loader position and every RNG state, so ``resume=True`` continues bit for bit.
+Per step: the global batch (``global_batch_size`` sequences, :class:`sumi.data.Loader`) split
+into ``grad_accumulation`` micro-batches per rank, each noised by the objective with draws that
+depend only on (seed, step, row of the global batch), the loss summed over tokens and divided by
+the GLOBAL token count of the step (so every rank and micro-batch weighs tokens equally), one
+clipped AdamW step with the WSD learning rate.  A step therefore computes the same thing on any
+number of processes, up to the order of floating-point sums.
+
+Output directory ``OUT`` (rank 0 holds an exclusive lock on it for the whole run):
+``metrics.jsonl`` (one record per logged step), ``config.json``, ``checkpoints/`` (DCP, atomic,
+verified on resume; they hold the model, the optimizer, the step and the loader position, so
+``resume=True`` continues bit for bit), ``model/`` (the exported weights and the data's tokenizer).
+
+A non-finite loss or gradient norm is noted on the device at the step it happens (no host sync)
+and read at the next log step or checkpoint: the run stops with :class:`TrainingDiverged`,
+naming the step and the last checkpoint, and never writes a checkpoint from non-finite state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,19 +33,38 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from sumi._fs import atomic_write, check_writable_dir, exclusive_lock, reraise_storage_error
 from sumi.configs.train import TrainConfig
-from sumi.data import Loader
+from sumi.data import IntegrityError, Loader
 from sumi.data.spec import DataSpec, describe, open_data
 from sumi.distributed import checkpoint as ckpt
-from sumi.distributed import init_distributed, parallelize
+from sumi.distributed import gather_objects, init_distributed, on_rank0, parallelize
 from sumi.hf import load_weights
-from sumi.model import Sumi, flops_per_token
+from sumi.model import Sumi, check_backend, flops_per_token
 from sumi.train.objective import Objective
 from sumi.train.optim import WSD, build_optimizer, clip_grad_norm
 
 # Dense bf16 tensor-core peak per GPU (vendor datasheets, no sparsity); the first name contained in
 # the device name wins, so the PCIe H100 (lower clocks) is listed before the SXM part.
 PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+LOCK_NAME = ".lock"
+# TrainConfig fields that may differ on resume without changing what the steps compute
+RESUME_FREE = {"checkpoint_every", "keep_last", "log_every", "init_from", "compile", "activation_checkpointing",
+               "fused_loss", "micro_batch_size"}
+# ... and those that can never differ: the data position or the weights would not carry over
+RESUME_FIXED = {"seq_len", "global_batch_size", "mixture", "seed"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became non-finite; nothing was checkpointed from then on."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run was interrupted (Ctrl-C); ``step`` steps were done, the last checkpoint is kept."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,14 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """The seed of the noise generator at ``step`` (0-based): a hash of (run seed, step), so the
+    noise of a step depends on neither the world size nor the history (torch's CPU generator uses
+    its low 32 bits: seeds of two steps collide about once per 9e4 steps, harmlessly)."""
+    digest = hashlib.blake2b(f"sumi-noise:{seed}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def _tensorboard(out_dir: Path, rank: int):
@@ -67,18 +107,139 @@ def _all_reduce_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
     return values
 
 
+# -- resume checks --------------------------------------------------------------------------------
+def config_changes(saved: dict, config: TrainConfig) -> tuple[list[str], list[str]]:
+    """``(fixed, changed)``: differences between a checkpoint's config and ``config`` that can
+    never be resumed (the model's shape, the data layout) and those that change what the
+    remaining steps compute (the schedule, the objective, ...).  Fields of :data:`RESUME_FREE`
+    and the attention backend are free to change."""
+    new = config.to_dict()
+    fixed, changed = [], []
+    saved_model, new_model = saved.get("model", {}), new["model"]
+    for key in sorted(set(saved_model) | set(new_model)):
+        if key != "attention_backend" and saved_model.get(key) != new_model.get(key):
+            fixed.append(f"model.{key} {saved_model.get(key)!r} -> {new_model.get(key)!r}")
+    for key in sorted((set(saved) | set(new)) - {"model"} - RESUME_FREE):
+        if saved.get(key) != new.get(key):
+            (fixed if key in RESUME_FIXED else changed).append(f"{key} {saved.get(key)!r} -> {new.get(key)!r}")
+    return fixed, changed
+
+
+def _check_resume(extra: dict, path: Path, config: TrainConfig, allow_config_change: bool) -> None:
+    step = extra.get("step")
+    if not isinstance(extra.get("loader"), dict):
+        raise ValueError(f"--resume: {path} was written by an earlier version of sumi (one loader state per "
+                         "rank); resume it with the version that wrote it")
+    if step > config.steps:
+        raise ValueError(f"--resume: the checkpoint {path.name} is at step {step}, past --steps {config.steps}: "
+                         "a run cannot end before its checkpoint (raise --steps, or start a new run)")
+    fixed, changed = config_changes(extra.get("config", {}), config)
+    if fixed:
+        raise ValueError(f"--resume: {path} was trained with another model or data layout ({', '.join(fixed)}): "
+                         "resuming would not replay the same tokens into the same weights; start a new run "
+                         "(another --out) or resume with the old values")
+    if changed and not allow_config_change:
+        raise ValueError(f"--resume: {path} was trained with another configuration ({', '.join(changed)}); the "
+                         "steps already taken followed the old values (learning-rate schedule, objective, ...). "
+                         "Pass --allow-config-change to continue with the new ones, or resume with the old ones")
+
+
+def _peek_extra(path: Path) -> dict | None:
+    try:
+        return json.loads((path / ckpt.EXTRA_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # damaged: load_latest will say so and fall back
+
+
+# -- metrics --------------------------------------------------------------------------------------
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # strict JSON has no NaN
+
+
+def _truncate_metrics(path: Path, step: int) -> int:
+    """Keep the records of steps <= ``step`` (those the checkpoint covers) and drop anything else,
+    a partial last line included; returns the number of records kept."""
+    if not path.exists():
+        return 0
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash or a full disk
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    atomic_write(path, "".join(f"{line}\n" for line in kept))
+    return len(kept)
+
+
+def _append(path: Path, record: dict) -> None:
+    try:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        reraise_storage_error(e, path.parent, f"appending to {path.name} in")
+        raise
+
+
+class ThroughputWatch:
+    """Notices when tokens/s collapse (another process taking the CPU, thread oversubscription):
+    after ``warmup`` steps, ``patience`` steps in a row below ``1 / factor`` of the best seen."""
+
+    def __init__(self, warmup: int = 3, factor: float = 3.0, patience: int = 5) -> None:
+        self.warmup, self.factor, self.patience = warmup, factor, patience
+        self.best = 0.0
+        self.seen = self.slow = 0
+        self.fired = False
+
+    def __call__(self, tokens_per_s: float) -> str | None:
+        """Feed one step; returns a one-time hint when throughput has collapsed."""
+        self.seen += 1
+        if self.seen <= self.warmup:
+            return None
+        self.best = max(self.best, tokens_per_s)
+        self.slow = self.slow + 1 if tokens_per_s * self.factor < self.best else 0
+        if self.slow < self.patience or self.fired:
+            return None
+        self.fired = True
+        return (f"throughput fell from {self.best:,.0f} to {tokens_per_s:,.0f} tokens/s: another process may be "
+                f"competing for the CPUs ({torch.get_num_threads()} threads here); on a shared machine fewer "
+                "threads are often faster (--threads 1)")
+
+
+# -- the loop -------------------------------------------------------------------------------------
 def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
+          allow_config_change: bool = False, progress: bool = True, stop_at_step: int | None = None,
+          tokenizer_file: str | Path | None = None) -> TrainResult:
     """Train ``config`` on ``data`` (a directory of packed shards, or ``{name: directory}`` mixed
     by ``config.mixture``: :func:`sumi.data.spec.open_data`); write everything under ``out_dir``.
 
     ``config.init_from`` starts from a previous run's exported model (the next phase of the
-    recipe) with a fresh optimizer and schedule.  ``stop_at_step`` ends the run early (after a
-    checkpoint at that step) as an interruption would, without changing the schedule:
-    ``resume=True`` later continues exactly where it stopped.
+    recipe) with a fresh optimizer and schedule.  ``resume=True`` continues from the newest intact
+    checkpoint; a configuration that differs from the checkpoint's in a way that changes the
+    computation is refused unless ``allow_config_change``.  ``stop_at_step`` ends the run early
+    (after a checkpoint at that step) as an interruption would, without changing the schedule.
+    ``tokenizer_file``: exported next to the model (default: the data's ``tokenizer.json``).
+    Raises :class:`TrainingDiverged` on a non-finite loss or gradient norm and
+    :class:`TrainingInterrupted` on Ctrl-C.
     """
     info = init_distributed()
-    out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
+    out_dir = Path(out_dir)
+    on_rank0(check_writable_dir, out_dir)
+    with contextlib.ExitStack() as stack:
+        def lock() -> None:  # one writer per output directory: rank 0 holds the lock for the whole run
+            stack.enter_context(exclusive_lock(out_dir / LOCK_NAME, f"the output directory {out_dir}"))
+
+        on_rank0(lock)  # every rank learns the verdict
+        return _train(config, data, out_dir, info, resume=resume, allow_config_change=allow_config_change,
+                      progress=progress, stop_at_step=stop_at_step, tokenizer_file=tokenizer_file)
+
+
+def _train(config: TrainConfig, data: DataSpec, out_dir: Path, info, *, resume: bool, allow_config_change: bool,
+           progress: bool, stop_at_step: int | None, tokenizer_file: str | Path | None) -> TrainResult:
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt.clean(ckpt_dir)  # what a crashed save left (the lock says no save is running)
+    check_backend(config.model.attention_backend, info.device)
     dataset = open_data(data, config.mixture, config.seed)
     if dataset.seq_len != config.seq_len:
         raise ValueError(f"{dataset!r} has sequence length {dataset.seq_len}, the config {config.seq_len}")
@@ -86,15 +247,19 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
         raise ValueError(f"{dataset!r} uses a vocabulary of {dataset.vocab_size} ids, "
                          f"the model has {config.model.vocab_size}")
     accumulation = config.grad_accumulation(info.world_size)
-    if resume and ckpt.latest(ckpt_dir) is None:
+    newest = ckpt.latest(ckpt_dir)
+    if resume and newest is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt_dir}")
-    if not resume and ckpt.latest(ckpt_dir) is not None:
+    if not resume and newest is not None:
         raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass --resume, or choose another --out")
+    if resume and (extra := _peek_extra(newest)) is not None:
+        _check_resume(extra, newest, config, allow_config_change)  # before loading anything
     if config.phase != "pretrain" and config.init_from is None and not resume:
         raise ValueError(f"phase {config.phase!r} continues a trained model: --set init_from=DIR (the previous "
                          "phase's OUT/model)")
     if config.init_from is not None and not resume and not Path(config.init_from).is_dir():
         raise FileNotFoundError(f"init_from: no model directory at {config.init_from}")
+    _verify(dataset, info)
 
     # meta -> shard -> allocate -> initialize: each rank holds only its shard (plus one transient
     # full parameter), and the weights equal a single process's from the same seed
@@ -112,88 +277,160 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
     objective = Objective(config.model.vocab_size, per_token_share=config.per_token_share, z_loss=config.z_loss,
                           fused=config.fused_loss)
     loader = Loader(dataset, config.micro_batch_size, seed=config.seed, rank=info.rank, world_size=info.world_size,
-                    vocab_size=config.model.vocab_size)
-    noise = torch.Generator(info.device).manual_seed(config.seed * 1_000_003 + 7919 * (info.rank + 1))
+                    global_batch=config.global_batch_size, vocab_size=config.model.vocab_size)
 
     start = 0
     if resume:
-        extra = ckpt.load(ckpt.latest(ckpt_dir), model, optimizer)
+        path, extra = ckpt.load_latest(ckpt_dir, model, optimizer)
+        _check_resume(extra, path, config, allow_config_change)  # the one loaded may be an older one
         if extra.get("data") != describe(dataset):
             raise ValueError(f"--resume: the checkpoint was trained on {extra.get('data')}, this run reads "
                              f"{describe(dataset)}: resuming would not replay the same tokens")
         start = int(extra["step"])
-        loader.load_state_dict(extra["loader"][info.rank])
-        noise.set_state(torch.tensor(extra["noise"][info.rank], dtype=torch.uint8))
+        loader.load_state_dict(extra["loader"])
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
     if info.rank == 0:
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-        if not resume and metrics_path.exists():
-            metrics_path.unlink()
+        atomic_write(out_dir / "config.json", json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+        if resume:
+            _truncate_metrics(metrics_path, start)
+        else:
+            metrics_path.unlink(missing_ok=True)
+    end = config.steps if stop_at_step is None else min(stop_at_step, config.steps)
+    losses = _loop(model, optimizer, schedule, objective, loader, config, info, out_dir, start, end,
+                   accumulation, progress)
+    if end == config.steps:
+        tokenizer = _tokenizer_file(dataset, tokenizer_file) if info.rank == 0 else None
+        ckpt.export_safetensors(model, out_dir / "model", side_files=[tokenizer] if tokenizer else [])
+    return TrainResult(steps=end, losses=losses, out_dir=out_dir)
+
+
+def _verify(dataset, info) -> None:
+    """Every shard against its manifest's SHA-256 before a step reads it, the ranks sharing the
+    shards; a bad shard found by any rank stops every rank with the same error."""
+    try:
+        dataset.verify(part=(info.rank, info.world_size))
+        error = None
+    except IntegrityError as e:
+        error = e
+    errors = [e for e in gather_objects(error) if e is not None]
+    if errors:
+        raise errors[0]
+
+
+def _loop(model, optimizer, schedule: WSD, objective: Objective, loader: Loader, config: TrainConfig, info,
+          out_dir: Path, start: int, end: int, accumulation: int, progress: bool) -> list[float]:
+    ckpt_dir, metrics_path = out_dir / "checkpoints", out_dir / "metrics.jsonl"
     global_tokens = config.global_batch_size * config.seq_len
     flops = flops_per_token(config.model, config.seq_len)
     peak = peak_flops(info.device)
     board = _tensorboard(out_dir, info.rank)
+    watch = ThroughputWatch() if info.device.type == "cpu" else None
     bar = tqdm(total=config.steps, initial=start, disable=not progress or info.rank != 0, desc="train", unit="step")
+    noise = torch.Generator(info.device)
+    # the first step whose loss or gradient norm was not finite (0: none), and its values
+    bad_step = torch.zeros((), dtype=torch.float64, device=info.device)
+    bad_values = torch.zeros(2, dtype=torch.float64, device=info.device)
     losses: list[float] = []
-    end = config.steps if stop_at_step is None else min(stop_at_step, config.steps)
-    for step in range(start, end):
-        began = time.perf_counter()
-        lr = schedule.lr(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batches = (loader.next_batch().to(info.device) for _ in range(accumulation))
-        sums, grad_norm = train_step(model, optimizer, objective, batches, noise, global_tokens=global_tokens,
-                                     grad_clip=config.grad_clip, world_size=info.world_size)
-        loss, kl, is_div, z_loss = (float(v) for v in sums)
-        elapsed = time.perf_counter() - began
-        tokens_per_s = global_tokens / elapsed
-        losses.append(loss)
-        if info.rank == 0 and ((step + 1) % config.log_every == 0 or step + 1 == config.steps):
-            record = dict(step=step + 1, loss=loss, kl=kl, is_div=is_div, z_loss=z_loss, lr=lr,
-                          grad_norm=float(grad_norm), tokens_per_s=tokens_per_s)
-            if peak is not None:
-                record["mfu"] = flops * tokens_per_s / (peak * info.world_size)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            if board is not None:
-                for key, value in record.items():
-                    if key != "step":
-                        board.add_scalar(f"train/{key}", value, step + 1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        bar.update(1)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.steps, end):
-            states = _gather_states(loader, noise, info.world_size)
-            ckpt.save(ckpt_dir, step + 1, model, optimizer,
-                      extra={"step": step + 1, "loader": states[0], "noise": states[1], "config": config.to_dict(),
-                             "data": describe(dataset)})
-            ckpt.keep_last(ckpt_dir, config.keep_last)
-    bar.close()
-    if board is not None:
-        board.close()
-    if not math.isfinite(losses[-1] if losses else 0.0):
-        raise FloatingPointError("the loss became non-finite")
-    if end == config.steps:
-        ckpt.export_safetensors(model, out_dir / "model")
-    return TrainResult(steps=end, losses=losses, out_dir=out_dir)
+    step = start
+    try:
+        for step in range(start, end):
+            began = time.perf_counter()
+            lr = schedule.lr(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches = ((loader.next_batch().to(info.device), loader.offset(m)) for m in range(accumulation))
+            sums, grad_norm = train_step(model, optimizer, objective, batches, noise, noise_seed(config.seed, step),
+                                         global_batch=config.global_batch_size, global_tokens=global_tokens,
+                                         grad_clip=config.grad_clip, world_size=info.world_size)
+            finite = torch.isfinite(sums[0]) & torch.isfinite(grad_norm)
+            first = (bad_step == 0) & ~finite
+            bad_step = torch.where(first, torch.full_like(bad_step, step + 1), bad_step)
+            bad_values = torch.where(first, torch.stack([sums[0], grad_norm.double()]), bad_values)
+            done = step + 1
+            checkpoint_due = done % config.checkpoint_every == 0 or done in (config.steps, end)
+            if done % config.log_every == 0 or done == config.steps or checkpoint_due:
+                # the one host sync of a logged step
+                loss, kl, is_div, z_loss, norm, bad = torch.cat([sums, grad_norm.reshape(1).double(),
+                                                                 bad_step.reshape(1)]).tolist()
+                tokens_per_s = global_tokens / (time.perf_counter() - began)
+                losses.append(loss)
+                if info.rank == 0:
+                    record = dict(step=done, loss=loss, kl=kl, is_div=is_div, z_loss=z_loss, lr=lr, grad_norm=norm,
+                                  tokens_per_s=tokens_per_s)
+                    if peak is not None:
+                        record["mfu"] = flops * tokens_per_s / (peak * info.world_size)
+                    _append(metrics_path, {k: _finite_or_none(v) if isinstance(v, float) else v
+                                           for k, v in record.items()})
+                    if board is not None:
+                        for key, value in record.items():
+                            if key != "step":
+                                board.add_scalar(f"train/{key}", value, done)
+                    hint = watch(tokens_per_s) if watch is not None else None
+                    if hint is not None:
+                        tqdm.write(f"sumi train: {hint}", file=sys.stderr)
+                if bad:
+                    _diverged(int(bad), bad_values.tolist(), ckpt_dir)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+            if checkpoint_due:
+                ckpt.save(ckpt_dir, done, model, optimizer,
+                          extra={"step": done, "loader": loader.state_dict(), "config": config.to_dict(),
+                                 "data": describe(loader.data)})
+                ckpt.keep_last(ckpt_dir, config.keep_last)
+    except KeyboardInterrupt:
+        bar.close()
+        last = ckpt.latest(ckpt_dir)
+        where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingInterrupted(f"interrupted during step {step + 1} of {config.steps}; {where}", step) from None
+    finally:
+        bar.close()
+        if board is not None:
+            board.close()
+    return losses
+
+
+def _diverged(step: int, values: list[float], ckpt_dir: Path) -> None:
+    last = ckpt.latest(ckpt_dir)
+    where = (f"the last checkpoint, {last}, was written before it (resume from it with --resume after lowering "
+             "peak_lr or raising warmup_steps, with --allow-config-change)" if last else
+             "no checkpoint was written")
+    raise TrainingDiverged(f"the loss or gradient norm became non-finite at step {step} (loss {values[0]:.4g}, "
+                           f"gradient norm {values[1]:.4g}); no checkpoint was written from then on; {where}")
+
+
+def _tokenizer_file(dataset, tokenizer_file: str | Path | None) -> Path | None:
+    """The tokenizer exported next to the model, so ``sumi generate --model OUT/model`` finds it:
+    ``tokenizer_file``, else the one the data was prepared with (``None``, with a warning, for
+    data prepared before prepare saved it)."""
+    if tokenizer_file is not None:
+        return Path(tokenizer_file)
+    sources = getattr(dataset, "datasets", [dataset])
+    found = next((p for p in (getattr(d, "tokenizer_path", None) for d in sources) if p), None)
+    if found is None:
+        print(f"sumi train: warning: {dataset!r} holds no tokenizer.json (prepared by an earlier version): copy "
+              "the tokenizer it was prepared with into OUT/model to generate with the model", file=sys.stderr)
+    return found
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, batches,
-               noise: torch.Generator, *, global_tokens: int, grad_clip: float,
+               noise: torch.Generator, seed: int, *, global_batch: int, global_tokens: int, grad_clip: float,
                world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over ``batches`` (this rank's micro-batches of token ids, on the model's
-    device), at the learning rate already set in ``optimizer``.
+    """One optimizer step over ``batches``, this rank's micro-batches as ``(token ids, offset in
+    the global batch)`` on the model's device, at the learning rate already set in ``optimizer``.
 
-    Each micro-batch is noised with ``noise``; its summed loss is divided by ``global_tokens``
-    (the step's token count over all ranks) before backward, so the accumulated gradient is the
-    global token mean whatever the world size.  Returns the step's global means of (loss, KL, IS
-    divergence, z-loss) as a float64 ``[4]`` tensor, all-reduced over ranks, and the gradient
-    norm before clipping.  ``benchmarks/train_step.py`` times exactly this function.
+    Each micro-batch is noised with ``noise`` seeded with ``seed`` and drawn for the whole global
+    batch of ``global_batch`` sequences (:meth:`Objective.add_noise`), so a row's noise depends
+    only on ``seed`` and its offset.  Its summed loss is divided by ``global_tokens`` (the step's
+    token count over all ranks) before backward, so the accumulated gradient is the global token
+    mean whatever the world size.  Returns the step's global means of (loss, KL, IS divergence,
+    z-loss) as a float64 ``[4]`` tensor, all-reduced over ranks, and the gradient norm before
+    clipping.  ``benchmarks/train_step.py`` times exactly this function.
     """
     sums = torch.zeros(4, dtype=torch.float64, device=noise.device)  # loss, kl, is, z_loss
-    for x in batches:
-        noised = objective.sample(x, noise)
+    for x, offset in batches:
+        noise.manual_seed(seed)
+        noised = objective.add_noise(x, noise, offset=offset, global_batch=global_batch)
         terms = objective.model_loss(model, x, noised)  # fused_loss: from hidden states, no logits
         # parallelize() SUMS gradients over ranks: dividing by the global token count makes
         # the step's gradient the global token mean, whatever the world size
@@ -205,11 +442,5 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, objecti
     return _all_reduce_sum(sums, world_size) / global_tokens, grad_norm
 
 
-def _gather_states(loader: Loader, noise: torch.Generator, world_size: int) -> tuple[list, list]:
-    """Every rank's loader position and noise RNG state, gathered for rank 0 to store."""
-    local = (loader.state_dict(), noise.get_state().tolist())
-    if world_size == 1:
-        return [local[0]], [local[1]]
-    gathered: list = [None] * world_size
-    dist.all_gather_object(gathered, local)
-    return [g[0] for g in gathered], [g[1] for g in gathered]
+__all__ = ["train", "train_step", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "ThroughputWatch",
+           "config_changes", "noise_seed", "peak_flops", "PEAK_FLOPS"]

@@ -24,6 +24,7 @@ of per-rank means is wrong whenever ranks count different numbers of tokens).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,7 @@ from torch import Tensor
 from discdiff.kernels import Uniform
 from discdiff.losses import LossOutput, gidd, gidd_from_hidden
 from discdiff.schedules import LinearAlpha
-from sumi._checks import check_number
+from sumi._checks import check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,11 @@ class Objective:
         fused: :meth:`model_loss` computes the loss from the model's hidden states and its
             ``lm_head.weight`` (:meth:`loss_from_hidden`) instead of from its logits.
 
-    Randomness: :meth:`sample` takes its ``torch.Generator`` explicitly and never touches the
-    global RNG.  The caller owns the generator (one per data-parallel rank, seeded differently
-    per rank, and saved in / restored from the checkpoint with ``get_state`` / ``set_state``),
-    so a resumed run draws exactly the noise the uninterrupted one would have drawn.
+    Randomness: :meth:`add_noise` takes its ``torch.Generator`` explicitly and never touches the
+    global RNG.  The training loop seeds it from the run's seed and the step
+    (:func:`sumi.train.loop.noise_seed`) and draws for the whole global batch, so the noise is a
+    function of (seed, step, row of the global batch): a resumed run, or a run on another number
+    of ranks, draws exactly the noise the uninterrupted one would have drawn.
     """
 
     def __init__(
@@ -123,17 +125,25 @@ class Objective:
                 f"log_snr_max={s.log_snr_max}, fused={self.fused})")
 
     # -- noise ---------------------------------------------------------------------------------
-    def sample(self, x: Tensor, generator: torch.Generator) -> Noised:
-        """Noise a clean batch ``x`` (``[batch, seq]`` ids in ``[0, V)``).
+    def add_noise(self, x: Tensor, generator: torch.Generator, *, offset: int = 0,
+                  global_batch: int | None = None) -> Noised:
+        """Noise a clean batch ``x`` (``[batch, seq]`` ids in ``[0, V)``): the forward process.
 
         ``t ~ U(0, 1)`` per sequence; a Bernoulli(``per_token_share``) draw per sequence picks
         the sequences that use an independent ``t ~ U(0, 1)`` per token instead.  Then
         ``lambda = logit(1 - t)`` clamped (``LinearAlpha().log_snr(t)``) and
         ``z = kernel.corrupt(x, lambda, generator)``.
 
-        ``generator`` is required (the caller's, per data-parallel rank, checkpointed; see the
-        class docstring).  The number of draws does not depend on ``per_token_share``, so the
-        stream stays aligned across configurations.
+        ``x`` may be the rows ``offset .. offset + batch - 1`` of a global batch of
+        ``global_batch`` sequences (default: ``x`` is the whole batch).  The random numbers are
+        then drawn for the whole global batch, in the same order, and sliced: a row's noise
+        depends only on ``generator``'s state and the row's index in the global batch, not on
+        how the batch is split among ranks and micro-batches (so one process and many compute
+        the same step).
+
+        ``generator`` is required (the caller's: the training loop seeds one per step).  The
+        number of draws does not depend on ``per_token_share``, so the stream stays aligned
+        across configurations.
         """
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (the caller owns the noise RNG), got {type(generator).__name__}")
@@ -141,14 +151,25 @@ class Objective:
             raise ValueError(f"x must be a [batch, seq] tensor, got {getattr(x, 'shape', type(x).__name__)}")
         self.kernel.check_clean(x)
         batch, seq = x.shape
+        total = batch if global_batch is None else check_int("global_batch", global_batch, 1)
+        check_int("offset", offset, 0, total - batch)
         device = x.device
-        t_seq = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
-        t_tok = torch.rand(batch, seq, generator=generator, device=device, dtype=torch.float64)
-        per_token = torch.rand(batch, generator=generator, device=device, dtype=torch.float64) < self.per_token_share
+        t_seq = torch.rand(total, generator=generator, device=device, dtype=torch.float64)
+        t_tok = torch.rand(total, seq, generator=generator, device=device, dtype=torch.float64)
+        per_token = torch.rand(total, generator=generator, device=device, dtype=torch.float64) < self.per_token_share
         t = torch.where(per_token.unsqueeze(-1), t_tok, t_seq.unsqueeze(-1))
         lam = self.schedule.log_snr(t)
-        z = self.kernel.corrupt(x, lam, generator, validate=False)
-        return Noised(z=z, lam=lam.float(), t=t.float(), per_token=per_token)
+        rows = slice(offset, offset + batch)
+        # the other rows' tokens only take the draws' places: the kernel draws for every row
+        full = x if total == batch else x.new_zeros(total, seq).index_copy_(0, torch.arange(offset, offset + batch,
+                                                                                              device=device), x)
+        z = self.kernel.corrupt(full, lam, generator, validate=False)[rows]
+        return Noised(z=z, lam=lam[rows].float(), t=t[rows].float(), per_token=per_token[rows])
+
+    def sample(self, x: Tensor, generator: torch.Generator) -> Noised:
+        """Deprecated name of :meth:`add_noise` (it noises data; it does not generate)."""
+        warnings.warn("Objective.sample is deprecated: use Objective.add_noise", DeprecationWarning, stacklevel=2)
+        return self.add_noise(x, generator)
 
     # -- loss ----------------------------------------------------------------------------------
     def model_loss(self, model, x: Tensor, noised: Noised, mask: Tensor | None = None) -> ObjectiveTerms:

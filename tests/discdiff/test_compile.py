@@ -25,7 +25,8 @@ rules = [
     S.Ancestral(dd.Uniform(V), top_k=3, top_p=0.9, min_p=0.01),
     S.TauLeaping(dd.GIDD(V, MASK, p_uniform=0.3)),
     S.Adaptive(dd.Uniform(V), tokens_per_step=2),
-    S.Greedy(MASK),
+    S.Greedy(dd.Hybrid(V, MASK)),
+    S.Adaptive(dd.Hybrid(V, MASK), tokens_per_step=2, weight="rate"),
     S.Confidence(dd.Masked(V, MASK)),
     S.Confidence(dd.Masked(V, MASK), tokens_per_step=2, by_confidence=False),
 ]
@@ -56,6 +57,6 @@ def test_every_step_rule_traces_as_one_graph():
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=root, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == 14
+    assert len(results) == 16
     failed = {name: why for name, why in results.items() if why != "ok"}
     assert not failed, failed

@@ -73,7 +73,7 @@ def test_public_api_names():
         assert hasattr(dd.schedules, name)
     for name in ["Uniform", "Masked", "Hybrid", "GIDD", "Prior", "Dense"]:
         assert hasattr(dd.kernels, name)
-    for name in ["gidd", "mdlm", "masked_ce", "nelbo", "LossOutput"]:
+    for name in ["gidd", "mdlm", "masked_ce", "nelbo_estimate", "nelbo", "LossOutput"]:
         assert hasattr(dd.losses, name)
     for name in ["Ancestral", "Adaptive", "Greedy", "TauLeaping", "Confidence", "sample", "Trace",
                  "linear_alpha_grid", "cosine_grid", "schedule_grid"]:
@@ -81,3 +81,15 @@ def test_public_api_names():
     assert hasattr(dd.likelihood, "nelbo")
     for name in dd.__all__:
         assert hasattr(dd, name)
+
+
+def test_typing_is_public_and_the_old_module_still_imports():
+    """The jaxtyping aliases live in discdiff.typing; discdiff._typing is a thin alias of it."""
+    import discdiff._typing as old
+    import discdiff.typing as typing
+
+    assert "typing" in discdiff.__all__ and discdiff.typing is typing
+    assert old.__all__ == typing.__all__
+    for name in typing.__all__:
+        assert getattr(old, name) is getattr(typing, name)
+    assert {"Tokens", "Logits", "LogSNR", "Probs", "Mask"} <= set(typing.__all__)

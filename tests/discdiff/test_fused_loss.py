@@ -392,8 +392,8 @@ def _bad_inputs():
         ("z_loss_negative", ValueError, r"z_loss"),
         ("z_loss_nan", ValueError, r"z_loss"),
         ("chunk_zero", ValueError, r"chunk_size"),
-        ("chunk_float", ValueError, r"chunk_size"),
-        ("vocab_chunk_bool", ValueError, r"vocab_chunk_size"),
+        ("chunk_float", TypeError, r"chunk_size"),
+        ("vocab_chunk_bool", TypeError, r"vocab_chunk_size"),
     ],
 )
 def test_rejects_bad_input(case, exc, match):

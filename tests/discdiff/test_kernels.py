@@ -72,18 +72,18 @@ def test_chapman_kolmogorov_and_posterior_transport(kernel, pair, data):
     q_t = kernel.marginal(x[None], lam_t[None])[0]
     torch.testing.assert_close(q_s @ T, q_t, atol=1e-12, rtol=0)
     # a constant predictor p0: sum_{z_t} q_t(z_t | p0) p(z_s | z_t) = q_s(. | p0)
-    p0 = kernel.x0_log_probs(dst.logits_for(data.draw(st.integers(0, 999)), (V,))).exp()
+    p0 = kernel.x0_log_probs(data.draw(dst.logits((V,)))).exp()
     m_t = kernel.marginal_of_probs(p0[None], lam_t[None])[0]
     post = kernel.posterior(p0.expand(V, V), torch.arange(V), lam_t.expand(V), lam_s.expand(V))
     post = torch.where((m_t > 0).unsqueeze(-1), post, torch.zeros_like(post))
     torch.testing.assert_close(m_t @ post, kernel.marginal_of_probs(p0[None], lam_s[None])[0], atol=1e-12, rtol=0)
 
 
-@given(kernel=dst.kernels(), lam=dst.log_snrs(-30.0, 30.0), seed=st.integers(0, 999))
-def test_structured_log1p_sum_matches_the_generic_dense_form(kernel, lam, seed):
+@given(kernel=dst.kernels(), lam=dst.log_snrs(-30.0, 30.0), data=st.data())
+def test_structured_log1p_sum_matches_the_generic_dense_form(kernel, lam, data):
     """The memory-light T of UniformMaskMixture equals the base class's dense sum."""
     lam = torch.full((3,), lam, dtype=F64)
-    log_x0 = kernel.x0_log_probs(dst.logits_for(seed, (3, kernel.vocab_size)))
+    log_x0 = kernel.x0_log_probs(data.draw(dst.logits((3, kernel.vocab_size))))
     torch.testing.assert_close(kernel.noise_log1p_sum(lam, log_x0), Kernel.noise_log1p_sum(kernel, lam, log_x0),
                                rtol=1e-12, atol=1e-300)
 
@@ -258,3 +258,216 @@ def test_pi_slice_stays_small_and_rejects_bad_slices():
         for start, stop in ((0, 6), (-1, 2), (3, 3), (4, 2)):
             with pytest.raises(ValueError, match="start < stop"):
                 kernel.pi_slice(lam, start, stop)
+
+
+# -- a user kernel needs only pi and dpi --------------------------------------------------------------
+class Annealed(Kernel):
+    """The tutorial's kind of user kernel: pi = s u + (1 - s) p, s = sigmoid(lambda - 1), nothing
+    but ``pi`` and ``dpi`` defined (dense ``[..., V]`` tensors)."""
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        self.vocab_size, self.mask_id = probs.numel(), None
+        self.probs = probs.double() / probs.sum()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(V={self.vocab_size})"
+
+    def _parts(self, lam):
+        s = torch.sigmoid(lam - 1.0).unsqueeze(-1)
+        p = self.probs.to(lam.dtype)
+        return s, p, torch.full_like(p, 1.0 / self.vocab_size)
+
+    def pi(self, lam):
+        s, p, u = self._parts(lam)
+        return s * u + (1 - s) * p
+
+    def dpi(self, lam):
+        s, p, u = self._parts(lam)
+        return s * (1 - s) * (u - p)
+
+
+class Sparse(Kernel):
+    """pi = s e_1 + (1 - s) e_3 over 6 states, s = sigmoid(lambda): states 0, 2, 4, 5 (the last
+    one included) have probability 0 at every lambda; 4 is an absorbing mask that pi never uses."""
+
+    def __init__(self) -> None:
+        self.vocab_size, self.mask_id = 6, 4
+
+    def __repr__(self) -> str:
+        return "Sparse()"
+
+    def pi(self, lam):
+        s = torch.sigmoid(lam).unsqueeze(-1)
+        out = torch.zeros(*lam.shape, 6, dtype=lam.dtype, device=lam.device)
+        return out.index_add(-1, torch.tensor([1, 3]), torch.cat([s, 1 - s], -1))
+
+    def dpi(self, lam):
+        ds = (torch.sigmoid(lam) * torch.sigmoid(-lam)).unsqueeze(-1)
+        out = torch.zeros(*lam.shape, 6, dtype=lam.dtype, device=lam.device)
+        return out.index_add(-1, torch.tensor([1, 3]), torch.cat([ds, -ds], -1))
+
+
+ZIPF = torch.arange(1, 8, dtype=F64) ** -1.2
+
+
+def _assert_draws_follow(draws: torch.Tensor, probs: torch.Tensor, what: str) -> None:
+    """``draws [n]`` against exact ``probs [V]``: no draw of probability 0; every frequency within
+    5 standard errors plus a 1.5-count continuity allowance."""
+    n, V = draws.numel(), probs.numel()
+    freq = torch.bincount(draws, minlength=V).to(F64) / n
+    assert not bool(((probs == 0) & (freq > 0)).any()), f"{what}: drew a state of probability 0"
+    tol = 5 * torch.sqrt(probs * (1 - probs) / n) + 1.5 / n
+    assert bool(((freq - probs).abs() <= tol).all()), f"{what}: {freq.tolist()} vs {probs.tolist()}"
+
+
+@pytest.mark.parametrize("kernel", [Annealed(ZIPF), Sparse()], ids=["annealed", "sparse"])
+def test_default_sample_pi_follows_pi_per_distinct_log_snr(kernel):
+    """The default sample_pi (inverse CDF of pi in float64) draws from pi_lambda at every element;
+    150 distinct values (three blocks of 64) interleaved per token, and +-inf."""
+    values = torch.cat([torch.tensor([-INF, INF], dtype=F64), torch.linspace(-6.0, 6.0, 148, dtype=F64)])
+    n = 3000
+    lam = values.repeat(n).reshape(n, values.numel())                 # per token, every value n times
+    gen = torch.Generator().manual_seed(3)
+    state = torch.get_rng_state()
+    draws = kernel.sample_pi(lam, gen)
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG was used"
+    assert draws.shape == lam.shape and draws.dtype == torch.int64
+    assert torch.equal(draws, kernel.sample_pi(lam, torch.Generator().manual_seed(3)))
+    pis = dd.Dense.of(kernel)
+    for j in range(0, values.numel(), 7):
+        _assert_draws_follow(draws[:, j], pis.pi(values[j]), f"lambda={values[j].item()}")
+    # per sequence (an expanded lambda) and 0-d
+    per_seq = kernel.sample_pi(torch.tensor([-1.0, 2.0], dtype=F64).unsqueeze(-1).expand(2, 20_000), gen)
+    _assert_draws_follow(per_seq[1], pis.pi(2.0), "per sequence")
+    assert kernel.sample_pi(torch.tensor(0.5, dtype=F64), gen).shape == ()
+
+
+def test_a_kernel_with_only_pi_and_dpi_passes_check_kernel():
+    """Before, such a class could not even be instantiated (sample_pi was abstract)."""
+    check_kernel(Annealed(ZIPF))
+    check_kernel(Sparse(), tightness=False)
+
+
+@pytest.mark.parametrize("kernel", REPRESENTATIVES + [Annealed(ZIPF), Sparse()], ids=repr)
+def test_sample_prior_draws_pi_at_minus_infinity(kernel):
+    gen = torch.Generator().manual_seed(5)
+    draws = kernel.sample_prior((4, 5000), generator=gen)
+    assert draws.shape == (4, 5000) and draws.dtype == torch.int64
+    _assert_draws_follow(draws.flatten(), dd.Dense.of(kernel).pi(-INF), repr(kernel))
+    assert kernel.sample_prior(7, generator=gen).shape == (7,)
+    assert torch.equal(kernel.sample_prior((3, 4), torch.Generator().manual_seed(9)),
+                       kernel.sample_prior((3, 4), torch.Generator().manual_seed(9)))
+    with pytest.raises((ValueError, TypeError), match="shape"):
+        kernel.sample_prior((2, -1))
+
+
+class SpyPi(Annealed):
+    """Records the shape of every lambda that pi and dpi are evaluated at."""
+
+    def __init__(self, probs):
+        super().__init__(probs)
+        self.calls = []
+
+    def pi(self, lam):
+        self.calls.append(tuple(lam.shape))
+        return super().pi(lam)
+
+    def dpi(self, lam):
+        self.calls.append(tuple(lam.shape))
+        return super().dpi(lam)
+
+
+@pytest.mark.parametrize("lam_dtype", [torch.float32, F64])
+def test_default_forms_evaluate_pi_once_per_sequence(lam_dtype):
+    """pi_at, dpi_at, noise_log1p_sum (and so the loss), marginal_of_probs and sample_pi build
+    ``[batch, 1, V]`` for a per-sequence lambda, never ``[batch, seq, V]``; the values equal the
+    dense per-token forms."""
+    B, S = 3, 50
+    kernel = SpyPi(ZIPF)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 7, (B, S), generator=gen)
+    lam = torch.tensor([-2.0, 0.5, 3.0], dtype=lam_dtype)
+    z = kernel.corrupt(x, lam, gen)
+    logits = torch.randn(B, S, 7, generator=gen)
+    kernel.calls.clear()
+    out = dd.losses.gidd(kernel, logits, x, z, lam)
+    kernel.marginal_of_probs(torch.softmax(logits.double(), -1), lam.double().unsqueeze(-1).expand(B, S))
+    kernel.sample_pi(lam.unsqueeze(-1).expand(B, S), gen)
+    assert kernel.calls and all(math.prod(shape) <= B for shape in kernel.calls), kernel.calls
+    # the same numbers as evaluating pi at every token (a contiguous [B, S] lambda)
+    dense = dd.losses.gidd(kernel, logits, x, z, lam.unsqueeze(-1).expand(B, S).contiguous())
+    for name in ("kl", "is_div", "weight", "loss"):
+        torch.testing.assert_close(getattr(out, name), getattr(dense, name), rtol=1e-6, atol=1e-6)
+
+
+def test_corrupt_and_marginal_accept_a_python_float():
+    kernel = dd.Hybrid(6, 5)
+    x = torch.randint(0, 5, (2, 9), generator=torch.Generator().manual_seed(1))
+    z = kernel.corrupt(x, -INF, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(z, kernel.corrupt(x, torch.tensor(-INF, dtype=F64), generator=torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(kernel.marginal(x, 0.5), kernel.marginal(x, torch.tensor(0.5, dtype=F64)))
+    assert kernel.marginal(x, 0.5).dtype == F64
+    with pytest.raises(TypeError, match="lam"):
+        kernel.corrupt(x, "0.5")
+
+
+# -- construction checks for user kernels ---------------------------------------------------------------
+class _PiOnly(Kernel):
+    def pi(self, lam):
+        return torch.full((*lam.shape, 4), 0.25, dtype=lam.dtype)
+
+    def dpi(self, lam):
+        return torch.zeros((*lam.shape, 4), dtype=lam.dtype)
+
+
+def test_a_kernel_that_forgets_or_misstates_vocab_size_or_mask_id_fails_at_construction():
+    """Before, these failed deep inside the first call (or silently did something wrong)."""
+
+    class NoVocab(_PiOnly):
+        def __init__(self):
+            self.mask_id = None
+
+    class NoMask(_PiOnly):
+        def __init__(self):
+            self.vocab_size = 4
+
+    class Configured(_PiOnly):
+        def __init__(self, vocab_size, mask_id=None):
+            self.vocab_size, self.mask_id = vocab_size, mask_id
+
+    with pytest.raises(TypeError, match="NoVocab does not set vocab_size"):
+        NoVocab()
+    with pytest.raises(TypeError, match="NoMask does not set mask_id"):
+        NoMask()
+    with pytest.raises(ValueError, match="Configured: vocab_size must be an int >= 2, got 1"):
+        Configured(1)
+    with pytest.raises(TypeError, match="Configured: vocab_size must be an int"):
+        Configured(4.0)
+    with pytest.raises(ValueError, match=r"Configured: mask_id must be an int in \[0, 3\], got 4"):
+        Configured(4, 4)
+    assert Configured(4, 3).mask_id == 3
+
+
+def test_construction_checks_run_after_the_whole_init_chain():
+    """A subclass that sets the attributes after super().__init__(), and a dataclass kernel."""
+    from dataclasses import dataclass
+
+    class Base(_PiOnly):
+        def __init__(self):
+            self.ready = True
+
+    class Late(Base):
+        def __init__(self):
+            super().__init__()
+            self.vocab_size, self.mask_id = 4, None
+
+    assert Late().vocab_size == 4
+
+    @dataclass
+    class Declared(_PiOnly):
+        vocab_size: int
+        mask_id: int | None = None
+
+    assert Declared(4).vocab_size == 4
+    with pytest.raises(ValueError, match="Declared: mask_id"):
+        Declared(4, 7)

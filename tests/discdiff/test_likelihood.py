@@ -366,3 +366,78 @@ def test_uniform_kernel_rejects_out_of_range_ids():
     with pytest.raises(ValueError, match="x"):
         _call(torch.tensor([[0, V]]), kernel=Uniform(V))
     _call(torch.tensor([[0, V - 1]]), kernel=Uniform(V), points=2)  # every id is clean without a mask
+
+
+# -- a denoiser that returns NaN, and one conditioned on the log-SNR --------------------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "all -inf"])
+def test_unusable_logits_raise_naming_the_denoiser(bad):
+    """A NaN-returning denoiser gave a NaN NELBO silently; now one check at the end names the cause."""
+    kernel = make_kernel("hybrid")
+    x = torch.zeros(2, 3, dtype=torch.long)
+    good = constant_denoiser(kernel)
+
+    def denoiser(z):
+        logits = good(z).clone()
+        if bad == "all -inf":
+            logits[1, 2, :] = -math.inf
+            logits[1, 2, kernel.mask_id] = 0.0  # the mask logit is ignored: x_hat is still undefined
+        else:
+            logits[1, 2, 0] = bad
+        return logits
+
+    with pytest.raises(ValueError, match="denoiser's logits are not usable.*first at time point 0 of 4"):
+        nelbo(denoiser, kernel, x, points=4, generator=gen(0))
+    # at a frozen (context, not counted) position they do not matter
+    frozen = torch.zeros(2, 3, dtype=torch.bool)
+    frozen[1, 2] = True
+    out = nelbo(denoiser, kernel, x, points=4, frozen=frozen, generator=gen(0))
+    assert bool(torch.isfinite(out.per_token).all())
+
+
+def test_nan_from_the_kernel_is_named_as_such():
+    class NaNWeight(Uniform):
+        def weight(self, x, z, lam):
+            return torch.full_like(super().weight(x, z, lam), math.nan)
+
+    kernel = NaNWeight(V)
+    with pytest.raises(ValueError, match="NELBO is NaN at 6 tokens although the denoiser's logits were finite"):
+        nelbo(constant_denoiser(kernel), kernel, torch.zeros(2, 3, dtype=torch.long), points=2, generator=gen(0))
+
+
+class _TimeDenoiser(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, input_ids, lam):
+        self.seen.append(lam)
+        return self.inner(input_ids)
+
+
+@pytest.mark.parametrize("effective_snr", [False, True])
+def test_time_conditioned_denoisers_receive_the_log_snr_of_the_integrand(effective_snr):
+    """The denoiser never received lambda; now denoiser(z, lam) gets lambda(t_i) (or the effective
+    lambda) per sequence, float64, and the NELBO is the same as a plain denoiser's."""
+    kernel = make_kernel("uniform")
+    x = torch.tensor([[0, 1, 2, 3, 1], [3, 3, 0, 1, 2]])
+    seen = []
+
+    def time_denoiser(z, lam):
+        seen.append(lam)
+        return constant_denoiser(kernel)(z)
+
+    kw = dict(points=6, stratified=True, effective_snr=effective_snr)
+    got = nelbo(time_denoiser, kernel, x, generator=gen(5), **kw)
+    plain = nelbo(constant_denoiser(kernel), kernel, x, generator=gen(5), **kw)
+    torch.testing.assert_close(got.per_token, plain.per_token, rtol=0, atol=0)
+    assert len(seen) == 6 and all(lam.dtype == F64 and lam.shape == (2,) for lam in seen)
+    if not effective_snr:  # the same stratified times, redrawn from the same seed
+        g = gen(5)
+        for i, lam in enumerate(seen):
+            t = (i + torch.rand(2, generator=g, dtype=F64)) / 6
+            torch.testing.assert_close(lam, CLAMPED.log_snr(t), rtol=0, atol=0)
+            kernel.corrupt(x, lam, g, validate=False)  # keep the generator in step with nelbo's draws
+    module = _TimeDenoiser(constant_denoiser(kernel))
+    again = nelbo(module, kernel, x, generator=gen(5), **kw)
+    torch.testing.assert_close(again.per_token, plain.per_token, rtol=0, atol=0)
+    assert [lam.tolist() for lam in module.seen] == [lam.tolist() for lam in seen]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import discdiff as dd
 from discdiff.kernels import GIDD, Dense, Hybrid, Masked, Prior, Uniform
 from discdiff.losses import (
     LossOutput,
@@ -27,7 +28,7 @@ from discdiff.losses import (
     kl_and_log_ratio,
     masked_ce,
     mdlm,
-    nelbo,
+    nelbo_estimate,
     reduce,
 )
 from discdiff.schedules import Cosine, LinearAlpha
@@ -404,12 +405,12 @@ def test_masked_kernel_reduces_to_mdlm(seed, V):
     close(out_g.weight, masked_pos.to(F64), atol=1e-15)
     # MDLM's time form: CE / t on masked tokens, 0 on clean ones
     time_form = torch.where(masked_pos, ce / t, torch.zeros_like(ce))
-    close(nelbo(out_m, UNCLAMPED, t), time_form)
-    close(nelbo(out_g, UNCLAMPED, t), time_form)
+    close(nelbo_estimate(out_m, UNCLAMPED, t), time_form)
+    close(nelbo_estimate(out_g, UNCLAMPED, t), time_form)
     # per-sequence lambda too
     t1 = t[:, 0]
     out_m1 = mdlm(kernel, logits, x, z, torch.log1p(-t1) - torch.log(t1))
-    close(nelbo(out_m1, UNCLAMPED, t1), torch.where(masked_pos, ce / t1[:, None], torch.zeros_like(ce)))
+    close(nelbo_estimate(out_m1, UNCLAMPED, t1), torch.where(masked_pos, ce / t1[:, None], torch.zeros_like(ce)))
     # reductions of mdlm
     sel = torch.rand(3, 7, generator=g) < 0.6
     close(mdlm(kernel, logits, x, z, lam, reduction="sum").loss, expected.sum())
@@ -497,7 +498,7 @@ def test_uniform_kernel_is_udlm_duo_elbo(seed, V, per_token):
     t_tok = t if per_token else t[:, None].expand(B, S)
     lam = torch.log(1 - t) - torch.log(t)
     logits = 2.5 * torch.randn(B, S, V, generator=g, dtype=F64)
-    got = nelbo(gidd(kernel, logits, x, z, lam), UNCLAMPED, t)
+    got = nelbo_estimate(gidd(kernel, logits, x, z, lam), UNCLAMPED, t)
     f = udlm_nelbo_density(x, z, logits, t_tok)
     assert bool((f >= -1e-12).all())
     close(got, f, rtol=1e-9, atol=1e-11)
@@ -827,7 +828,7 @@ def test_masked_losses_reject_bad_input():
         masked_ce(kernel, logits, x, z, reduction="avg")
 
 
-# -- 11. nelbo() and elbo_weight_in_time() ---------------------------------------------------------------
+# -- 11. nelbo_estimate() and elbo_weight_in_time() ---------------------------------------------------------------
 @given(seed=seeds, family=families, per_token=st.booleans(), cosine=st.booleans())
 @settings(deadline=None)
 def test_nelbo_is_speed_times_integrand(seed, family, per_token, cosine):
@@ -851,7 +852,7 @@ def test_nelbo_is_speed_times_integrand(seed, family, per_token, cosine):
     exact = gidd(kernel, logits, x, z, lam)
     integrand = exact.weight * (exact.kl + exact.is_div)
     speed_tok = speed if per_token else speed[:, None]
-    close(nelbo(out, schedule, t), speed_tok * integrand)
+    close(nelbo_estimate(out, schedule, t), speed_tok * integrand)
     close(elbo_weight_in_time(schedule, t), speed)
 
 
@@ -863,7 +864,7 @@ def test_nelbo_is_zero_where_schedule_clamps():
     x = torch.tensor([[0, 1], [2, 3], [1, 1]])
     z = torch.tensor([[1, 1], [2, 0], [0, 1]])
     out = gidd(kernel, torch.randn(3, 2, 4, generator=make_gen(0), dtype=F64), x, z, lam)
-    got = nelbo(out, schedule, t)
+    got = nelbo_estimate(out, schedule, t)
     assert bool((got[0] == 0).all()) and bool((got[2] == 0).all())
     close(got[1], out.integrand[1] / (0.3 * 0.7))
     close(elbo_weight_in_time(schedule, t), torch.tensor([0.0, 1 / (0.3 * 0.7), 0.0], dtype=F64))
@@ -874,3 +875,18 @@ def test_elbo_weight_in_time_linear_alpha(t):
     tt = torch.tensor([t, 0.5 * t, 1 - 0.5 * t], dtype=F64)
     close(elbo_weight_in_time(UNCLAMPED, tt), 1.0 / (tt * (1.0 - tt)), rtol=1e-12)
     close(elbo_weight_in_time(UNCLAMPED, 0.25), torch.tensor(1 / (0.25 * 0.75), dtype=F64), rtol=1e-12)
+
+
+def test_nelbo_is_a_deprecated_alias_of_nelbo_estimate():
+    """dd.nelbo / dd.losses.nelbo (a one-sample estimate) sat next to dd.likelihood.nelbo (the
+    integral over a grid): renamed nelbo_estimate; the old names warn and still work."""
+    kernel = Uniform(4)
+    t = torch.tensor([0.3, 0.6], dtype=F64)
+    x = torch.tensor([[0, 1], [2, 3]])
+    z = torch.tensor([[1, 1], [2, 0]])
+    out = gidd(kernel, torch.randn(2, 2, 4, generator=make_gen(1), dtype=F64), x, z, UNCLAMPED.log_snr(t))
+    want = nelbo_estimate(out, UNCLAMPED, t)
+    for alias in (dd.nelbo, dd.losses.nelbo):
+        with pytest.warns(DeprecationWarning, match="nelbo_estimate"):
+            got = alias(out, UNCLAMPED, t)
+        assert torch.equal(got, want)

@@ -305,7 +305,7 @@ RULES = [
     TauLeaping(HYBRID_KERNEL),
     Adaptive(dd.Uniform(7), tokens_per_step=3),
     Adaptive(MASK_KERNEL, tokens_per_step=2),
-    Greedy(mask_id=3),
+    Greedy(MASK_KERNEL),
     Confidence(MASK_KERNEL, tokens_per_step=2),
     Confidence(MASK_KERNEL),
     Confidence(MASK_KERNEL, by_confidence=False),
@@ -359,7 +359,7 @@ def test_greedy_is_argmax_without_mask_and_deterministic():
     z_t = torch.randint(0, V, shape, generator=_gen(62))
     want = _argmax_no_mask(logits, m)
     assert not bool((want == m).any())
-    rule = Greedy(mask_id=m)
+    rule = Greedy(dd.Masked(V, m))
     for T, seed in [(1.0, 1), (0.0, 2), (2.5, 3)]:
         out = rule.step_info(logits, z_t, torch.tensor(-5.0, dtype=F64), torch.tensor(5.0, dtype=F64),
                              temperature=T, generator=_gen(seed))
@@ -368,6 +368,29 @@ def test_greedy_is_argmax_without_mask_and_deterministic():
     # without a mask id the plain argmax, mask logit included
     assert torch.equal(Greedy().step(logits, z_t, torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64)),
                        logits.argmax(-1))
+
+
+def test_greedy_takes_a_kernel_like_every_other_rule():
+    """Greedy(kernel) failed at the first step with an unrelated message; it now excludes the
+    kernel's mask and checks the vocabulary.  Greedy(int) still works, with a DeprecationWarning."""
+    V, m, shape = 9, 4, (5, 40)
+    logits = _logits(V, 63, shape)
+    logits[..., m] = logits.max(-1).values + 5.0
+    z_t = torch.randint(0, V, shape, generator=_gen(64))
+    lt, ls = torch.tensor(-5.0, dtype=F64), torch.tensor(5.0, dtype=F64)
+    rule = Greedy(dd.Hybrid(V, m))
+    assert torch.equal(rule.step(logits, z_t, lt, ls), _argmax_no_mask(logits, m))
+    assert repr(rule) == f"Greedy({dd.Hybrid(V, m)!r})"
+    assert torch.equal(Greedy(dd.Uniform(V)).step(logits, z_t, lt, ls), logits.argmax(-1))
+    with pytest.raises(ValueError, match="vocabulary 9 but the kernel has 10 states"):
+        Greedy(dd.Masked(10, m)).step(logits, z_t, lt, ls)
+    with pytest.warns(DeprecationWarning, match="Greedy\\(kernel\\)"):
+        old = Greedy(m)
+    assert torch.equal(old.step(logits, z_t, lt, ls), _argmax_no_mask(logits, m))
+    with pytest.warns(DeprecationWarning, match="Greedy\\(kernel\\)"):
+        assert Greedy(mask_id=m).mask_id == m
+    with pytest.raises(TypeError, match="Kernel"):
+        Greedy("masked")
 
 
 # ----------------------------------------------------------------------------- 6. adaptive
@@ -817,8 +840,10 @@ def test_bad_inputs_raise(rule):
     z_t, logits, lt, ls = _bad_input_case()
     with pytest.raises(ValueError, match="temperature"):
         rule.step(logits, z_t, lt, ls, temperature=-0.5)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="temperature"):
         rule.step(logits, z_t, lt, ls, temperature=math.nan)
+    with pytest.raises(TypeError, match="temperature"):
+        rule.step(logits, z_t, lt, ls, temperature="hot")
     with pytest.raises((ValueError, TypeError)):
         rule.step(logits, z_t, lt, ls, frozen=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises((ValueError, TypeError)):
@@ -836,20 +861,249 @@ def test_bad_inputs_raise(rule):
 
 
 def test_bad_constructor_arguments():
-    for bad in (0, -2, True):
-        with pytest.raises(ValueError, match="tokens_per_step"):
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="tokens_per_step must be an int >= 1"):
             Adaptive(dd.Uniform(5), tokens_per_step=bad)
-        with pytest.raises(ValueError, match="tokens_per_step"):
+        with pytest.raises(ValueError, match="tokens_per_step must be an int >= 1"):
             Confidence(dd.Masked(5, 0), tokens_per_step=bad)
-    for bad in (1.5, None, "2"):  # wrong type: ValueError from the check, or the type checker's TypeError
-        with pytest.raises((ValueError, TypeError)):
+    for bad in (True, 1.5, None, "2"):  # wrong type: TypeError (from the check, or the type checker)
+        with pytest.raises(TypeError):
             Adaptive(dd.Uniform(5), tokens_per_step=bad)
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises(TypeError):
         Confidence(dd.Masked(5, 0), tokens_per_step=2.0)
-    for kw in (dict(top_k=0), dict(top_k=True), dict(top_p=0.0), dict(top_p=1.5), dict(min_p=-0.1), dict(min_p=1.1)):
+    with pytest.raises(ValueError, match="weight must be one of"):
+        Adaptive(dd.Uniform(5), weight="current")
+    for kw in (dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(min_p=-0.1), dict(min_p=1.1)):
         with pytest.raises(ValueError):
             Filters(**kw)
         with pytest.raises(ValueError):
             Ancestral(dd.Uniform(5), **kw)
+    with pytest.raises(TypeError, match="top_k"):
+        Filters(top_k=True)
     with pytest.raises(ValueError, match="temperature"):
         Denoised(_logits(5, 1), None, -1.0)
+
+
+# ----------------------------------------------------------------------------- 11. unusable logits
+def _first_step_case():
+    V, shape = 7, (2, 5)
+    z_t = torch.randint(0, V, shape, generator=_gen(211))
+    logits = _logits(V, 212, shape)
+    return z_t, logits, torch.tensor(-1.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "+inf"])
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_non_finite_logits_are_rejected_at_the_first_step(rule, bad):
+    """NaN or +inf logits silently returned the canvas (Greedy: all zeros); now the validated
+    first step names them, counted, with the first position."""
+    z_t, logits, lt, ls = _first_step_case()
+    logits = logits.clone()
+    logits[1, 2, 0] = bad
+    logits[1, 4, 5] = bad
+    message = r"logits are not finite: 2 values are NaN or \+inf \(first at batch 1, position 2\)"
+    with pytest.raises(ValueError, match=message):
+        rule.step(logits, z_t, lt, ls)
+    with pytest.raises(ValueError, match="not finite"):
+        sample(lambda z: logits, rule, z_t, linear_alpha_grid(3))
+    rule.step(logits, z_t, lt, ls, validate=False)  # unchecked when asked (a hot loop's later steps)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_a_position_with_every_logit_minus_inf_is_rejected(rule):
+    z_t, logits, lt, ls = _first_step_case()
+    logits = logits.clone()
+    mask = getattr(rule, "mask_id", None)
+    logits[0, 3] = -math.inf
+    if mask is not None:
+        logits[0, 3, mask] = 10.0  # only the mask logit is finite: x_hat is still undefined
+    with pytest.raises(ValueError, match=r"-inf at every state.* at 1 positions \(first at batch 0, position 3\)"):
+        rule.step(logits, z_t, lt, ls)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_minus_inf_logits_forbid_tokens(rule):
+    """-inf on some states of a position is legitimate (forbidden tokens): no error, and rules that
+    write draws of x_hat never write them (the others may still land there by noise from pi)."""
+    z_t, logits, lt, ls = _first_step_case()
+    logits = logits.clone()
+    logits[..., 1] = -math.inf
+    logits[..., 2] = -math.inf
+    out = rule.step_info(logits, z_t, lt, ls, generator=_gen(213))
+    assert bool(((out.tokens >= 0) & (out.tokens < 7)).all())
+    if isinstance(rule, (Greedy, Adaptive, Confidence)):
+        written = out.tokens[out.selected & (out.tokens != z_t)]
+        assert not bool(((written == 1) | (written == 2)).any())
+
+
+def test_later_steps_are_not_checked():
+    """Only the first step validates (one host sync); the loop then runs unchecked."""
+    z_t, logits, _, _ = _first_step_case()
+    calls = []
+
+    def denoiser(z):
+        calls.append(1)
+        return logits if len(calls) == 1 else torch.full_like(logits, math.nan)
+
+    sample(denoiser, Ancestral(dd.Uniform(7)), z_t, linear_alpha_grid(3), generator=_gen(1))
+    assert len(calls) == 3
+
+
+# ----------------------------------------------------------------------------- 12. messages name the real problem
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_a_smaller_vocabulary_is_reported_as_such(rule):
+    """It reported 'z_t holds ids ... outside [0, V)' for logits with a vocabulary of 5 < 7."""
+    z_t, logits, lt, ls = _first_step_case()
+    z_t = z_t.clone()
+    z_t[0, 0] = 6
+    with pytest.raises(ValueError, match="logits have vocabulary 5 but the kernel has 7 states"):
+        rule.step(logits[..., :5], z_t, lt, ls)
+
+
+@pytest.mark.parametrize("rule", RULES + [Greedy()], ids=repr)
+def test_a_denoiser_without_the_vocabulary_dimension_is_reported_as_such(rule):
+    """A denoiser returning [B, S] was reported as 'z_t holds ids ... outside [0, S)'."""
+    z_t, logits, lt, ls = _first_step_case()
+    z_t = z_t.clone()
+    z_t[0, 0] = 6
+    with pytest.raises(ValueError, match=r"the denoiser returned shape \(2, 5\); expected \(2, 5\) \+ \(vocab,\)"):
+        sample(lambda z: logits[..., 0], rule, z_t, linear_alpha_grid(2))
+
+
+# ----------------------------------------------------------------------------- 13. time-conditioned denoisers
+class _TableModel(torch.nn.Module):
+    """An nn.Module denoiser with an optional second argument: NOT time-conditioned."""
+
+    def __init__(self, V):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(V, V, generator=_gen(221)))
+        self.calls = []
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls.append(attention_mask)
+        return self.table[input_ids]
+
+
+class _TimeModel(_TableModel):
+    """An nn.Module denoiser with a required log-SNR argument."""
+
+    def forward(self, input_ids, lam):
+        self.calls.append(lam)
+        return self.table[input_ids] * torch.sigmoid(lam).view(-1, 1, 1).float()
+
+
+def test_sample_passes_the_log_snr_to_time_conditioned_denoisers():
+    """Before, the denoiser never received lambda (a two-argument denoiser was a TypeError)."""
+    V = 7
+    z_t = torch.randint(0, V, (3, 5), generator=_gen(222))
+    grid = linear_alpha_grid(4)
+    seen = []
+
+    def denoiser(z, lam):
+        seen.append(lam)
+        return _logits(V, 223, tuple(z.shape))
+
+    sample(denoiser, Ancestral(dd.Uniform(V)), z_t, grid, generator=_gen(1))
+    assert len(seen) == 4
+    for lam, want in zip(seen, grid[:-1]):
+        assert lam.dtype == F64 and lam.shape == (3,) and bool((lam == want).all())
+
+    module = _TimeModel(V)
+    with torch.no_grad():
+        sample(module, Ancestral(dd.Uniform(V)), z_t, grid, generator=_gen(1))
+    assert [float(lam[0]) for lam in module.calls] == grid[:-1].tolist()
+
+
+def test_plain_denoisers_and_modules_with_optional_arguments_get_tokens_only():
+    V = 7
+    z_t = torch.randint(0, V, (3, 5), generator=_gen(224))
+    grid = linear_alpha_grid(3)
+    module = _TableModel(V)
+    with torch.no_grad():
+        out = sample(module, Ancestral(dd.Uniform(V)), z_t, grid, generator=_gen(2))
+    assert module.calls == [None, None, None]  # forward(input_ids, attention_mask=None): one required
+    with torch.no_grad():
+        same = sample(lambda z: module.table[z], Ancestral(dd.Uniform(V)), z_t, grid, generator=_gen(2))
+    assert torch.equal(out.tokens, same.tokens)
+
+
+def test_time_conditioned_can_be_given_explicitly():
+    V = 7
+    z_t = torch.randint(0, V, (3, 5), generator=_gen(225))
+    seen = []
+
+    def star(*args):  # the signature says nothing: the keyword decides
+        seen.append(len(args))
+        return _logits(V, 226, tuple(args[0].shape))
+
+    sample(star, Greedy(), z_t, linear_alpha_grid(2))
+    sample(star, Greedy(), z_t, linear_alpha_grid(2), time_conditioned=True)
+    assert seen == [1, 1, 2, 2]
+
+    def two(z, extra):
+        assert extra is not None
+        return _logits(V, 227, tuple(z.shape))
+
+    with pytest.raises(TypeError):
+        sample(two, Greedy(), z_t, linear_alpha_grid(2), time_conditioned=False)
+    with pytest.raises(TypeError, match="time_conditioned"):
+        sample(two, Greedy(), z_t, linear_alpha_grid(2), time_conditioned="yes")
+
+
+# ----------------------------------------------------------------------------- 14. adaptive that revisits
+def _adaptive_toy(kernel, rule, steps=64, batch=64, length=16, seed=1):
+    """A known-answer denoiser that, like a trained model, is unsure at high noise: it prefers the
+    target by ``8 alpha_t`` nats.  Returns the share of positions that end on the target."""
+    V, mask = kernel.vocab_size, kernel.mask_id
+    target = torch.randint(0, V - 1, (batch, length), generator=_gen(0))
+    target = target + (target >= mask).long() if mask is not None else target
+
+    def denoiser(z, lam):
+        boost = (8.0 * torch.sigmoid(lam)).view(-1, 1, 1).expand(*z.shape, 1)
+        return torch.zeros(*z.shape, V, dtype=F64).scatter(-1, target.unsqueeze(-1), boost)
+
+    g = _gen(seed)
+    canvas = kernel.sample_prior((batch, length), generator=g)
+    out = sample(denoiser, rule, canvas, linear_alpha_grid(steps), generator=g)
+    return float((out.tokens == target).double().mean())
+
+
+@pytest.mark.parametrize("kernel", [dd.Hybrid(9, 8), dd.GIDD(9, 8, p_uniform=0.2)], ids=repr)
+def test_adaptive_rate_weight_revisits_and_recovers_what_ancestral_recovers(kernel):
+    """With an all-mask prior the published weight pi_{-inf}(z_t) is 0 on every unmasked token,
+    so early (wrong) commits are final; the reverse-rate weight revisits them."""
+    ancestral = _adaptive_toy(kernel, Ancestral(kernel))
+    prior = _adaptive_toy(kernel, Adaptive(kernel, 1))
+    rate = _adaptive_toy(kernel, Adaptive(kernel, 1, weight="rate"))
+    assert ancestral > 0.97, ancestral
+    assert abs(rate - ancestral) < 0.03, (rate, ancestral)
+    assert prior < ancestral - 0.5, (prior, ancestral)
+
+
+@pytest.mark.parametrize("kernel", [dd.Uniform(6), dd.Masked(6, 0), dd.Prior(_unigram(6, seed=9))], ids=repr)
+def test_adaptive_weights_agree_where_pi_does_not_depend_on_lambda(kernel):
+    """Uniform (Sumi), masked and fixed-prior kernels: both weights, hence both rules, are the same."""
+    z_t, frozen, logits = _adaptive_case(kernel, seed=231)
+    lam = torch.tensor([-INF, -3.0, 0.0, 4.0], dtype=F64)[torch.randint(0, 4, z_t.shape, generator=_gen(232))]
+    prior, rate = Adaptive(kernel, 3), Adaptive(kernel, 3, weight="rate")
+    torch.testing.assert_close(rate.confidence(logits, z_t, lam), prior.confidence(logits, z_t), atol=1e-15, rtol=0)
+    a = prior.step(logits, z_t, lam, lam + 1.0, frozen, generator=_gen(233))
+    b = rate.step(logits, z_t, lam, lam + 1.0, frozen, generator=_gen(233))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kernel", ADAPTIVE_KERNELS, ids=repr)
+def test_adaptive_rate_weight_is_the_dense_reverse_rate_factor(kernel):
+    """w = (pi - pi')(z_t) at lambda_t, against Dense's pi and finite-difference pi'; it is the
+    prior weight at lambda_t = -inf."""
+    z_t, frozen, logits = _adaptive_case(kernel, seed=241)
+    d = dd.Dense.of(kernel)
+    x0 = _x_hat(logits, kernel.mask_id)
+    gap = x0.max(-1).values - x0.gather(-1, z_t.unsqueeze(-1)).squeeze(-1)
+    rule = Adaptive(kernel, 2, weight="rate")
+    for lam in (-2.0, 0.5, 3.0):
+        w = d.pi(lam) - d.dpi(lam)
+        torch.testing.assert_close(rule.confidence(logits, z_t, torch.tensor(lam, dtype=F64)), w[z_t] * gap,
+                                   atol=1e-9, rtol=1e-7)
+    at_prior = rule.confidence(logits, z_t, torch.tensor(-INF, dtype=F64))
+    torch.testing.assert_close(at_prior, Adaptive(kernel, 2).confidence(logits, z_t), atol=1e-12, rtol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -126,3 +127,73 @@ def test_float_inputs_and_dtypes():
     s = dd.Cosine()
     assert s.log_snr(0.5).dtype == F64
     assert s.log_snr(torch.tensor([0.5], dtype=torch.float32)).dtype == torch.float32
+
+
+# -- the ends of time in float32 and float64 -------------------------------------------------------------
+def _cosine_oracle(t: float) -> float:
+    """``2 log cot(pi t / 2)`` in Python float64, for a float ``t``: ``cot(pi t / 2) = tan(pi (1 - t) / 2)``
+    and ``1 - t`` is exact for ``t >= 1/2`` (Sterbenz), so ``lambda(t) = -lambda(1 - t)`` there; below
+    ``t = 1e-8``, ``tan x = x (1 + O(x^2))`` (and ``pi t / 2`` would round as a subnormal)."""
+    if t > 0.5:
+        return -_cosine_oracle(1.0 - t)
+    if t < 1e-8:
+        return INF if t == 0.0 else -2.0 * (math.log(t) + math.log(0.5 * math.pi))
+    return -2.0 * math.log(math.tan(0.5 * math.pi * t))
+
+
+def _probes(dtype: torch.dtype) -> torch.Tensor:
+    zero, one = torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype)
+    return torch.stack([zero, torch.nextafter(zero, one), torch.tensor(torch.finfo(dtype).tiny, dtype=dtype),
+                        torch.tensor(0.25, dtype=dtype), torch.tensor(0.5, dtype=dtype),
+                        torch.nextafter(one, zero), one])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_cosine_is_exact_at_both_ends(dtype):
+    """t = 1.0 occurs in float32 draws; cos(pi / 2) rounds below 0 there and gave NaN."""
+    free = dd.Cosine(log_snr_min=-INF, log_snr_max=INF)
+    t = _probes(dtype)
+    lam = free.log_snr(t)
+    assert lam.dtype == dtype and not bool(torch.isnan(lam).any()), lam
+    assert lam[0] == INF and lam[-1] == -INF
+    want = torch.tensor([_cosine_oracle(v) for v in t.tolist()], dtype=F64)
+    rtol = 4 * torch.finfo(dtype).eps
+    torch.testing.assert_close(lam[1:-1].to(F64), want[1:-1], rtol=rtol, atol=rtol)
+    # the clamped schedule, alpha and the slope at the very ends
+    clamped = dd.Cosine()
+    assert clamped.log_snr(t)[0] == 9.0 and clamped.log_snr(t)[-1] == -9.0
+    alpha = clamped.alpha(t)
+    assert not bool(torch.isnan(alpha).any()) and bool(((alpha > 0) & (alpha < 1)).all())
+    slope = free.dlog_snr_dt(t)
+    assert not bool(torch.isnan(slope).any()) and bool((slope <= 0).all())
+    inner = t[3:-2].to(F64)
+    torch.testing.assert_close(slope[3:-2].to(F64), -2 * math.pi / torch.sin(math.pi * inner), rtol=rtol, atol=0)
+    # the inverse: exact at +-inf and consistent with the map near both ends
+    ends = free.t_of_log_snr(torch.tensor([INF, -INF], dtype=dtype))
+    assert ends.tolist() == [0.0, 1.0]
+    near = t[[3, 4, -2]]  # (near t = 0, t(lambda) needs exp(-lambda / 2) below the normal range)
+    torch.testing.assert_close(free.t_of_log_snr(free.log_snr(near)), near, rtol=rtol, atol=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NaiveCosine(dd.Cosine):
+    """The cosine schedule as it was: cos(pi t / 2) and sin(pi t) straight from t."""
+
+    def _log_snr(self, t):
+        half = 0.5 * math.pi * t
+        return 2.0 * (torch.log(torch.cos(half)) - torch.log(torch.sin(half)))
+
+    def _dlog_snr_dt(self, t):
+        return -2.0 * math.pi / torch.sin(math.pi * t)
+
+    def _t_of_log_snr(self, lam):
+        return (2.0 / math.pi) * torch.atan(torch.exp(-0.5 * lam))
+
+
+@pytest.mark.parametrize("ends", [{}, dict(log_snr_min=-INF, log_snr_max=INF)], ids=["clamped", "unclamped"])
+def test_check_schedule_probes_the_float_ends(ends):
+    """check_schedule gives users' schedules the same end checks: the naive form fails them
+    (float32 NaN at t = 1; unclamped, lambda(1) = -74.7 instead of -inf in float64)."""
+    check_schedule(dd.Cosine(**ends))
+    with pytest.raises(AssertionError, match="NaN|log_snr_min|float32"):
+        check_schedule(NaiveCosine(**ends))

@@ -3,6 +3,7 @@ invariant; the strategies build valid objects."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -120,3 +121,133 @@ def test_strategies_build_valid_objects(kernel, data):
     lam_t, lam_s = data.draw(dst.log_snr_pairs())
     assert lam_t <= lam_s
     assert isinstance(data.draw(dst.schedules()), dd.Schedule)
+
+
+# -- schedules with a finite natural range -------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Narrow(dd.Schedule):
+    """A user schedule whose unclamped lambda(t) = 5 - 10 t only spans [-5, 5], with an inverse that
+    refuses anything outside that range (as a user's might)."""
+
+    def _log_snr(self, t):
+        return 5.0 - 10.0 * t
+
+    def _dlog_snr_dt(self, t):
+        return torch.full_like(t, -10.0)
+
+    def _t_of_log_snr(self, lam):
+        if bool(((lam < -5.0) | (lam > 5.0)).any()):
+            raise ValueError("lambda outside [-5, 5]")
+        return (5.0 - lam) / 10.0
+
+
+@pytest.mark.parametrize("ends, invariant", [
+    ({}, r"log_snr\(0\) = log_snr_max"),                                     # clamp [-9, 9] never reached
+    (dict(log_snr_min=-math.inf, log_snr_max=math.inf), r"log_snr\(0\) = log_snr_max"),
+    (dict(log_snr_min=-5.0, log_snr_max=6.0), r"log_snr\(0\) = log_snr_max"),
+], ids=["default-clamp", "unclamped", "wider-above"])
+def test_check_schedule_reports_a_finite_natural_range_as_an_invariant(ends, invariant):
+    """It raised the schedule's own ValueError (from the inverse on [-9, 9]) instead of naming what failed."""
+    with pytest.raises(AssertionError, match=invariant):
+        check_schedule(Narrow(**ends))
+
+
+def test_check_schedule_accepts_a_natural_range_that_is_its_clamp():
+    check_schedule(Narrow(log_snr_min=-5.0, log_snr_max=5.0))
+
+
+def test_check_schedule_reports_errors_raised_by_the_schedule():
+    @dataclass(frozen=True, kw_only=True)
+    class RaisingInverse(dd.LinearAlpha):
+        def _t_of_log_snr(self, lam):
+            raise RuntimeError("not implemented yet")
+
+    with pytest.raises(AssertionError, match="t_of_log_snr is defined.*RuntimeError: not implemented yet"):
+        check_schedule(RaisingInverse())
+
+
+# -- kernels: what a family defines is checked first ------------------------------------------------------
+class Float32Pi(dd.Hybrid):
+    """pi (and so everything) computed in float32 even for float64 lambda."""
+
+    def pi(self, lam):
+        return super().pi(lam.float())
+
+
+class WrongShapePi(dd.Uniform):
+    def pi(self, lam):
+        return super().pi(lam).reshape(-1, self.vocab_size)
+
+
+@pytest.mark.parametrize("kernel, invariant", [
+    (Float32Pi(5, 4), "pi returns lambda's dtype.*pi returned torch.float32 for float64 lambda"),
+    (WrongShapePi(4), r"pi has shape \[\*lam.shape, V\]"),
+], ids=["dtype", "shape"])
+def test_check_kernel_checks_the_definition_first(kernel, invariant):
+    """A float32 pi was reported as 'marginal sums to 1' (off by ~1e-8)."""
+    with pytest.raises(AssertionError, match=invariant):
+        check_kernel(kernel, tightness=False)
+
+
+# -- strategies: user families, every public strategy documented ------------------------------------------
+class Annealed(dd.Kernel):
+    """A user family with only pi and dpi: s u + (1 - s) e_0 with s = sigmoid(lambda), no mask."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size, self.mask_id = vocab_size, None
+
+    def _parts(self, lam):
+        s = torch.sigmoid(lam).unsqueeze(-1)
+        u = torch.full((self.vocab_size,), 1.0 / self.vocab_size, dtype=lam.dtype, device=lam.device)
+        e0 = torch.zeros_like(u)
+        e0[0] = 1.0
+        return s, u, e0
+
+    def pi(self, lam):
+        s, u, e0 = self._parts(lam)
+        return s * u + (1 - s) * e0
+
+    def dpi(self, lam):
+        s, u, e0 = self._parts(lam)
+        return s * (1 - s) * (u - e0)
+
+
+@given(data=st.data())
+def test_kernels_strategy_accepts_user_families(data):
+    """Only built-in names were accepted (anything else silently became a Prior kernel)."""
+    family, kind = data.draw(st.sampled_from([
+        (Annealed, Annealed),                                                           # V -> Kernel
+        (st.builds(Annealed, st.integers(2, 6)), Annealed),                             # a strategy
+        (lambda V: st.builds(dd.Masked, st.just(V), st.integers(0, V - 1)), dd.Masked),  # V -> strategy
+    ]))
+    kernel = data.draw(dst.kernels(families=(family,)))
+    assert type(kernel) is kind
+    mixed = data.draw(dst.kernels(vocab_size=5, families=("masked", Annealed)))
+    assert type(mixed) in (dd.Masked, Annealed) and mixed.vocab_size == 5
+
+
+def test_kernels_strategy_rejects_bad_families():
+    from hypothesis import find
+
+    with pytest.raises(ValueError, match="unknown kernel family 'uniformm'"):
+        find(dst.kernels(families=("uniformm",)), lambda k: True)
+    with pytest.raises(TypeError, match="not a discdiff Kernel"):
+        find(dst.kernels(families=(lambda V: "a kernel",)), lambda k: True)
+    with pytest.raises(ValueError, match="vocab_size=5"):
+        find(dst.kernels(vocab_size=5, families=(lambda V: dd.Uniform(3),)), lambda k: True)
+
+
+def test_every_public_strategy_is_documented():
+    for name in dst.__all__:
+        doc = getattr(dst, name).__doc__ or ""
+        assert len(doc.split()) >= 8, f"discdiff.testing.strategies.{name} has no real docstring"
+
+
+@given(data=st.data())
+def test_documented_strategies_draw_what_they_say(data):
+    V = data.draw(dst.vocab_sizes())
+    p = data.draw(dst.prior_probs(V))
+    assert p.dtype == torch.float64 and p.shape == (V,) and bool((p >= 0).all())
+    torch.testing.assert_close(p.sum(), torch.ones((), dtype=torch.float64))
+    logits = data.draw(dst.logits((2, 3, V), scale=2.0))
+    assert logits.shape == (2, 3, V) and logits.dtype == torch.float64 and bool(torch.isfinite(logits).all())

@@ -4,8 +4,12 @@ epoch rollover; mixtures by weight."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import os
+import stat
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import torch
 
 from sumi.cli import _Parser
 from sumi.cli_common import UsageError
-from sumi.data import Loader, Manifest, Mixture, PackedDataset, iter_documents, prepare, stdlib_files
+from sumi.data import IntegrityError, Loader, Manifest, Mixture, PackedDataset, iter_documents, prepare, stdlib_files
 from sumi.data import cli as data_cli
 from sumi.data.spec import describe, open_data, parse_data_args
 from sumi.tokenizer import SumiTokenizer
@@ -72,7 +76,25 @@ def test_manifest_contents(tmp_path, tok):
     assert raw["files"] == len(files) and raw["sources"] == [str(f) for f in files]
     assert raw["tokenizer_sha256"] == prepare_mod.tokenizer_fingerprint(tok) and len(raw["tokenizer_sha256"]) == 64
     assert Manifest.load(tmp_path / "out") == m
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", *m.shards]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", *m.shards, "tokenizer.json"]
+    # a sha256 per shard, of the file's bytes (recomputed here with hashlib)
+    assert raw["shard_sha256"] == [hashlib.sha256((tmp_path / "out" / s).read_bytes()).hexdigest() for s in m.shards]
+    assert raw["tokenizer_file"] == "tokenizer.json" == m.tokenizer_file
+
+
+def test_prepare_saves_the_tokenizer_it_used(tmp_path, tok):
+    """A model trained on the prepared data can ship the tokenizer that wrote its ids."""
+    files = _write_docs(tmp_path / "src")
+    prepare(files, tok, tmp_path / "out", 8)
+    ds = PackedDataset(tmp_path / "out")
+    assert ds.tokenizer_path == tmp_path / "out" / "tokenizer.json"
+    again = SumiTokenizer.from_file(ds.tokenizer_path, vocab_size=ds.vocab_size)
+    assert prepare_mod.tokenizer_fingerprint(again) == ds.manifest.tokenizer_sha256
+    assert all(again.encode(d) == tok.encode(d) for d in DOCS)
+    assert PackedDataset(hand_dataset(tmp_path / "old", [np.zeros((2, 4))])).tokenizer_path is None  # older layout
+    (tmp_path / "out" / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tokenizer.json listed in the manifest is missing"):
+        PackedDataset(tmp_path / "out")
 
 
 def test_refuses_to_overwrite(tmp_path, tok):
@@ -90,7 +112,66 @@ def test_refuses_to_overwrite(tmp_path, tok):
     assert PackedDataset(out).seq_len == 4 == m.seq_len
     (tmp_path / "empty").mkdir()
     prepare(files, tok, tmp_path / "empty", 4)  # an empty directory is fine
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "out", "src"]  # no temp dirs left
+    # no temporary directories left; the lock files of the two outputs stay (deleting a lock file races)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".empty.lock", ".out.lock", "empty", "file", "out", "src"]
+
+
+def test_overwrite_replaces_only_a_previous_prepares_output(tmp_path, tok):
+    """--overwrite must never delete what prepare did not write: a directory of other files, a
+    prepared directory with extra files, a broken manifest are refused, naming what is there."""
+    files = _write_docs(tmp_path / "src")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("my notes")
+    (other / "results").mkdir()
+    with pytest.raises(FileExistsError, match=r"no valid manifest.json.*it holds notes.txt, results"):
+        prepare(files, tok, other, 8, overwrite=True)
+    assert (other / "notes.txt").read_text() == "my notes" and (other / "results").is_dir()
+
+    out = tmp_path / "out"
+    prepare(files, tok, out, 8)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"files a prepare did not write; it holds notes.txt\."):
+        prepare(files, tok, out, 4, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and PackedDataset(out).seq_len == 8
+    (out / "notes.txt").unlink()
+    (out / "manifest.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="no valid manifest.json"):
+        prepare(files, tok, out, 4, overwrite=True)
+
+    old = hand_dataset(tmp_path / "old", [np.zeros((2, 4))])  # prepared before checksums and tokenizer.json
+    prepare(files, tok, old, 4, overwrite=True)
+    assert PackedDataset(old).manifest.shard_sha256 is not None
+    (tmp_path / "link").symlink_to(old)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        prepare(files, tok, tmp_path / "link", 4, overwrite=True)
+
+
+def test_interrupted_prepares_leave_nothing_behind_and_a_second_writer_is_refused(tmp_path, tok):
+    from sumi._fs import LockedError, exclusive_lock
+
+    files = _write_docs(tmp_path / "src")
+    for leftover in (".out.tmp-abc123", ".out.old-def456"):  # what a killed prepare leaves
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / "shard-00000.npy").write_bytes(b"x" * 100)
+    (tmp_path / ".outer.tmp-1").mkdir()  # another output's: not ours to delete
+    with exclusive_lock(tmp_path / ".out.lock", "test"):  # a live prepare of the same directory
+        with pytest.raises(LockedError, match=r"in use by pid \d+"):
+            prepare(files, tok, tmp_path / "out", 8)
+    assert (tmp_path / ".out.tmp-abc123").exists()  # never touched while another writer may own it
+    prepare(files, tok, tmp_path / "out", 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", ".outer.tmp-1", "out", "src"]
+
+
+def test_prepared_directory_respects_the_umask(tmp_path, tok):
+    files = _write_docs(tmp_path / "src")
+    old = os.umask(0o022)
+    try:
+        prepare(files, tok, tmp_path / "out", 8)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # as mkdir gives, not mkdtemp's 0700
+    assert stat.S_IMODE((tmp_path / "out" / "manifest.json").stat().st_mode) == 0o644
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path, tok, monkeypatch):
@@ -114,7 +195,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, tok, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         prepare(files, tok, out, 8, shard_sequences=2, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # the old dataset survives intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".new.lock", ".out.lock", "out", "src"]
 
 
 # -- sources ----------------------------------------------------------------------------------
@@ -221,6 +302,70 @@ def test_dataset_validation(tmp_path):
     (path / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="inconsistent"):
         PackedDataset(path)
+
+
+def _flip_tokens(shard: Path, fraction: float, vocab_size: int) -> int:
+    """Change ``fraction`` of a shard's tokens to other in-vocabulary ids (what check_ids cannot
+    see), in place; returns how many changed."""
+    arr = np.load(shard)
+    flat = arr.reshape(-1)
+    idx = np.random.default_rng(0).choice(flat.size, max(1, int(fraction * flat.size)), replace=False)
+    flat[idx] = (flat[idx] + 1) % vocab_size
+    np.save(shard, arr)
+    return idx.size
+
+
+def test_verify_catches_in_vocabulary_corruption(tmp_path, tok):
+    files = _write_docs(tmp_path / "src", ["some words here " * 40] * 6)
+    m = prepare(files, tok, tmp_path / "out", 8, shard_sequences=20)
+    assert len(m.shards) >= 3
+    ds = PackedDataset(tmp_path / "out", verify=True)  # untouched: passes
+    ds.verify(threads=1)
+    assert _flip_tokens(tmp_path / "out" / m.shards[1], 0.1, tok.vocab_size) > 0
+    PackedDataset(tmp_path / "out").check_ids()  # the ids are all in range: only the checksum sees it
+    for threads in (1, 3):
+        with pytest.raises(IntegrityError, match=rf"{m.shards[1]}: sha256 differs .* 1 of {len(m.shards)} shard"):
+            PackedDataset(tmp_path / "out").verify(threads=threads)
+    # the ranks of a job share the shards: part (i, n) checks shards i, i + n, ...
+    PackedDataset(tmp_path / "out").verify(part=(0, 2))
+    with pytest.raises(IntegrityError, match=rf"{m.shards[1]}: sha256 differs .* 1 of {len(m.shards[1::2])} shard"):
+        PackedDataset(tmp_path / "out").verify(part=(1, 2))
+    with pytest.raises(IntegrityError, match=m.shards[1]):
+        PackedDataset(tmp_path / "out", verify=True)
+    with pytest.raises(IntegrityError, match=m.shards[1]):
+        open_data(tmp_path / "out", None, 0, verify=True)
+    assert len(open_data(tmp_path / "out", None, 0)) == m.total_rows  # verify is asked for, not implied
+
+
+def test_a_mixture_verifies_each_source(tmp_path, tok):
+    files = _write_docs(tmp_path / "src", ["more words " * 30] * 4)
+    for name in ("a", "b"):
+        prepare(files, tok, tmp_path / name, 8)
+    mix = open_data({"a": tmp_path / "a", "b": tmp_path / "b"}, {"a": 1, "b": 1}, 0, verify=True)
+    mix.verify()
+    _flip_tokens(tmp_path / "b" / "shard-00000.npy", 0.1, tok.vocab_size)
+    with pytest.raises(IntegrityError, match=str(tmp_path / "b" / "shard-00000.npy")):
+        mix.verify()
+    with pytest.raises(IntegrityError, match="shard-00000.npy"):
+        open_data({"a": tmp_path / "a", "b": tmp_path / "b"}, {"a": 1, "b": 1}, 0, verify=True)
+
+
+def test_older_manifests_without_checksums_warn_and_bad_checksum_lists_are_rejected(tmp_path):
+    path = hand_dataset(tmp_path / "ds", [np.zeros((3, 4))])  # the layout before checksums
+    with pytest.warns(UserWarning, match="no shard checksums.*prepare --overwrite"):
+        PackedDataset(path, verify=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PackedDataset(path)  # reading needs no checksum: no warning
+    raw = json.loads((path / "manifest.json").read_text())
+    for bad in (["0" * 64, "1" * 64], ["xyz"], "0" * 64):
+        (path / "manifest.json").write_text(json.dumps({**raw, "shard_sha256": bad}))
+        with pytest.raises(ValueError, match="shard_sha256"):
+            PackedDataset(path)
+    for shards in (["../shard-00000.npy"], ["/etc/passwd"], [".hidden"]):
+        (path / "manifest.json").write_text(json.dumps({**raw, "shards": shards}))
+        with pytest.raises(ValueError, match="plain file names"):
+            Manifest.load(path)
 
 
 # -- mixtures ---------------------------------------------------------------------------------
@@ -330,3 +475,29 @@ def test_cli_stdlib(tmp_path, monkeypatch):
     ds = PackedDataset(tmp_path / "out")
     assert ds.manifest.sources == [str(f) for f in few] and len(ds) > 0
     ds.check_ids()
+
+
+def test_cli_error_starts_on_a_line_of_its_own(tmp_path, capsys):
+    """An error met while tokenizing comes after the progress bar's line, not glued to it."""
+    from sumi.cli import main
+
+    (bad := tmp_path / "docs.jsonl").write_text('{"text": "fine"}\nnot json\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "prepare", "--source", str(bad), "--out", str(tmp_path / "out"), "--seq-len", "4"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "tokenizing" in err  # the bar was drawn
+    (line,) = [line for line in err.split("\n") if "error:" in line]
+    assert line.startswith("sumi data: error: ") and "docs.jsonl:2: not a JSON object" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_overwrite_refuses_other_files_and_a_binary_tokenizer_is_named(tmp_path):
+    files = _write_docs(tmp_path / "src")
+    (out := tmp_path / "out").mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(UsageError, match="it holds keep.txt"):
+        _cli(["prepare", "--source", str(files[0]), "--out", str(out), "--overwrite"])
+    assert (out / "keep.txt").read_text() == "x"
+    (binary := tmp_path / "tok.bin").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UsageError, match=r"tok.bin is not a tokenizer.json"):
+        _cli(["prepare", "--source", str(files[0]), "--out", str(tmp_path / "o"), "--tokenizer", str(binary)])

@@ -37,8 +37,8 @@ LR = 1e-3
 # difference between summing the batch in one process or in two halves (~1e-10 here) is amplified
 # by up to lr / eps.  eps = 1e-5 bounds that well under the 1e-6 tolerance (1e-8 would not).
 ADAM_EPS = 1e-5
-JOB_TIMEOUT_S = 90
-COLLECTIVE_TIMEOUT = timedelta(seconds=30)
+JOB_TIMEOUT_S = 600  # a hang detector, with room for a busy machine
+COLLECTIVE_TIMEOUT = timedelta(seconds=300)
 
 
 # -- the shared recipe: same model, batch, loss and optimizer in every process ------------------
@@ -67,7 +67,7 @@ def _objective_case():
 
     fused, plain = Objective(VOCAB, z_loss=1e-2, fused=True), Objective(VOCAB, z_loss=1e-2)
     tokens = _batch()
-    return fused, plain, tokens, plain.sample(tokens, torch.Generator().manual_seed(3))
+    return fused, plain, tokens, plain.add_noise(tokens, torch.Generator().manual_seed(3))
 
 
 def _optimizer(model) -> torch.optim.Optimizer:
@@ -161,7 +161,7 @@ def _worker(out: Path) -> None:
     _step(fresh, fresh_opt, tokens, GLOBAL_BATCH * SEQ)
     _assert_close(_full_params(fresh), _full_params(model), atol=0.0)
 
-    # (3) a crash after the shards are written, before the marker and the rename.
+    # (3) a failure after the shards are written, before the marker and the rename.
     real_save = ckpt.dcp.save
 
     def crashing_save(*args, **kwargs):
@@ -178,7 +178,8 @@ def _worker(out: Path) -> None:
         ckpt.dcp.save = real_save
     torch.distributed.barrier()
     assert ckpt.latest(ckdir) == saved
-    assert [p.name for p in ckdir.glob("step-00000002.tmp-*")], "the partial save left no temporary directory"
+    # a failure the ranks see (not a kill) removes its partial directory
+    assert not list(ckdir.glob("step-00000002.tmp-*")), "the failed save left its temporary directory"
     ckpt.save(ckdir, 3, model, optimizer)
     ckpt.save(ckdir, 4, model, optimizer)
     assert ckpt.latest(ckdir) == ckdir / "step-00000004"
@@ -214,7 +215,7 @@ def _worker(out: Path) -> None:
     init = _full_params(sharded)
     if rank == 0:
         torch.save(init, out / "init.pt")
-        _model(seed=3).save_pretrained(out / "seed3")
+        sumi.hf.save_pretrained(_model(seed=3), out / "seed3")
     torch.distributed.barrier()
     # ... and a previous phase's model loads into the shards (each rank copies its slice).
     sumi.hf.load_weights(sharded, out / "seed3")

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 import sumi
+from discdiff import NonFiniteError
 from discdiff.kernels import Uniform
 from discdiff.likelihood import nelbo
 from sumi.cli import main
 from sumi.configs import tiny
 from sumi.evaluate import Row, Scorer, continuation_row, document_rows, nelbo_texts
-from sumi.evaluate.harness import SumiLM, cut_at_stop, encode_pair
+from sumi.evaluate.harness import ModelArgumentError, SumiLM, cut_at_stop, encode_pair
 from sumi.tokenizer import SumiTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,6 +138,40 @@ def test_nelbo_texts_totals_and_bits_per_byte(model, tok):
         nelbo_texts(model, tok, ["a"], canvas_length=10_000)
 
 
+def test_nelbo_canvas_defaults_to_the_models_positions(model, tok):
+    text = "abcdefgh " * 80  # more tokens than 512: windows of the model's whole canvas
+    report = nelbo_texts(model, tok, [text], points=2)
+    assert model.config.max_position_embeddings == 512 and report.canvas_length == 512
+    assert report.tokens == len(tok.encode(text, add_bos=False))
+    with pytest.raises(ValueError, match="canvas_length 513 exceeds"):
+        nelbo_texts(model, tok, [text], canvas_length=513, points=2)
+
+
+class _NanAfter(torch.nn.Module):
+    """Finite logits for the first ``calls`` calls, NaN afterwards."""
+
+    def __init__(self, config, calls: int) -> None:
+        super().__init__()
+        self.config, self.left, self.w = config, calls, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids, attention_mask=None):
+        self.left -= 1
+        logits = torch.zeros(*ids.shape, self.config.vocab_size) + self.w
+        return logits if self.left >= 0 else logits * float("nan")
+
+
+def test_non_finite_nelbo_is_an_error_not_a_number(model, tok):
+    rows = document_rows(list(range(10)), 16, model.config.bos_token_id, model.config.eos_token_id)
+    with pytest.raises(NonFiniteError, match=r"model produced non-finite values \(its weights may be NaN/inf\): "
+                                             r".*first at time point 0 of 2"):
+        Scorer(_NanAfter(model.config, 0), points=2).nelbo(rows)
+    # NaN only at a later call: refused too (discdiff.likelihood.nelbo names the time point)
+    with pytest.raises(NonFiniteError, match="first at time point 1 of 2"):
+        Scorer(_NanAfter(model.config, 1), points=2).nelbo(rows)
+    with pytest.raises(ValueError, match="NaN"):
+        nelbo_texts(_NanAfter(model.config, 3), tok, ["some text", "more text"], points=2, batch_size=1)
+
+
 def test_sumi_eval_nelbo_cli_trained_beats_untrained(tiny_run, tmp_path, capsys):
     """`sumi eval nelbo` on the main job's model: JSON output, and 40 training steps already
     compress held-out Python clearly better than the untrained tiny model (bits per byte, so
@@ -155,6 +190,10 @@ def test_sumi_eval_nelbo_cli_trained_beats_untrained(tiny_run, tmp_path, capsys)
     assert main(["eval", "nelbo", "--model", str(tiny_run / "model"), "--data", str(tmp_path / "held0.txt"),
                  "--canvas-length", "64", "--points", "4"]) == 0
     assert "bits per byte" in capsys.readouterr().out
+    # the README's next command: no --canvas-length, so the tiny preset's 512 positions, not 2048
+    assert main(["eval", "nelbo", "--model", str(tiny_run / "model"), "--data", str(tmp_path / "held0.txt"),
+                 "--points", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["canvas_length"] == 512
     for argv, match in [(["--data", str(tmp_path / "nope.txt")], "nope.txt"), (["--points", "0"], "--points"),
                         (["--canvas-length", "100000"], "max_position_embeddings"),
                         (["--model", str(tmp_path / "none")], "no model directory")]:
@@ -218,16 +257,26 @@ def test_is_greedy_is_true_for_a_model_that_predicts_the_continuation(tok):
 
 
 def test_lm_arguments_are_checked(tiny_run, tok, model):
-    with pytest.raises(ValueError, match="pretrained"):
+    with pytest.raises(ModelArgumentError, match="pretrained"):
         SumiLM()
-    with pytest.raises(FileNotFoundError, match="no model directory"):
+    with pytest.raises(ModelArgumentError, match="no model directory"):
         SumiLM(pretrained=str(tiny_run / "missing"))
-    with pytest.raises(ValueError, match="points"):
+    with pytest.raises(ModelArgumentError, match="no tokenizer at"):
+        SumiLM(pretrained=str(tiny_run))  # the run directory, not its model
+    with pytest.raises(ModelArgumentError, match="points"):
         SumiLM(model=model, tokenizer_object=tok, points=0)
     lm = SumiLM(pretrained=str(tiny_run / "model"), batch_size="auto", canvas_length="64", device="cpu")
     assert (lm.batch_size, lm.canvas_length) == (4, 64)
     with pytest.raises(ValueError, match="leaves no room"):
         lm.generate_until([_Request("x", {"max_gen_toks": 63})], disable_tqdm=True)
+
+
+def test_lm_canvas_defaults_to_the_models_positions_and_is_never_clamped(tok, model):
+    assert model.config.max_position_embeddings == 512
+    assert SumiLM(model=model, tokenizer_object=tok).canvas_length == 512  # min(2048, 512)
+    assert SumiLM(model=model, tokenizer_object=tok, canvas_length="512").canvas_length == 512
+    with pytest.raises(ModelArgumentError, match=r"canvas_length 1024 exceeds the model's max_position_embeddings"):
+        SumiLM(model=model, tokenizer_object=tok, canvas_length="1024")
 
 
 _TASKS = {
@@ -241,9 +290,8 @@ _TASKS = {
 }
 
 
-def test_lm_eval_command_line_runs_local_tasks_offline(tiny_run, tmp_path):
-    """``python -m sumi.evaluate`` (lm-eval's own CLI, `sumi` registered) on three tasks defined
-    from a local JSONL file, with the Hugging Face hubs forced offline."""
+def _local_tasks(tmp_path: Path) -> Path:
+    """Three lm-eval tasks (multiple choice, rolling likelihood, generation) on a local JSONL file."""
     data = tmp_path / "data.jsonl"
     docs = [{"question": "def add(a, b):", "choices": ["\n    return a + b", " banana"], "label": 0,
              "text": "import os\nprint(os.getcwd())\n", "answer": "return"},
@@ -257,19 +305,57 @@ def test_lm_eval_command_line_runs_local_tasks_offline(tiny_run, tmp_path):
                 "dataset_kwargs": {"data_files": {"test": str(data)}}, "test_split": "test",
                 "output_type": output_type, **fields}
         (tasks / f"{name}.yaml").write_text(json.dumps(spec))  # JSON is YAML
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    args = [sys.executable, "-m", "sumi.evaluate", "--model", "sumi", "--model_args",
+    return tasks
+
+
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def test_lm_eval_command_line_runs_local_tasks_offline(tiny_run, tmp_path):
+    """The documented ``sumi eval harness --model sumi --model_args ... --tasks ...`` (lm-eval's
+    own options passed through, `sumi` registered) on three tasks defined from a local JSONL
+    file, with the Hugging Face hubs forced offline."""
+    tasks = _local_tasks(tmp_path)
+    args = [sys.executable, "-m", "sumi", "eval", "harness", "--model", "sumi", "--model_args",
             f"pretrained={tiny_run / 'model'},points=8,steps=8,canvas_length=64", "--device", "cpu",
             "--tasks", "sumi_local_mc,sumi_local_rolling,sumi_local_gen", "--include_path", str(tasks),
             "--output_path", str(tmp_path / "out")]
-    proc = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(args, env=_offline_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result_file,) = (tmp_path / "out").rglob("results*.json")
     results = json.loads(result_file.read_text())["results"]
     assert 0 <= results["sumi_local_mc"]["acc,none"] <= 1
     assert 0 < results["sumi_local_rolling"]["bits_per_byte,none"] < 20
     assert 0 <= results["sumi_local_gen"]["exact_match,none"] <= 1
+
+
+@pytest.mark.parametrize("entry", [["sumi.evaluate"], ["sumi", "eval", "harness"]])
+def test_a_bad_pretrained_is_one_line_and_exit_2(tiny_run, tmp_path, entry):
+    """A missing or wrong ``pretrained=`` (or a canvas the model cannot hold) stops before any
+    task runs, with one line on stderr instead of a traceback from inside lm-eval."""
+    tasks = _local_tasks(tmp_path)
+    for model_args, message in [(f"pretrained={tmp_path / 'missing'}", "no model directory"),
+                                (f"pretrained={tiny_run}", "no tokenizer at"),  # the run, not its model
+                                (f"pretrained={tiny_run / 'model'},canvas_length=1024", "exceeds the model's")]:
+        args = [sys.executable, "-m", *entry, "--model", "sumi", "--model_args", model_args, "--device", "cpu",
+                "--tasks", "sumi_local_mc", "--include_path", str(tasks)]
+        proc = subprocess.run(args, env=_offline_env(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+                              timeout=240)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("sumi: error: sumi model: ") and message in last, proc.stderr[-3000:]
+
+
+def test_missing_lm_eval_names_the_distributions_extra(monkeypatch, capsys):
+    from sumi.evaluate.__main__ import main as harness_main
+
+    monkeypatch.setitem(sys.modules, "lm_eval.__main__", None)  # what an install without lm-eval raises
+    with pytest.raises(SystemExit) as exc:
+        harness_main(["--tasks", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "pip install 'discdiff[eval]'" in err and "sumi[eval]" not in err
 
 
 def test_importing_sumi_evaluate_registers_sumi_lazily_and_keeps_lm_evals_models():

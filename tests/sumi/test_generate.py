@@ -15,6 +15,8 @@ from torch import nn
 
 import sumi
 from sumi.cli import main
+from discdiff import NonFiniteError
+from sumi import hf
 from sumi.configs import tiny
 from sumi.generation import GenerationOutput, generate
 
@@ -193,13 +195,57 @@ def test_validation_errors(kwargs, match):
     assert stub.calls == []  # nothing ran
 
 
+# -- defaults from the model, non-finite logits ----------------------------------------------------
+@pytest.mark.parametrize("positions, expected", [(512, 512), (4096, 2048)])
+def test_default_canvas_is_the_models_up_to_2048(positions, expected):
+    config = tiny(vocab_size=V, max_position_embeddings=positions)
+    stub = Forcing(torch.zeros(1, positions, dtype=torch.long), config=config)
+    out = generate(stub, [BOS, 4], 3, steps=1, sampler="greedy", seed=0)
+    assert out.canvas.shape == (1, expected)
+    assert generate(stub, [BOS, 4], 3, canvas_length=64, steps=1, sampler="greedy", seed=0).canvas.shape == (1, 64)
+    with pytest.raises(ValueError, match=rf"canvas_length {positions + 1} exceeds .*\({positions}\)"):
+        generate(stub, [BOS, 4], 3, canvas_length=positions + 1, steps=1, seed=0)  # never clamped
+
+
+class Broken(nn.Module):
+    """Logits of ``value`` at ``(0, position, token)``, 0 elsewhere."""
+
+    def __init__(self, value: float, position: int = 3, token: int | None = None) -> None:
+        super().__init__()
+        self.config, self.value, self.position, self.token = CONFIG, value, position, token
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls += 1
+        logits = torch.zeros(*input_ids.shape, V)
+        if self.token is None:
+            logits[0, self.position] = self.value
+        else:
+            logits[0, self.position, self.token] = self.value
+        return logits
+
+
+@pytest.mark.parametrize("value, token", [(float("nan"), 5), (float("inf"), 5), (-float("inf"), None)])
+def test_non_finite_logits_stop_generation_at_the_first_step(value, token):
+    stub = Broken(value, position=3, token=token)
+    with pytest.raises(NonFiniteError, match=r"model produced non-finite values \(its weights may be NaN/inf\): "
+                                             r".*first at batch 0, position 3"):
+        generate(stub, [BOS], 4, canvas_length=16, steps=4, seed=0)
+    assert stub.calls == 1
+
+
+def test_forbidden_tokens_at_minus_inf_are_legitimate():
+    stub = Broken(-float("inf"), position=3, token=5)  # one token banned at one position: fine
+    out = generate(stub, [BOS], 4, canvas_length=16, steps=2, seed=0)
+    assert stub.calls == 2 and out.canvas.shape == (1, 16)
+
+
 # -- command line -----------------------------------------------------------------------------
 TINY_ARGS = ["generate", "--model", "tiny", "--prompt", "hello", "--steps", "4", "--canvas-length", "64",
              "--max-new-tokens", "8"]
 
 
 def test_cli_generates_with_the_embedded_tiny_model(capsys):
-    pytest.importorskip("sumi.tokenizer", reason="sumi.tokenizer (SumiTokenizer) is not written yet")
     assert main(TINY_ARGS + ["--seed", "5"]) == 0
     first = capsys.readouterr()
     assert first.out.endswith("\n") and first.out.count("\n") >= 1
@@ -210,7 +256,6 @@ def test_cli_generates_with_the_embedded_tiny_model(capsys):
 
 @pytest.mark.parametrize("extra", [["--max-new-tokens", "70"], ["--steps", "0"], ["--canvas-length", "5000"]])
 def test_cli_input_errors_after_loading_exit_2(capsys, extra):
-    pytest.importorskip("sumi.tokenizer", reason="sumi.tokenizer (SumiTokenizer) is not written yet")
     with pytest.raises(SystemExit) as exc:
         main(TINY_ARGS + extra)
     err = capsys.readouterr().err.strip().splitlines()
@@ -270,7 +315,6 @@ def test_cli_loads_a_checkpoint_directory_and_its_tokenizer(tmp_path, monkeypatc
 
 
 def test_cli_convert_rewrites_a_checkpoint(tmp_path, model, capsys):
-    hf = pytest.importorskip("sumi.hf", reason="sumi.hf (checkpoints) is not written yet")
     hf.save_pretrained(model, tmp_path / "src")
     assert main(["convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--dtype", "bfloat16",
                  "--max-shard-size", "100KB"]) == 0
@@ -282,3 +326,16 @@ def test_cli_convert_rewrites_a_checkpoint(tmp_path, model, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")])
     assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_cli_on_the_trained_tiny_model_takes_the_canvas_from_the_model(tiny_run, capsys):
+    """The README's next command after training: the tiny preset has 512 positions, so the
+    default canvas is 512 (not 2048); an explicit canvas that does not fit stays an error."""
+    model = str(tiny_run / "model")
+    assert main(["generate", "--model", model, "--prompt", "def", "--steps", "2", "--max-new-tokens", "8",
+                 "--seed", "0"]) == 0
+    assert "seed 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--model", model, "--prompt", "def", "--canvas-length", "1024"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.endswith("leave it unset to use min(2048, 512)") and "\n" not in err

@@ -1,12 +1,18 @@
 """The Hugging Face checkpoint layout (docs/sumi.md, "Checkpoints"): checkpoints written
 independently with the ``safetensors`` library and a hand-written release-style config.json are
 loaded exactly; save -> load round trips (single file and sharded); dtype/device; every error
-names its key or file; weights only ever come from safetensors, straight into a meta-built model."""
+names its key or file; weights only ever come from safetensors, straight into a meta-built model;
+a save replaces the directory as a whole (a failure or a kill at any write leaves the old
+checkpoint or the new one, never a mix), with the umask's modes."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +21,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import sumi
 import sumi.hf as hf
+import sumi.hf.writing as writing
+from sumi._fs import LockedError, StorageError, exclusive_lock
 from sumi.configs import tiny
 from sumi.model import Sumi
 
@@ -279,10 +288,10 @@ def test_save_failure_leaves_nothing_half_written(tmp_path, monkeypatch):
             raise OSError("disk full")
         save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(hf, "save_file", failing_save_file)
+    monkeypatch.setattr(writing, "save_file", failing_save_file)
     with pytest.raises(OSError, match="disk full"):
         hf.save_pretrained(model, tmp_path / "out", max_shard_size=30_000)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock"]  # no directory, no temporaries
 
 
 def test_save_arguments_are_checked(tmp_path):
@@ -294,15 +303,17 @@ def test_save_arguments_are_checked(tmp_path):
         hf.save_pretrained(Sumi.on_meta(CFG), tmp_path)
     with pytest.raises(ValueError, match="dtype"):
         hf.save_pretrained(model, tmp_path, dtype="int8")
-    assert hf._parse_size("5GB") == 5 * 10**9 and hf._parse_size("1MiB") == 2**20 and hf._parse_size(7) == 7
+    assert writing._parse_size("5GB") == 5 * 10**9 and writing._parse_size("1MiB") == 2**20
+    assert writing._parse_size(7) == 7
 
 
-def test_sumi_save_pretrained_method(tmp_path):
-    if not hasattr(Sumi, "save_pretrained"):
-        pytest.skip("Sumi.save_pretrained is not wired in yet")
+def test_save_pretrained_is_the_package_function(tmp_path):
+    """``sumi.save_pretrained(model, path)`` is sumi.hf's (the model has no method of that name:
+    it would make sumi.model import sumi.hf, which imports sumi.model)."""
+    assert sumi.save_pretrained is hf.save_pretrained and not hasattr(Sumi, "save_pretrained")
     model = Sumi.initialized(CFG, generator=_gen(16))
-    model.save_pretrained(tmp_path, max_shard_size=30_000)
-    _assert_same_weights(hf.from_pretrained(tmp_path), model.state_dict(), torch.float32)
+    sumi.save_pretrained(model, tmp_path / "ck", max_shard_size=30_000)
+    _assert_same_weights(hf.from_pretrained(tmp_path / "ck"), model.state_dict(), torch.float32)
 
 
 def test_convert_changes_dtype_and_sharding(tmp_path):
@@ -478,3 +489,279 @@ def test_no_random_initialization_and_no_second_copy(tmp_path, monkeypatch):
         for name, p in model.named_parameters():
             ptr = p.data_ptr()
             assert any(lo <= ptr and ptr + p.numel() * p.element_size() <= hi for lo, hi in maps), name
+
+
+# -- the directory is replaced as a whole ------------------------------------------------------------------
+# Writes a save can make, as Python's audit events name them.  safetensors writes from Rust and is
+# wrapped instead; the exchange of the two directories (renameat2 through ctypes) raises no event,
+# but the chmod of the new directory just before it and the removal of the old files after it do.
+_WRITE_EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.link", "os.symlink",
+                 "os.truncate", "os.utime", "shutil.copyfile", "shutil.copymode", "shutil.copystat",
+                 "shutil.copytree", "shutil.rmtree"}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _is_write(event: str, args: tuple) -> bool:
+    if event == "open":
+        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        return bool(flags & _WRITE_FLAGS)
+    return event in _WRITE_EVENTS
+
+
+def _save_with_fault(model: Sumi, path: Path, max_shard_size: int, fault_at: int, mode: str) -> tuple[str, int]:
+    """Save in a forked child that dies (``kill``: SIGKILL, nothing cleaned up) or fails
+    (``raise``: an ENOSPC ``OSError``) at its ``fault_at``-th write.  Returns ``"killed"``,
+    ``"raised"`` or ``"done"`` (the save completed: the fault was absorbed, e.g. by
+    ``mkdir(exist_ok=True)``, or came after the last write) and the number of writes the
+    completed save made (0 otherwise)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 4
+        try:
+            signal.alarm(60)  # a hung save ends the child (SIGALRM) instead of the test run
+            os.close(read_end)
+            count = [0]
+
+            def write_point() -> None:
+                count[0] += 1
+                if count[0] == fault_at:
+                    if mode == "kill":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    raise OSError(errno.ENOSPC, "injected: no space left on device")
+
+            def hook(event: str, args: tuple) -> None:
+                if _is_write(event, args):
+                    write_point()
+
+            real_save_file = writing.save_file
+
+            def save_file(tensors, filename, metadata=None):
+                write_point()
+                with open(filename, "wb") as f:  # a half-written shard on disk, then the whole one
+                    f.write(b"\0" * 64)
+                write_point()
+                real_save_file(tensors, filename, metadata=metadata)
+                write_point()
+
+            writing.save_file = save_file
+            sys.addaudithook(hook)
+            try:
+                hf.save_pretrained(model, path, max_shard_size=max_shard_size)
+                os.write(write_end, str(count[0]).encode())  # os.write is no audit event
+                status = 0
+            except OSError:
+                status = 3
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    _, wait_status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as f:
+        writes = int(f.read() or 0)
+    if os.WIFSIGNALED(wait_status):
+        assert os.WTERMSIG(wait_status) != signal.SIGALRM, f"the save with a fault at write {fault_at} hung"
+        assert os.WTERMSIG(wait_status) == signal.SIGKILL and mode == "kill"
+        return "killed", writes
+    code = os.WEXITSTATUS(wait_status)
+    assert code in (0, 3), f"the child failed unexpectedly (status {code}) at write {fault_at}"
+    return ("done" if code == 0 else "raised"), writes
+
+
+def _which(directory: Path, old: dict, new: dict) -> str:
+    state = hf.from_pretrained(directory).state_dict()
+    if all(torch.equal(state[k], old[k]) for k in old):
+        return "old"
+    assert all(torch.equal(state[k], new[k]) for k in new), "a mix of old and new tensors"
+    return "new"
+
+
+@pytest.mark.parametrize("mode", ["kill", "raise"])
+@pytest.mark.parametrize("old_shard_size", [200_000, "5GB"], ids=["over-4-shards", "over-single-file"])
+def test_a_save_interrupted_at_any_write_leaves_old_or_new(tmp_path, old_shard_size, mode):
+    """A save in 4 shards over an existing checkpoint (other tensors under the same 4 names, or
+    one file), with a tokenizer and a user's folder beside it, killed or failing at each of its
+    writes in turn (a forked child each time): the directory then loads as the whole old model
+    or the whole new one, keeps the user's files, and the next save removes whatever the
+    interrupted one left."""
+    old = Sumi.initialized(CFG, generator=_gen(40))
+    new = Sumi.initialized(CFG, generator=_gen(41))
+    old_state, new_state = old.state_dict(), new.state_dict()
+    template = tmp_path / "template"
+    hf.save_pretrained(old, template, max_shard_size=old_shard_size)
+    (template / "tokenizer.json").write_text('{"version": "1.0"}')
+    (template / "notes").mkdir()
+    (template / "notes" / "run.txt").write_text("lr 2e-4")
+    work = tmp_path / "work"
+    outcomes = []
+    for fault_at in range(1, 500):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        shutil.copytree(template, work / "ck")
+        result, writes = _save_with_fault(new, work / "ck", 200_000, fault_at, mode)
+        loaded = _which(work / "ck", old_state, new_state)
+        outcomes.append((result, loaded))
+        assert (work / "ck" / "tokenizer.json").read_text() == '{"version": "1.0"}'
+        assert (work / "ck" / "notes" / "run.txt").read_text() == "lr 2e-4"
+        weights = sorted(p.name for p in (work / "ck").glob("model*"))
+        assert ("model.safetensors" in weights) == (loaded == "old" and old_shard_size == "5GB"), weights
+        leftovers = sorted(p.name for p in work.iterdir() if p.name not in ("ck", ".ck.lock"))
+        assert all(name.startswith(".ck.tmp-") for name in leftovers), leftovers
+        if result == "raised":
+            assert leftovers == []  # a failure cleans up after itself
+        if leftovers:
+            hf.save_pretrained(new, work / "ck", max_shard_size=200_000)  # the next save removes them
+            assert sorted(p.name for p in work.iterdir()) == [".ck.lock", "ck"]
+        if result == "done":
+            assert loaded == "new"
+            if fault_at > writes:  # every write of the save was interrupted once
+                break
+    else:
+        raise AssertionError("the save never completed")
+    faults = [loaded for result, loaded in outcomes if result != "done"]
+    assert len(faults) > 20 and "old" in faults
+    if mode == "kill":
+        assert "new" in faults  # killed after the swap, before the old files were deleted
+
+
+def test_resave_keeps_the_users_files_and_drops_old_temporaries(tmp_path):
+    model = Sumi.initialized(CFG, generator=_gen(42))
+    d = tmp_path / "ck"
+    hf.save_pretrained(model, d)
+    (d / "tokenizer.json").write_text("{}")
+    (d / "generation_config.json").write_text('{"steps": 128}')
+    (d / ".model.safetensors.k2j4h1x9.tmp").write_bytes(b"\0" * 1000)  # what earlier writers left
+    (d / ".config.json.abcdefgh.tmp").write_text("{")
+    (d / "model-00001-of-00002.safetensors").write_bytes(b"stale")
+    hf.save_pretrained(model, d, max_shard_size=30_000)
+    names = sorted(p.name for p in d.iterdir())
+    assert "tokenizer.json" in names and "generation_config.json" in names
+    assert not [n for n in names if n.startswith(".") or n == "model.safetensors" or n.endswith("of-00002.safetensors")]
+    _assert_same_weights(hf.from_pretrained(d), model.state_dict(), torch.float32)
+
+
+def test_failures_are_named_and_keep_the_old_checkpoint(tmp_path, monkeypatch):
+    old = Sumi.initialized(CFG, generator=_gen(47))
+    new = Sumi.initialized(CFG, generator=_gen(48))
+    hf.save_pretrained(old, tmp_path / "ck")
+
+    def full_disk(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def mount_point(staged, final):
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    cases = [("save_file", full_disk, StorageError, r"saving the checkpoint 'ck' into .* failed: no space left"),
+             ("replace_dir", mount_point, OSError, r"cannot replace .*ck.* as a whole .*mount point: save into a sub")]
+    for name, fake, error, message in cases:
+        with monkeypatch.context() as m:
+            m.setattr(writing, name, fake)
+            with pytest.raises(error, match=message):
+                hf.save_pretrained(new, tmp_path / "ck", max_shard_size=200_000)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.lock", "ck"]
+        _assert_same_weights(hf.from_pretrained(tmp_path / "ck"), old.state_dict(), torch.float32)
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    model = Sumi.initialized(CFG, generator=_gen(43))
+    with exclusive_lock(tmp_path / ".ck.lock", "a test"):
+        with pytest.raises(LockedError, match="checkpoint directory .*ck.* is in use by pid"):
+            hf.save_pretrained(model, tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_saving_over_the_working_directory_is_refused(tmp_path, monkeypatch):
+    model = Sumi.initialized(CFG, generator=_gen(44))
+    (tmp_path / "inner").mkdir()
+    monkeypatch.chdir(tmp_path / "inner")
+    for target in (".", "..", str(tmp_path)):
+        with pytest.raises(ValueError, match="working directory"):
+            hf.save_pretrained(model, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inner"]
+
+
+def test_a_save_through_a_symlink_rewrites_its_target(tmp_path):
+    model = Sumi.initialized(CFG, generator=_gen(45))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    hf.save_pretrained(model, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "model.safetensors").is_file()
+
+
+def test_files_follow_the_umask(tmp_path):
+    model = Sumi.initialized(CFG, generator=_gen(46))
+    previous = os.umask(0o027)
+    try:
+        hf.save_pretrained(model, tmp_path / "new", max_shard_size=30_000)
+        existing = tmp_path / "existing"
+        existing.mkdir()
+        existing.chmod(0o755)
+        (existing / "tokenizer.json").write_text("{}")
+        (existing / "tokenizer.json").chmod(0o600)
+        hf.save_pretrained(model, existing)
+        hf.convert(tmp_path / "new", tmp_path / "converted", dtype="bfloat16")
+    finally:
+        os.umask(previous)
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    for d in (tmp_path / "new", tmp_path / "converted"):
+        assert mode(d) == 0o750, d
+        assert {p.name: mode(p) for p in d.iterdir()} == {p.name: 0o640 for p in d.iterdir()}
+    assert mode(existing) == 0o755  # a replaced directory keeps its own mode ...
+    assert mode(existing / "tokenizer.json") == 0o600  # ... and so do the user's files
+    assert mode(existing / "model.safetensors") == mode(existing / "config.json") == 0o640
+
+
+# -- reading exactly what the index names ------------------------------------------------------------------
+def test_a_single_file_beside_an_index_is_an_error(tmp_path):
+    """A stray ``model.safetensors`` next to an index (left by a copy or an older writer) is
+    never silently preferred or mixed in."""
+    d = _write_release(tmp_path, _release_tensors(torch.float32, seed=50), shards=3)
+    save_file(_release_tensors(torch.float32, seed=51), str(d / "model.safetensors"))
+    with pytest.raises(hf.CheckpointError, match=r"both model\.safetensors and model\.safetensors\.index\.json"):
+        hf.from_pretrained(d)
+    with pytest.raises(hf.CheckpointError, match="delete the stale one"):
+        hf.load_state_dict(d)
+
+
+def test_shards_the_index_does_not_name_are_not_read(tmp_path):
+    tensors = _release_tensors(torch.float32, seed=52)
+    d = _write_release(tmp_path, tensors, shards=3)
+    (d / "model-00004-of-00004.safetensors").write_bytes(b"not even safetensors")
+    _assert_same_weights(hf.from_pretrained(d), tensors, torch.float32)
+
+
+# -- convert ---------------------------------------------------------------------------------------------------
+def test_convert_refuses_to_overwrite_its_source(tmp_path):
+    src = _write_release(tmp_path / "src", _release_tensors(torch.float32, seed=53), _release_config("float32"))
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    (tmp_path / "link").symlink_to(src)
+    for dst in (src, tmp_path / "src" / ".", tmp_path / "link"):
+        with pytest.raises(ValueError, match="is the source directory"):
+            hf.convert(src, dst, dtype="bfloat16")
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_cli_convert_onto_itself_is_a_one_line_error(tmp_path, capsys):
+    from sumi.cli import main
+
+    src = _write_release(tmp_path / "src", _release_tensors(torch.float32, seed=54), _release_config("float32"))
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", str(src), str(src), "--dtype", "bfloat16"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("sumi convert: error: cannot convert")
+    assert "is the source directory" in err
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    assert main(["convert", str(src), str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+# -- the attention backend -------------------------------------------------------------------------------------
+def test_from_pretrained_refuses_a_backend_that_cannot_run_before_reading(tmp_path):
+    with pytest.raises(ValueError, match="attention_backend='flash' runs on CUDA only"):
+        hf.from_pretrained(tmp_path / "nowhere", attention_backend="flash")  # not even the directory is looked at
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
+        hf.from_pretrained(tmp_path / "nowhere", attention_backend="xformers")

@@ -63,6 +63,66 @@ def test_resume_replays_exactly(tmp_path):
     assert torch.equal(r1.next_batch(), full[3][1:])
 
 
+def _global_batches(ds, steps: int, batch_size: int, world_size: int, global_batch: int, **kw) -> list[torch.Tensor]:
+    """Each step's global batch as [global_batch, seq] rows by offset, read through every rank's
+    micro-batches (as the training loop reads them)."""
+    loaders = [Loader(ds, batch_size, seed=5, rank=r, world_size=world_size, global_batch=global_batch, **kw)
+               for r in range(world_size)]
+    out = []
+    for _ in range(steps):
+        rows = [None] * global_batch
+        for m in range(loaders[0].micro_batches):
+            for loader in loaders:
+                batch, start = loader.next_batch(), loader.offset(m)
+                for i in range(batch_size):
+                    rows[start + i] = batch[i]
+        out.append(torch.stack(rows))
+    return out
+
+
+def test_global_batches_do_not_depend_on_ranks_or_micro_batches(tmp_path):
+    """The rows at each offset of each step are the same for 1 rank x 4 micro-batches, 2 ranks x
+    2, 2 ranks x 1 and 4 ranks x 1: the position and the data are functions of the global batch."""
+    ds = rows_dataset(tmp_path / "ds", 37)
+    reference = _global_batches(ds, 12, 8, 1, 8)  # one call per step: the documented order
+    perm = lambda e: torch.randperm(37, generator=torch.Generator().manual_seed(5 + e))  # noqa: E731
+    assert torch.equal(reference[0][:, 0], perm(0)[:8]) and torch.equal(reference[4][:, 0], perm(1)[:8])
+    for batch_size, world_size in [(2, 1), (2, 2), (4, 2), (1, 4), (2, 4)]:
+        got = _global_batches(ds, 12, batch_size, world_size, 8)
+        assert all(torch.equal(a, b) for a, b in zip(got, reference)), (batch_size, world_size)
+
+
+def test_resume_on_another_world_size(tmp_path):
+    """A state saved by 1 rank with 2 micro-batches loads on 2 ranks with 1 (and back): the next
+    steps read the same global batches as an uninterrupted run."""
+    ds = rows_dataset(tmp_path / "ds", 41)
+    straight = _global_batches(ds, 9, 2, 1, 4)
+    one = Loader(ds, 2, seed=5, global_batch=4)
+    for _ in range(3 * one.micro_batches):
+        one.next_batch()
+    state = json.loads(json.dumps(one.state_dict()))
+    two = [Loader(ds, 2, seed=5, rank=r, world_size=2, global_batch=4) for r in range(2)]
+    for loader in two:
+        loader.load_state_dict(state)
+    for step in range(3, 9):
+        assert torch.equal(torch.cat([loader.next_batch() for loader in two]), straight[step]), step
+    back = Loader(ds, 1, seed=5, global_batch=4)
+    back.load_state_dict(two[1].state_dict())
+    assert torch.equal(torch.cat([back.next_batch() for _ in range(4)]), _global_batches(ds, 10, 2, 1, 4)[9])
+
+
+def test_state_is_taken_between_steps(tmp_path):
+    ds = rows_dataset(tmp_path / "ds", 20)
+    loader = Loader(ds, 2, seed=0, global_batch=4)
+    loader.next_batch()
+    with pytest.raises(ValueError, match="inside a step"):
+        loader.state_dict()
+    loader.next_batch()
+    assert loader.state_dict()["step"] == 1
+    with pytest.raises(ValueError, match="multiple of batch_size x world_size"):
+        Loader(ds, 3, seed=0, world_size=2, global_batch=8)
+
+
 def test_epoch_rollover(tmp_path):
     ds = rows_dataset(tmp_path / "ds", 10)
     loader = Loader(ds, 3, seed=1)
@@ -84,6 +144,7 @@ def test_loader_bad_inputs(tmp_path):
     for kwargs, match in [(dict(batch_size=0), "batch_size"), (dict(world_size=0), "world_size"),
                           (dict(rank=2, world_size=2), r"rank must lie in \[0, world_size=2\)"),
                           (dict(rank=-1), "rank"), (dict(batch_size=6, world_size=2), "fewer than one global batch"),
+                          (dict(global_batch=0), "global_batch"),
                           (dict(seed=1.5), "seed")]:
         args = dict(batch_size=2, seed=0) | kwargs
         with pytest.raises(ValueError, match=match):

@@ -33,7 +33,7 @@ def _gen(seed: int) -> torch.Generator:
 def test_sample_shapes_range_and_schedule(gen):
     obj = Objective(11)
     x = torch.randint(0, 11, (64, 20), generator=gen)
-    out = obj.sample(x, gen)
+    out = obj.add_noise(x, gen)
     assert isinstance(out, Noised)
     assert out.z.shape == x.shape and out.z.dtype == x.dtype
     assert out.lam.shape == out.t.shape == x.shape and out.lam.dtype == torch.float32
@@ -48,7 +48,7 @@ def test_sample_shapes_range_and_schedule(gen):
 def test_per_sequence_rows_have_constant_lambda_and_share_is_respected(gen):
     obj = Objective(5, per_token_share=0.3)
     x = torch.randint(0, 5, (4000, 8), generator=gen)
-    out = obj.sample(x, gen)
+    out = obj.add_noise(x, gen)
     rows = ~out.per_token
     assert bool((out.lam[rows] == out.lam[rows, :1]).all())
     # per-token rows: independent t per token, so (almost surely) not constant
@@ -56,7 +56,7 @@ def test_per_sequence_rows_have_constant_lambda_and_share_is_respected(gen):
     share = out.per_token.double().mean().item()
     assert abs(share - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 4000)  # 4 standard errors
     for p in (0.0, 1.0):
-        o = Objective(5, per_token_share=p).sample(x[:50], _gen(0))
+        o = Objective(5, per_token_share=p).add_noise(x[:50], _gen(0))
         assert bool((o.per_token == bool(p)).all())
 
 
@@ -65,7 +65,7 @@ def test_sample_marginals_follow_t_uniform(gen):
     V = 6
     obj = Objective(V)
     x = torch.randint(0, V, (2000, 32), generator=gen)
-    out = obj.sample(x, gen)
+    out = obj.add_noise(x, gen)
     t = out.t.double()
     assert abs(t.mean().item() - 0.5) < 0.01 and abs(t.var().item() - 1 / 12) < 0.005
     expected = (1 - t + t / V).mean().item()
@@ -76,21 +76,38 @@ def test_sample_is_reproducible_and_leaves_the_global_rng_alone():
     obj = Objective(9)
     x = torch.randint(0, 9, (8, 12), generator=_gen(3))
     state = torch.get_rng_state()
-    a, b = obj.sample(x, _gen(7)), obj.sample(x, _gen(7))
+    a, b = obj.add_noise(x, _gen(7)), obj.add_noise(x, _gen(7))
     assert torch.equal(torch.get_rng_state(), state)
     for f in ("z", "lam", "t", "per_token"):
         assert torch.equal(getattr(a, f), getattr(b, f))
-    assert not torch.equal(a.lam, obj.sample(x, _gen(8)).lam)
+    assert not torch.equal(a.lam, obj.add_noise(x, _gen(8)).lam)
     with pytest.raises(TypeError, match="generator"):
-        obj.sample(x, None)
+        obj.add_noise(x, None)
+
+
+def test_noise_of_a_row_depends_only_on_its_place_in_the_global_batch():
+    """Rows ``offset .. offset + b`` noised on their own equal the same rows of the whole batch
+    noised at once, for every split: the noise is a function of (generator seed, row index)."""
+    obj = Objective(13, per_token_share=0.5)
+    x = torch.randint(0, 13, (8, 10), generator=_gen(1))
+    whole = obj.add_noise(x, _gen(4))
+    for size in (1, 2, 4):
+        for offset in range(0, 8, size):
+            part = obj.add_noise(x[offset:offset + size], _gen(4), offset=offset, global_batch=8)
+            for f in ("z", "lam", "t", "per_token"):
+                assert torch.equal(getattr(part, f), getattr(whole, f)[offset:offset + size]), (size, offset, f)
+    with pytest.raises(ValueError, match="offset"):
+        obj.add_noise(x[:4], _gen(4), offset=6, global_batch=8)
+    with pytest.warns(DeprecationWarning, match="add_noise"):
+        assert torch.equal(obj.sample(x, _gen(4)).z, whole.z)
 
 
 def test_sample_rejects_bad_tokens(gen):
     obj = Objective(4)
     with pytest.raises(ValueError):
-        obj.sample(torch.tensor([[0, 4]]), gen)
+        obj.add_noise(torch.tensor([[0, 4]]), gen)
     with pytest.raises(ValueError, match=r"\[batch, seq\]"):
-        obj.sample(torch.tensor([0, 1]), gen)
+        obj.add_noise(torch.tensor([0, 1]), gen)
 
 
 @pytest.mark.parametrize("kwargs", [dict(per_token_share=1.5), dict(per_token_share=-0.1), dict(z_loss=-1.0),
@@ -120,7 +137,7 @@ def test_loss_terms_match_an_independent_recomputation(beta_is, z_loss, with_mas
     V, B, S = 13, 5, 7
     obj = Objective(V, beta_is=beta_is, z_loss=z_loss)
     x = torch.randint(0, V, (B, S), generator=g)
-    noised = obj.sample(x, g)
+    noised = obj.add_noise(x, g)
     logits = 3 * torch.randn(B, S, V, generator=g)
     mask = torch.rand(B, S, generator=g) < 0.6 if with_mask else None
     terms = obj.loss(logits, x, noised.z, noised.lam, mask)
@@ -142,7 +159,7 @@ def test_loss_sums_add_up_across_shards_and_masked_tokens_do_not_count(gen):
     V = 7
     obj = Objective(V)
     x = torch.randint(0, V, (6, 9), generator=gen)
-    n = obj.sample(x, gen)
+    n = obj.add_noise(x, gen)
     logits = torch.randn(6, 9, V, generator=gen)
     whole = obj.loss(logits, x, n.z, n.lam)
     a, b = obj.loss(logits[:2], x[:2], n.z[:2], n.lam[:2]), obj.loss(logits[2:], x[2:], n.z[2:], n.lam[2:])
@@ -185,7 +202,7 @@ def test_loss_gradient_gradcheck_and_z_loss_gradient(gen):
     V = 5
     x = torch.randint(0, V, (2, 3), generator=gen)
     obj = Objective(V, z_loss=0.1)
-    n = obj.sample(x, gen)
+    n = obj.add_noise(x, gen)
     logits = torch.randn(2, 3, V, generator=gen, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda lg: obj.loss(lg, x, n.z, n.lam).loss_sum, (logits,))
     # the z-loss part of the gradient is 2 c lse softmax(logits)
@@ -212,7 +229,7 @@ def test_fused_objective_equals_the_plain_one_on_the_tiny_model(dtype, with_mask
     mask = torch.rand(3, 24, generator=g) < 0.7 if with_mask else None
     plain, fused = Objective(V, z_loss=1e-2), Objective(V, z_loss=1e-2, fused=True)
     assert not plain.fused and fused.fused and "fused=True" in repr(fused)
-    noised = plain.sample(x, _gen(5))
+    noised = plain.add_noise(x, _gen(5))
     params = [p for _, p in model.named_parameters()]
     terms = {}
     for name, obj in (("plain", plain), ("fused", fused)):
@@ -253,7 +270,7 @@ def test_fused_training_steps_follow_the_plain_ones():
         losses[fused] = []
         for _ in range(4):
             x = torch.randint(0, V, (4, 16), generator=g)
-            terms = obj.model_loss(model, x, obj.sample(x, g))
+            terms = obj.model_loss(model, x, obj.add_noise(x, g))
             opt.zero_grad(set_to_none=True)
             (terms.loss_sum / terms.num_tokens).backward()
             opt.step()
@@ -417,7 +434,7 @@ def test_tiny_model_learns_a_markov_chain():
     sched = WSD(peak, peak / 10, warmup_steps=steps // 10, total_steps=steps)
     for step in range(steps):
         x = _draw_chain(P, pi, B, L, g)
-        noised = obj.sample(x, g)
+        noised = obj.add_noise(x, g)
         terms = obj.loss(model(noised.z), x, noised.z, noised.lam)
         opt.zero_grad(set_to_none=True)
         (terms.loss_sum / terms.num_tokens).backward()

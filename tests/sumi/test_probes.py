@@ -61,6 +61,19 @@ def _cut(ids: list[int]) -> list[int]:
 
 
 # -- revision budget --------------------------------------------------------------------------
+def test_default_canvas_fits_the_model():
+    """256 positions by default, fewer when the model has fewer; an explicit canvas beyond the
+    model's positions is an error, never clamped."""
+    small = sumi.Sumi.initialized(tiny(vocab_size=V, max_position_embeddings=48),
+                                  generator=torch.Generator().manual_seed(0))
+    report = commitment_probe(small, PROMPTS, max_new_tokens=8, steps=2, seed=0)
+    assert report.settings["canvas_length"] == 48 and report.trace.tokens.shape[-1] == 48
+    report = revision_probe(small, PROMPTS, budgets=[1], max_new_tokens=8, steps=2, seed=0)
+    assert report.settings["canvas_length"] == 48 and report.trace.tokens.shape[-1] == 48
+    with pytest.raises(ValueError, match="canvas_length 64 exceeds"):
+        commitment_probe(small, PROMPTS, max_new_tokens=8, steps=2, canvas_length=64)
+
+
 def test_revision_starts_from_the_first_pass_and_budget_zero_changes_nothing(model, revision):
     first = generate(model, PROMPTS, sampler="ancestral", seed=1, **SMALL)
     assert torch.equal(revision.trace.tokens[0], first.canvas)
@@ -414,11 +427,25 @@ def test_cli_user_errors(tmp_path, argv, match):
         _run(argv + ["--no-progress"])
 
 
+def test_cli_checks_out_before_loading_the_model(tmp_path, monkeypatch):
+    """An unwritable --out fails at once, not after the whole generation."""
+    from sumi.cli_common import UsageError
+
+    def load_model(args):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(probe_cli, "load_model", load_model)
+    (tmp_path / "FILE").write_text("")
+    for action in ("revision", "commitment"):
+        with pytest.raises(UsageError, match=r"(?i)--out .*FILE/out: .*not a directory"):
+            _run([action, "--model", "tiny", "--prompt", "a", "--out", str(tmp_path / "FILE" / "out")])
+
+
 def test_cli_flags():
     args = _parser().parse_args(["revision", "--model", "m", "--prompt", "a", "--prompt", "b", "--out", "o"])
     assert args.prompt == ["a", "b"] and args.budgets == "0,8,16,32,64" and args.check == "contains"
     assert (args.seed, args.sampler, args.steps) == (0, "ancestral", 64)
-    assert (args.canvas_length, args.max_new_tokens) == (256, 64)
+    assert (args.canvas_length, args.max_new_tokens) == (None, 64)  # None: min(256, the model's positions)
     with pytest.raises(SystemExit):
         _parser().parse_args(["commitment", "--model", "m", "--prompt", "a"])  # --out is required
     with pytest.raises(SystemExit):

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import sumi
+from sumi._fs import LockedError
 from sumi.cli import main
 from sumi.configs import train_tiny
 from sumi.data import prepare
+from sumi.distributed import checkpoint as ckpt
 from sumi.tokenizer import SumiTokenizer, tiny_corpus
-from sumi.train.loop import train
+from sumi.train.loop import ThroughputWatch, TrainingDiverged, train
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _pack(tok, paragraphs: list[str], root) -> object:
@@ -46,8 +58,12 @@ def _config(tok, **overrides):
     return train_tiny(tok.vocab_size, **{**fields, **overrides})
 
 
+def _records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def _losses(out):
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in _records(out)]
 
 
 def test_resume_is_bitwise_identical(data, tmp_path):
@@ -111,6 +127,10 @@ def test_ids_beyond_the_model_vocabulary_stop_the_run(data, tmp_path):
     shard[:, 5] = tok.vocab_size + 3  # every row: the first batch meets it
     shard.flush()
     del shard
+    # consistent data (its manifest's checksum updated), only the ids exceed the model's vocabulary
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["shard_sha256"] = [hashlib.sha256((bad / "shard-00000.npy").read_bytes()).hexdigest()]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
     config = _config(tok).override([f"model.vocab_size={tok.vocab_size + 2}"])
     with pytest.raises(ValueError, match=f"holds id {tok.vocab_size + 3} >= vocab_size {tok.vocab_size + 2}"):
         train(config, bad, tmp_path / "run", progress=False)
@@ -199,3 +219,219 @@ def test_cli_main_job_and_user_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as err:
         main(["train", "--preset", "huge", "--out", str(out)])
     assert err.value.code == 2
+
+
+# -- robustness: divergence, resume checks, metrics, locks, interrupts, threads ------------------
+def test_a_diverging_run_stops_at_the_step_and_never_checkpoints_it(data, tmp_path):
+    """A learning rate of 1e3 makes the gradient norm NaN within a few steps: the run stops there,
+    naming the step and the last checkpoint, every checkpoint holds finite weights and is older
+    than the divergence, and nothing is exported."""
+    data_dir, tok = data
+    config = _config(tok, steps=12, warmup_steps=0, checkpoint_every=1, keep_last=2, peak_lr=1e3, floor_lr=1e2)
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step (\d+)") as err:
+        train(config, data_dir, tmp_path / "run", progress=False)
+    bad = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints and all(int(p.name[5:]) < bad for p in checkpoints)
+    assert str(checkpoints[-1]) in str(err.value)
+    for path in checkpoints:  # finite weights in every checkpoint that was kept
+        model = sumi.Sumi.initialized(config.model)
+        ckpt.load(path, model)
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters()), path
+    records = _records(tmp_path / "run")
+    assert records[-1]["step"] == bad and (records[-1]["grad_norm"] is None or records[-1]["loss"] is None)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_non_finite_weights_stop_at_the_first_step(data, tmp_path):
+    """A previous phase whose weights hold an inf: the first step's loss is not finite, no
+    checkpoint is written, and the command line says so in one line (exit status 1)."""
+    data_dir, tok = data
+    model = sumi.Sumi.initialized(_config(tok).model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.lm_head.weight[3, 5] = float("inf")
+    sumi.save_pretrained(model, tmp_path / "broken")
+    config = _config(tok, init_from=str(tmp_path / "broken"))
+    with pytest.raises(TrainingDiverged, match="at step 1 .*no checkpoint was written$"):
+        train(config, data_dir, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_resume_refuses_a_changed_configuration_unless_allowed(data, tmp_path):
+    data_dir, tok = data
+    config = _config(tok, steps=6)
+    train(config, data_dir, tmp_path / "run", progress=False, stop_at_step=3)
+    cases = [(config.override(["steps=8", "peak_lr=0.02"]), r"another configuration \(peak_lr 0.01 -> 0.02, "
+                                                           r"steps 6 -> 8\).*--allow-config-change"),
+             (config.override(["steps=2"]), "at step 3, past --steps 2"),
+             (config.override(["model.hidden_size=32", "model.intermediate_size=96"]),
+              r"another model or data layout \(model.hidden_size 64 -> 32, model.intermediate_size 192 -> 96\)"),
+             (config.override(["global_batch_size=8"]), "another model or data layout")]
+    for changed, match in cases:
+        with pytest.raises(ValueError, match=match):
+            train(changed, data_dir, tmp_path / "run", progress=False, resume=True)
+        with pytest.raises(ValueError, match=match if "allow" not in match else "never"):
+            if "allow" in match:  # the flag accepts what only changes the computation
+                raise ValueError("never")
+            train(changed, data_dir, tmp_path / "run", progress=False, resume=True, allow_config_change=True)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000003"]
+    # free to change: checkpointing, logging, the micro-batch split; then the run matches a straight one
+    free = config.override(["checkpoint_every=2", "micro_batch_size=1", "keep_last=5"])
+    resumed = train(free, data_dir, tmp_path / "run", progress=False, resume=True)
+    straight = train(config, data_dir, tmp_path / "straight", progress=False)
+    assert resumed.losses == pytest.approx(straight.losses[3:], rel=1e-5)
+    allowed = train(config.override(["steps=8"]), data_dir, tmp_path / "run", progress=False, resume=True,
+                    allow_config_change=True)
+    assert allowed.steps == 8 and len(allowed.losses) == 2
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_on_resume(data, tmp_path):
+    """A run killed after its step-3 checkpoint had logged steps 4 and 5 and half a line: the
+    resumed run's metrics.jsonl holds every step once, the same records as a straight run."""
+    data_dir, tok = data
+    config = _config(tok)
+    train(config, data_dir, tmp_path / "straight", progress=False)
+    run = tmp_path / "run"
+    train(config, data_dir, run, progress=False, stop_at_step=3)
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write("\n".join(straight[3:5]) + "\n" + straight[5][:17])  # the crash cut the last line
+    train(config, data_dir, run, progress=False, resume=True)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(line)["loss"] for line in lines] == [json.loads(line)["loss"] for line in straight]
+
+
+def test_one_writer_per_output_directory(data, tmp_path):
+    """Another live process holding the output's lock: the run refuses, naming its pid."""
+    data_dir, tok = data
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from sumi._fs import exclusive_lock
+        with exclusive_lock({str(out / '.lock')!r}, 'x'):
+            print('locked', flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockedError, match=rf"the output directory {re.escape(str(out))} is in use by pid "
+                                              rf"{holder.pid} on "):
+            train(_config(tok), data_dir, out, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(_config(tok, steps=1), data_dir, out, progress=False).steps == 1  # the lock died with it
+
+
+def test_leftovers_of_a_crashed_save_are_removed_on_resume(data, tmp_path):
+    data_dir, tok = data
+    train(_config(tok), data_dir, tmp_path / "run", progress=False, stop_at_step=3)
+    leftover = tmp_path / "run" / "checkpoints" / "step-00000006.tmp-0badc0de"
+    leftover.mkdir()
+    (leftover / "__0_0.distcp").write_bytes(b"\0" * 4096)
+    train(_config(tok), data_dir, tmp_path / "run", progress=False, resume=True)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+
+
+def test_ctrl_c_stops_with_one_line_and_the_run_resumes(data, tmp_path):
+    """SIGINT to a real ``sumi train`` after its first checkpoint: exit status 130, one line on
+    stderr naming the last checkpoint and how to continue; --resume then finishes the run."""
+    data_dir, tok = data
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "sumi", "train", "--preset", "tiny", "--data", str(data_dir), "--out", str(out),
+            "--set", "seq_len=32", "--set", "global_batch_size=4", "--set", "micro_batch_size=2", "--steps", "100000",
+            "--checkpoint-every", "2", "--no-progress", "--threads", "1"]
+    # a child of a background job inherits an ignored SIGINT (and Python then installs no
+    # KeyboardInterrupt handler): give it the default disposition a terminal would
+    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 600
+        while not (out / "checkpoints" / "step-00000002").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=300)[1]
+    finally:
+        proc.kill()  # whatever failed above, never leave it running
+        proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"sumi train: interrupted during step \d+ of 100000; the last checkpoint is \S+step-\d{8}; "
+                        r"continue with the same command and --resume", line), line
+    done = subprocess.run(argv[:argv.index("--steps") + 1] + ["6"] + argv[argv.index("--steps") + 2:] +
+                          ["--resume", "--allow-config-change"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "model" / "tokenizer.json").is_file()
+
+
+def test_throughput_watch_hints_once_when_tokens_per_s_collapse():
+    watch = ThroughputWatch(warmup=2, factor=3.0, patience=3)
+    speeds = [10, 50, 100, 98, 102, 40, 30, 20, 25, 20, 20, 20]
+    hints = [watch(s) for s in speeds]
+    fired = [i for i, h in enumerate(hints) if h is not None]
+    assert fired == [8]  # 40 is above 102 / 3; 30, 20, 25 are the three in a row below; once
+    assert "fell from 102 to 25 tokens/s" in hints[8] and "--threads 1" in hints[8]
+    steady = ThroughputWatch(warmup=2, factor=3.0, patience=3)
+    assert not any(steady(s) for s in [10, 50, 100, 90, 60, 100, 40, 100])
+
+
+def test_cli_threads_seq_len_and_unwritable_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SUMI_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "job"
+    argv = ["train", "--preset", "tiny", "--out", str(out), "--steps", "2", "--no-progress", "--threads", "1",
+            "--set", "seq_len=64", "--set", "global_batch_size=4", "--set", "micro_batch_size=4"]
+    try:
+        assert main(argv) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)  # the test session's setting (tests/conftest.py)
+    assert json.loads((out / "config.json").read_text())["seq_len"] == 64
+    assert (tmp_path / "cache").rglob("data-64/manifest.json")
+    for argv, match in [(["train", "--preset", "tiny", "--out", "/sys/sumi-no-such-dir", "--steps", "1"],
+                         "--out /sys/sumi-no-such-dir: cannot write to /sys/sumi-no-such-dir: operation not permitted"),
+                        (["train", "--preset", "tiny", "--out", str(out / "metrics.jsonl" / "x"), "--steps", "1"],
+                         "not a directory"),
+                        (["train", "--preset", "tiny", "--out", str(tmp_path / "t"), "--threads", "0"],
+                         "--threads must be >= 1")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as err:
+            main(argv)
+        assert err.value.code == 2
+        message = capsys.readouterr().err
+        assert match in message and len(message.strip().splitlines()) == 1, message
+
+
+def test_changed_tokens_in_a_shard_stop_the_run_before_training(data, tmp_path):
+    """In-vocabulary changes to 10% of a shard's rows: the run refuses to start (and to resume),
+    naming the shard; the same run on the intact copy trains."""
+    data_dir, tok = data
+    bad = tmp_path / "bad"
+    shutil.copytree(data_dir, bad)
+    shard = np.load(bad / "shard-00000.npy", mmap_mode="r+")
+    rows = range(0, shard.shape[0], 10)
+    shard[rows, 3] = (shard[rows, 3] + 1) % tok.vocab_size  # valid ids, wrong tokens
+    shard.flush()
+    del shard
+    with pytest.raises(ValueError, match=r"shard-00000.npy: sha256 differs"):
+        train(_config(tok), bad, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    train(_config(tok), data_dir, tmp_path / "ok", progress=False, stop_at_step=3)
+    shutil.rmtree(tmp_path / "ok" / "model", ignore_errors=True)
+    with pytest.raises(ValueError, match=r"shard-00000.npy: sha256 differs"):
+        train(_config(tok), bad, tmp_path / "ok", progress=False, resume=True)
+
+
+def test_own_data_exports_its_tokenizer(data, tmp_path):
+    """``--data`` prepared with a tokenizer: the exported model directory holds that tokenizer,
+    so it generates without --tokenizer."""
+    data_dir, tok = data
+    train(_config(tok, steps=2), data_dir, tmp_path / "run", progress=False)
+    exported = tmp_path / "run" / "model" / "tokenizer.json"
+    assert exported.read_bytes() == (data_dir / "tokenizer.json").read_bytes()
+    model = sumi.from_pretrained(tmp_path / "run" / "model")
+    out = sumi.generate(model, SumiTokenizer.from_file(exported).encode("the "), max_new_tokens=4,
+                        canvas_length=16, steps=2, seed=0)
+    assert len(out.tokens[0]) <= 4
