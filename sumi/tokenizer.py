@@ -30,6 +30,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from sumi._fs import atomic_write
+
 BOS_TOKEN = "<|beginoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -161,13 +163,13 @@ class SumiTokenizer:
         """Write ``tokenizer.json`` to ``path`` (a ``.json`` file, or a directory, created if needed).
 
         Returns the file written.  Only the tokenizer is saved: ids given by hand and a larger
-        model ``vocab_size`` belong in the model's config.json.
+        model ``vocab_size`` belong in the model's config.json.  The file is replaced atomically:
+        an interrupted save leaves the previous file (or none), never a truncated one.
         """
         path = Path(path)
         file = path if path.suffix == ".json" and not path.is_dir() else path / TOKENIZER_FILE
         file.parent.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(file))
-        return file
+        return atomic_write(file, self.backend.to_str(pretty=True))
 
     def __repr__(self) -> str:
         return (f"SumiTokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "

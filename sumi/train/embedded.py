@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from sumi._fs import atomic_write, exclusive_lock
+from sumi._fs import exclusive_lock
 from sumi.configs.train import TrainConfig, train_tiny
 from sumi.data import prepare, stdlib_files
 from sumi.tokenizer import SumiTokenizer
@@ -58,9 +58,7 @@ def tokenizer(*, progress: bool = True) -> SumiTokenizer:
     if progress:
         print("sumi: training the embedded tokenizer on the standard library (once)", file=sys.stderr)
     texts = (p.read_text(encoding="utf-8", errors="replace") for p in corpus_files())
-    trained = SumiTokenizer.train_byte_level(texts, TOKENIZER_VOCAB)
-    tok_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(tok_path, trained.backend.to_str())
+    SumiTokenizer.train_byte_level(texts, TOKENIZER_VOCAB).save(tok_path)  # atomic: no truncated cache
     return SumiTokenizer.from_file(tok_path)
 
 

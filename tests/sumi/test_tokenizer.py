@@ -204,3 +204,24 @@ def test_malformed_file_is_a_value_error(tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="tokenizer.json"):
         SumiTokenizer.from_file(tmp_path)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    """A save that fails before its rename (the disk full at fsync) keeps the previous file whole
+    and leaves no temporary file: the embedded cache can never hold a truncated tokenizer."""
+    import errno
+
+    from sumi import _fs
+
+    tok = SumiTokenizer.default()
+    file = tok.save(tmp_path)
+    before = file.read_bytes()
+    assert SumiTokenizer.from_file(file).encode("def f():") == tok.encode("def f():")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_fs.os, "fsync", full)
+    with pytest.raises(_fs.StorageError, match="no space left on device"):
+        SumiTokenizer.train_byte_level(["other text " * 50], 300).save(file)
+    assert file.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]

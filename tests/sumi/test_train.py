@@ -435,3 +435,35 @@ def test_own_data_exports_its_tokenizer(data, tmp_path):
     out = sumi.generate(model, SumiTokenizer.from_file(exported).encode("the "), max_new_tokens=4,
                         canvas_length=16, steps=2, seed=0)
     assert len(out.tokens[0]) <= 4
+
+
+def test_default_threads_share_the_usable_cpus(monkeypatch):
+    from sumi import cli_common
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(cli_common.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(cli_common, "_cgroup_cpu_quota", lambda: None)
+    monkeypatch.setattr(cli_common.os, "getloadavg", lambda: (0.2, 0.1, 0.1))
+    assert cli_common.default_threads() == 8
+    monkeypatch.setattr(cli_common.os, "getloadavg", lambda: (5.6, 1.0, 1.0))  # six other busy processes
+    assert cli_common.default_threads() == 2
+    monkeypatch.setattr(cli_common.os, "getloadavg", lambda: (30.0, 1.0, 1.0))
+    assert cli_common.default_threads() == 1
+    monkeypatch.setattr(cli_common.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(cli_common, "_cgroup_cpu_quota", lambda: 2.5)  # a container's CPU limit
+    assert cli_common.available_cpus() == 3 and cli_common.default_threads() == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun workers on this node
+    assert cli_common.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # an explicit setting wins
+    assert cli_common.default_threads() == 4
+
+
+def test_cli_flash_without_flash_attn_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SUMI_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+              "--set", "model.attention_backend=flash"])
+    message = capsys.readouterr().err.strip().splitlines()
+    assert err.value.code == 2 and len(message) == 1 and "attention_backend='flash'" in message[0], message
+    assert not (tmp_path / "run" / "checkpoints").exists()
