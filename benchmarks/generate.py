@@ -1,24 +1,26 @@
-"""``sumi.generate`` throughput at canvas 2048, per attention backend: same model, same steps, same seed.
+"""``sumi.generate`` at canvas 2048: this checkout against a baseline checkout, same model, prompts and seed.
 
-One randomly initialized Sumi model (a model preset, optionally with fewer layers or another
-vocabulary; weights from a fixed seed) is copied into one model per backend: ``eager`` (the
-float32 reference), ``sdpa`` (``scaled_dot_product_attention``, the default) and ``flash``
-(flash-attn's varlen kernel, only where it is installed and CUDA is present).  Each call is
-``sumi.generate(model, prompts, max_new_tokens, canvas_length=2048, steps=S, sampler=...,
-seed=0)`` on ``--batch`` prompts of ``--prompt`` random ids (BOS first): ``S`` model calls over
-the whole canvas plus the sampler's steps, with the released layout (the tail after the answer
-is denoised too).  A short warm-up call per backend, then ``--repeats`` rounds, each round
-timing every backend once in turn (so slow drift of the machine hits all backends alike);
-the median is reported.
+The case of issue 14: the ``sumi_150m`` shapes at 2 layers (V = 100,278), canvas 2048, 256 new
+tokens, a 32-token prompt, 16 steps of the ancestral sampler, batch 1, with the released layout
+(``denoise_end=True``: the tail after the pinned BOS is denoised too) and with the tail frozen
+(``denoise_end=False``: frozen pad hidden from attention).  The baseline is another checkout of
+the repository (``--baseline DIR``, e.g. ``git worktree add /tmp/main-before HEAD`` taken before
+the change): its ``sumi`` and ``discdiff`` are imported instead of this checkout's.
 
-Reported per backend: median seconds per call, answer tokens per second
-(``batch x max_new_tokens / time``), canvas positions per second (``batch x canvas x steps /
-time``: what the model processes), on CUDA the allocator's peak, and the share of canvas
-positions equal to the eager backend's final canvas (same seed: backends differ only by
-rounding, which can flip a draw now and then, and a flip changes what follows).
+Every (code, layout) pair runs in its own fresh interpreter (``PYTHONPATH`` = the checkout): the
+model is built from a fixed seed (the same weights in both checkouts), then one warm-up call of
+2 steps, then ``--repeats`` timed calls of ``sumi.generate(model, prompts, new_tokens,
+canvas_length, steps, sampler, seed=0, denoise_end=...)``; the median is reported.  Memory: on
+CUDA the allocator's peak above what was allocated before the call; on CPU the resident set's
+high-water mark during the call above the resident set before it (``peak_extra_bytes``; the
+weights are outside it), and the process's whole high-water mark (``peak_rss_bytes``).
+``answer_tokens_per_s`` is ``batch x new_tokens / time``.  ``same_canvas_as_baseline``: whether
+the final canvases are equal; only deterministic samplers (``greedy``) are expected to agree,
+since the new code draws only where a token may move, in another order (same distribution).
 
-    python benchmarks/generate.py                           # CPU: tiny model at canvas 2048, 32 steps
-    python benchmarks/generate.py --quick                   # canvas 256, 4 steps (a smoke run)
+    python benchmarks/generate.py --baseline /tmp/main-before          # the issue's case, both codes
+    python benchmarks/generate.py                                      # this checkout only
+    python benchmarks/generate.py --quick                              # tiny preset, canvas 256, 4 steps
     python benchmarks/generate.py --device cuda --preset sumi_7b --layers 4 --dtype bfloat16 --steps 64
 
 Prints a table, then one JSON line (the last line of stdout) with every number and metadata.
@@ -29,140 +31,176 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
+from _machine import OtherLoad, hardware, peak_rss_bytes, reset_peak_rss, rss_bytes, run_worker, warn_if_busy  # noqa: E402
 
-from _machine import OtherLoad, hardware, sync, warn_if_busy  # noqa: E402  (benchmarks/ is on sys.path)
-
-import sumi
-from sumi.configs import PRESETS
-from sumi.generation import SAMPLERS
-from sumi.model import Sumi, flash_available
+REPO = Path(__file__).resolve().parents[1]
+LAYOUTS = {"released": True, "frozen_tail": False}  # name -> denoise_end
 
 
-def build_models(args: argparse.Namespace, backends: list[str]) -> dict[str, Sumi]:
+# -- one measurement, in a fresh interpreter ------------------------------------------------------
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    import sumi
+    from sumi.configs import PRESETS
+    from sumi.model import Sumi
+
+    torch.set_num_threads(args.threads)
     config = PRESETS[args.preset]()
-    overrides = {"max_position_embeddings": max(args.canvas, config.max_position_embeddings)}
+    overrides = {"max_position_embeddings": max(args.canvas, config.max_position_embeddings),
+                 "attention_backend": args.backend}
     if args.layers is not None:
         overrides["num_hidden_layers"] = args.layers
-    config = dataclasses.replace(config, **overrides)
     if args.vocab is not None:
-        config = dataclasses.replace(config, vocab_size=args.vocab, bos_token_id=args.vocab - 3,
-                                     eos_token_id=args.vocab - 2, pad_token_id=args.vocab - 1)
+        overrides.update(vocab_size=args.vocab, bos_token_id=args.vocab - 3, eos_token_id=args.vocab - 2,
+                         pad_token_id=args.vocab - 1)
+    config = dataclasses.replace(config, **overrides)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    base = Sumi.initialized(config, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
-    models = {}
-    for backend in backends:  # the same weights behind each backend
-        model = Sumi.on_meta(dataclasses.replace(config, attention_backend=backend)).to_empty(device=device).to(dtype)
-        model.load_state_dict(base.state_dict())
-        models[backend] = model.eval()
-    return models
-
-
-def prompts(args: argparse.Namespace, config) -> list[list[int]]:
+    model = Sumi.initialized(config, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
+    model.eval()
     g = torch.Generator().manual_seed(1)
     body = torch.randint(config.vocab_size - 3, (args.batch, args.prompt - 1), generator=g)  # no special ids
-    return [[config.bos_token_id, *row.tolist()] for row in body]
+    prompts = [[config.bos_token_id, *row.tolist()] for row in body]
+
+    def call(steps: int):
+        return sumi.generate(model, prompts, args.new_tokens, canvas_length=args.canvas, steps=steps,
+                             sampler=args.sampler, seed=0, denoise_end=args.denoise_end == "true")
+
+    call(2)  # warm-up: kernels, allocator, caches
+    times, extra, peak = [], [], 0
+    out, peak_reset = None, device.type == "cuda"
+    for _ in range(args.repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        else:
+            peak_reset = reset_peak_rss()  # False: the high-water mark is the process's lifetime peak
+            before = rss_bytes()
+        start = time.perf_counter()
+        out = call(args.steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+        high = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+        extra.append(high - before)
+        peak = max(peak, high)
+    canvas = out.canvas.cpu().contiguous()
+    print(json.dumps({
+        "sumi_file": sumi.__file__, "torch": torch.__version__, "peak_reset": peak_reset, "times_s": times, "median_s": statistics.median(times),
+        "peak_extra_bytes": max(extra), ("peak_allocated_bytes" if device.type == "cuda" else "peak_rss_bytes"): peak,
+        "steps_run": getattr(out, "steps_run", None),
+        "canvas_sha256": hashlib.sha256(canvas.numpy().tobytes()).hexdigest(),
+        "parameters": sum(p.numel() for p in model.parameters()), "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size, "vocab": config.vocab_size,
+    }))
 
 
-def run(model: Sumi, ids: list[list[int]], args: argparse.Namespace, steps: int):
-    return sumi.generate(model, ids, args.new_tokens, canvas_length=args.canvas, steps=steps, sampler=args.sampler,
-                         seed=0)
+def measure(args: argparse.Namespace, root: Path, denoise_end: bool) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--denoise-end", str(denoise_end).lower(),
+           "--preset", args.preset, "--canvas", str(args.canvas), "--steps", str(args.steps),
+           "--new-tokens", str(args.new_tokens), "--prompt", str(args.prompt), "--batch", str(args.batch),
+           "--sampler", args.sampler, "--backend", args.backend, "--repeats", str(args.repeats),
+           "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]
+    if args.layers is not None:
+        cmd += ["--layers", str(args.layers)]
+    if args.vocab is not None:
+        cmd += ["--vocab", str(args.vocab)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    result = run_worker(cmd, env=env)
+    if "error" not in result and not Path(result["sumi_file"]).resolve().is_relative_to(root.resolve()):
+        result = {"error": f"imported sumi from {result['sumi_file']}, not from {root}"}
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (random weights)")
-    parser.add_argument("--layers", type=int, help="override the preset's depth")
+    parser.add_argument("--preset", default="sumi_150m", help="model preset (random weights)")
+    parser.add_argument("--layers", type=int, default=2, help="override the preset's depth")
     parser.add_argument("--vocab", type=int, help="override the preset's vocabulary size")
     parser.add_argument("--canvas", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=32, help="model calls per generation")
+    parser.add_argument("--steps", type=int, default=16, help="model calls per generation")
     parser.add_argument("--new-tokens", type=int, default=256, help="answer budget (max_new_tokens)")
     parser.add_argument("--prompt", type=int, default=32, help="prompt length in tokens, BOS included")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--sampler", default="ancestral", choices=SAMPLERS)
-    parser.add_argument("--backends", help="comma-separated (default: eager,sdpa, plus flash when available)")
+    parser.add_argument("--sampler", default="ancestral", choices=["ancestral", "adaptive", "greedy"])
+    parser.add_argument("--backend", default="sdpa", choices=["eager", "sdpa", "flash"], help="attention backend")
+    parser.add_argument("--layouts", default="released,frozen_tail",
+                        help="comma-separated: released (denoise_end=True), frozen_tail (denoise_end=False)")
+    parser.add_argument("--baseline", type=Path, help="a checkout to compare against (its sumi and discdiff)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--quick", action="store_true", help="canvas 256, 4 steps, 32 new tokens, 1 repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny preset at all its layers, canvas 256, 4 steps, 32 new tokens, 1 repeat")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--denoise-end", choices=["true", "false"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
     if args.quick:
-        args.canvas, args.steps, args.new_tokens, args.repeats = 256, 4, 32, 1
+        args.preset, args.layers, args.canvas, args.steps, args.new_tokens, args.repeats = "tiny", None, 256, 4, 32, 1
     if args.prompt < 1 or args.prompt + args.new_tokens + 2 > args.canvas:
         parser.error(f"prompt ({args.prompt}) + new tokens ({args.new_tokens}) + EOS/BOS must fit the canvas "
                      f"({args.canvas})")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device")
-    default = ["eager", "sdpa"] + (["flash"] if flash_available() else [])
-    backends = args.backends.split(",") if args.backends else default
-    if "flash" in backends and not flash_available():
-        parser.error("flash needs CUDA and the flash-attn package (pip install .[gpu])")
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    layouts = args.layouts.split(",")
+    if not layouts or any(name not in LAYOUTS for name in layouts):
+        parser.error(f"--layouts takes a comma-separated subset of {', '.join(LAYOUTS)}, got {args.layouts!r}")
+    if args.baseline is not None and not (args.baseline / "sumi" / "generation.py").is_file() \
+            and not (args.baseline / "sumi" / "generate.py").is_file():
+        parser.error(f"--baseline {args.baseline}: not a checkout of this repository (no sumi/ package there)")
+    codes = {"new": REPO, **({"baseline": args.baseline} if args.baseline is not None else {})}
 
-    with OtherLoad() as load:
-        models = build_models(args, backends)
-        config = next(iter(models.values())).config
-        ids = prompts(args, config)
-        for model in models.values():  # warm-up: kernels, allocator, caches
-            run(model, ids, args, steps=2)
-        times = {b: [] for b in backends}
-        peaks, canvases = {}, {}
-        for _ in range(args.repeats):
-            for backend, model in models.items():
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                sync(device)
-                start = time.perf_counter()
-                out = run(model, ids, args, steps=args.steps)
-                sync(device)
-                times[backend].append(time.perf_counter() - start)
-                canvases[backend] = out.canvas.cpu()
-                if device.type == "cuda":
-                    peaks[backend] = torch.cuda.max_memory_allocated(device)
-
-    reference = canvases.get("eager", next(iter(canvases.values())))
     results = {}
-    for backend in backends:
-        median = statistics.median(times[backend])
-        results[backend] = {
-            "median_s": median, "min_s": min(times[backend]), "times_s": times[backend],
-            "answer_tokens_per_s": args.batch * args.new_tokens / median,
-            "canvas_positions_per_s": args.batch * args.canvas * args.steps / median,
-            "peak_bytes": peaks.get(backend),
-            "agreement_with_reference": float((canvases[backend] == reference).double().mean()),
-        }
+    with OtherLoad() as load:
+        for layout in layouts:  # per layout, new then baseline, so slow drift of the machine hits both alike
+            for code, root in codes.items():
+                results[f"{code}/{layout}"] = measure(args, root, LAYOUTS[layout])
+    for key, r in results.items():
+        if "error" not in r:
+            r["answer_tokens_per_s"] = args.batch * args.new_tokens / r["median_s"]
+            baseline = results.get(f"baseline/{key.split('/')[1]}")
+            if key.startswith("new/") and baseline is not None and "error" not in baseline:
+                r["speedup_over_baseline"] = baseline["median_s"] / r["median_s"]
+                r["same_canvas_as_baseline"] = r["canvas_sha256"] == baseline["canvas_sha256"]
+
     hw = hardware()
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{hw['cpu']}, {args.threads} threads"
-    params = sum(p.numel() for p in next(iter(models.values())).parameters())
-    print(f"sumi.generate, preset {args.preset} ({config.num_hidden_layers} layers x hidden {config.hidden_size}, "
-          f"V = {config.vocab_size:,}, {params / 1e6:,.1f}M parameters, {args.dtype}); canvas {args.canvas}, "
-          f"{args.steps} steps ({args.sampler}), batch {args.batch}, prompt {args.prompt}, "
-          f"{args.new_tokens} new tokens; "
-          f"{where}; median of {args.repeats}")
+    where = f"{hw['cpu']}, {args.threads} threads" if args.device == "cpu" else "cuda"
+    shape = next((r for r in results.values() if "error" not in r), {})
+    print(f"sumi.generate, preset {args.preset} ({shape.get('layers')} layers x hidden {shape.get('hidden')}, "
+          f"V = {shape.get('vocab', 0):,}, {args.dtype}, {args.backend}); canvas {args.canvas}, {args.steps} steps "
+          f"({args.sampler}), batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new tokens; {where}; "
+          f"median of {args.repeats}")
     warn_if_busy(load.share)
-    print(f"{'backend':<9}{'median s':>10}{'answer tok/s':>14}{'canvas pos/s':>14}{'peak GB':>9}{'same as eager':>15}")
-    for backend, r in results.items():
-        peak = f"{r['peak_bytes'] / 1e9:.2f}" if r["peak_bytes"] is not None else "-"
-        print(f"{backend:<9}{r['median_s']:>10.3f}{r['answer_tokens_per_s']:>14,.1f}{r['canvas_positions_per_s']:>14,.0f}"
-              f"{peak:>9}{r['agreement_with_reference']:>15.4f}")
-    ratios = {f"{b}_over_eager_speed": results["eager"]["median_s"] / results[b]["median_s"]
-              for b in backends if b != "eager" and "eager" in results}
-    print(", ".join(f"{b.removesuffix('_over_eager_speed')}: x{v:.2f} the eager speed" for b, v in ratios.items()))
+    print(f"{'code/layout':<22}{'median s':>10}{'answer tok/s':>14}{'peak extra GB':>15}{'x baseline':>12}{'same canvas':>13}")
+    for key, r in results.items():
+        if "error" in r:
+            print(f"{key:<22}  failed: {r['error'][-200:]}")
+            continue
+        speed = f"{r['speedup_over_baseline']:.2f}" if "speedup_over_baseline" in r else "-"
+        same = str(r["same_canvas_as_baseline"]) if "same_canvas_as_baseline" in r else "-"
+        print(f"{key:<22}{r['median_s']:>10.3f}{r['answer_tokens_per_s']:>14,.1f}{r['peak_extra_bytes'] / 1e9:>15.3f}"
+              f"{speed:>12}{same:>13}")
     print(json.dumps({
         "benchmark": "generate", "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "hardware": hw, "torch": torch.__version__, "device": args.device, "device_name": where,
-        "threads": args.threads, "preset": args.preset, "layers": config.num_hidden_layers,
-        "hidden": config.hidden_size, "vocab": config.vocab_size, "parameters": params, "dtype": args.dtype,
-        "canvas": args.canvas, "steps": args.steps, "sampler": args.sampler, "batch": args.batch,
-        "prompt": args.prompt, "new_tokens": args.new_tokens, "repeats": args.repeats, "quick": args.quick,
-        "results": results, **ratios, "other_cpu_share": load.share,
+        "hardware": hw, "device": args.device, "device_name": where, "threads": args.threads,
+        "preset": args.preset, "layers": shape.get("layers"), "hidden": shape.get("hidden"), "vocab": shape.get("vocab"),
+        "parameters": shape.get("parameters"), "dtype": args.dtype, "backend": args.backend, "canvas": args.canvas,
+        "steps": args.steps, "sampler": args.sampler, "batch": args.batch, "prompt": args.prompt,
+        "new_tokens": args.new_tokens, "repeats": args.repeats, "quick": args.quick,
+        "torch": shape.get("torch"), "baseline": str(args.baseline) if args.baseline is not None else None,
+        "layouts": layouts,
+        "results": results, "other_cpu_share": load.share,
     }))
 
 

@@ -38,10 +38,11 @@ def takes_log_snr(denoiser: Callable, time_conditioned: bool | None = None) -> b
     return len(required) >= 2
 
 
-def denoise(denoiser: Callable, z: Tensor, lam: Tensor, with_log_snr: bool, *, check: bool = False) -> Tensor:
+def denoise(denoiser: Callable, z: Tensor, lam: Tensor, with_log_snr: bool, *, check: bool = False) -> object:
     """``denoiser(z, lam)`` or ``denoiser(z)``; ``lam`` is float64, one value per sequence
     (``z.shape[:-1]``: ``[batch]`` for ``[batch, seq]`` tokens).  ``check``: the output must be
-    floating logits ``[*z.shape, V]`` (shapes only: no host sync)."""
+    floating logits ``[*z.shape, V]`` (shapes only: no host sync); without it the output is
+    returned as it is (:func:`discdiff.likelihood.nelbo` also accepts hidden states)."""
     if with_log_snr:
         # a fresh tensor: the caller's grid (or the loss's lambda) is safe from in-place edits
         lam = lam.to(device=z.device, dtype=torch.float64).expand(z.shape[:-1]).clone()
@@ -49,10 +50,15 @@ def denoise(denoiser: Callable, z: Tensor, lam: Tensor, with_log_snr: bool, *, c
     else:
         logits = denoiser(z)
     if check:
-        if not isinstance(logits, Tensor) or not logits.is_floating_point():
-            got = f"dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
-            raise TypeError(f"the denoiser must return floating-point logits [*z.shape, V], got {got}")
-        if logits.dim() != z.dim() + 1 or logits.shape[:-1] != z.shape:
-            raise ValueError(f"the denoiser returned shape {tuple(logits.shape)}; expected {tuple(z.shape)} + "
-                             f"(vocab,): one row of logits per token of z")
+        check_logits_shape(logits, z)
     return logits
+
+
+def check_logits_shape(logits: Tensor, z: Tensor) -> None:
+    """The denoiser's output must be floating logits ``[*z.shape, V]`` (shapes only: no host sync)."""
+    if not isinstance(logits, Tensor) or not logits.is_floating_point():
+        got = f"dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise TypeError(f"the denoiser must return floating-point logits [*z.shape, V], got {got}")
+    if logits.dim() != z.dim() + 1 or logits.shape[:-1] != z.shape:
+        raise ValueError(f"the denoiser returned shape {tuple(logits.shape)}; expected {tuple(z.shape)} + "
+                         f"(vocab,): one row of logits per token of z")

@@ -13,19 +13,30 @@ of a ``[batch, canvas_length]`` canvas::
 * the tail (the rest of the canvas) starts as noise and is denoised together with the answer,
   as released (the model writes a next document there).  With ``denoise_end=False`` the tail is
   frozen to ``pad_token_id`` *and* hidden from attention (``attention_mask = 0``), so the
-  answer is computed as if the canvas ended at the pinned BOS (shapes stay static, so the
-  tail's positions are still computed, but nothing attends to them);
+  answer is computed as if the canvas ended at the pinned BOS;
 * everything not frozen starts from the uniform kernel's prior: pure uniform noise over the
   whole vocabulary, special ids included.
 
 Rows may have prompts of different lengths: each row gets its own layout in one batch.  The
 answer of a row is the canvas after its prompt, cut at the first EOS (excluded); the pinned
 EOS guarantees a cut within the budget.
+
+What runs per step (nothing is computed that cannot change the answer):
+
+* the model body runs on the attended canvas only: with ``denoise_end=False`` the canvas is cut
+  after the last row's pinned BOS (what follows is frozen pad that nothing attends to, so the
+  kept positions' logits are the same);
+* the head and the step rule run on the positions that can change only: the unfrozen positions
+  of each row, gathered once per call into a ``[batch, n]`` sub-canvas (rows with fewer padded
+  with a frozen position).  The rule steps the sub-canvas, which is scattered back into the
+  canvas before the next model call;
+* the attention mask and the RoPE tables are built once per call (:meth:`sumi.Sumi.prepare`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
@@ -37,8 +48,9 @@ from torch import Tensor, nn
 
 from discdiff.errors import NonFiniteError
 from discdiff.kernels import Uniform
-from discdiff.samplers import Adaptive, Ancestral, Greedy, StepRule, Trace, cosine_grid, linear_alpha_grid, sample
+from discdiff.samplers import Adaptive, Ancestral, Greedy, StepInfo, StepRule, Trace, cosine_grid, linear_alpha_grid
 from sumi._checks import check_int
+from sumi.model.transformer import Sumi
 
 SAMPLERS = ("ancestral", "adaptive", "greedy")
 SCHEDULES = ("linear", "cosine")
@@ -52,15 +64,18 @@ class GenerationOutput:
     EOS excluded), one list per prompt.  ``canvas``: the final ``[batch, canvas_length]``
     canvas.  ``seed``: the seed of the generator that drew every random number (pass it back as
     ``seed=`` to reproduce the run).  ``trace``: the :class:`~discdiff.samplers.Trace` of every
-    step when ``trace=True`` (``trace.tokens[0]`` is the initial canvas), else ``None``.
+    step run when ``trace=True`` (``trace.tokens[0]`` is the initial canvas), else ``None``.
     ``layout``: the initial :class:`Canvas` (what was frozen, the attention mask, the prompt
-    lengths), so a caller can continue sampling on the same layout (the revision probe)."""
+    lengths), so a caller can continue sampling on the same layout (the revision probe).
+    ``steps_run``: the model calls made: ``steps``, or fewer when ``stop_when_stable`` stopped
+    at a fixed point."""
 
     tokens: list[list[int]]
     canvas: Tensor
     seed: int
     trace: Trace | None = None
     layout: Canvas | None = None
+    steps_run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,14 +90,31 @@ class Canvas:
     prompt_lengths: list[int]
 
 
+_FIRST_AT = re.compile(r"first at batch (\d+), position (\d+)")
+
+
 @contextmanager
-def blame_the_model() -> Iterator[None]:
+def blame_the_model(positions: Tensor | None = None) -> Iterator[None]:
     """Re-raise discdiff's :class:`~discdiff.NonFiniteError` (the denoiser's output was NaN/inf)
-    as one that says the model's weights are the likely cause (:data:`NON_FINITE`)."""
+    as one that says the model's weights are the likely cause (:data:`NON_FINITE`).
+
+    ``positions`` (long ``[batch, n]``): the sampler saw a sub-canvas whose position ``j`` of row
+    ``b`` is canvas position ``positions[b, j]``; the message's "first at batch b, position j"
+    is rewritten to the canvas position."""
     try:
         yield
     except NonFiniteError as e:
-        raise NonFiniteError(f"{NON_FINITE}: {e}") from None
+        message = str(e)
+        if positions is not None:
+            message = _FIRST_AT.sub(lambda m: _canvas_position(m, positions), message)
+        raise NonFiniteError(f"{NON_FINITE}: {message}") from None
+
+
+def _canvas_position(match: re.Match, positions: Tensor) -> str:
+    b, j = int(match[1]), int(match[2])
+    if b >= positions.shape[0] or j >= positions.shape[1]:
+        return match[0]  # not a sub-canvas position: leave the message as it is
+    return f"first at batch {b}, position {int(positions[b, j])}"
 
 
 def canvas_length_for(config, canvas_length: int | None, preferred: int = DEFAULT_CANVAS_LENGTH,
@@ -171,6 +203,90 @@ def make_sampler(sampler: str, vocab_size: int, *, tokens_per_step: int = 1, top
     raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
 
 
+def _step_rule(sampler, vocab_size: int, tokens_per_step: int, top_k, top_p, min_p) -> StepRule:
+    """``sampler`` as a step rule: a name (:func:`make_sampler`) or a rule object used as given
+    (its own filters and settings: combining it with ``tokens_per_step`` or a filter is an error)."""
+    if isinstance(sampler, str):
+        return make_sampler(sampler, vocab_size, tokens_per_step=check_int("tokens_per_step", tokens_per_step, 1),
+                            top_k=top_k, top_p=top_p, min_p=min_p)
+    if not isinstance(sampler, StepRule):
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} or a discdiff.samplers.StepRule object, "
+                         f"got {sampler!r}")
+    settings = {name: value for name, value in (("top_k", top_k), ("top_p", top_p), ("min_p", min_p))
+                if value is not None}
+    if tokens_per_step != 1:
+        settings["tokens_per_step"] = tokens_per_step
+    if settings:
+        given = ", ".join(f"{name}={value!r}" for name, value in settings.items())
+        raise ValueError(f"{given} configure the named samplers only; a StepRule object carries its own settings "
+                         f"(build it with them, e.g. Ancestral(kernel, top_p=0.9)); got sampler={sampler!r}")
+    if sampler.vocab_size is not None and sampler.vocab_size != vocab_size:
+        raise ValueError(f"sampler {sampler!r} has {sampler.vocab_size} states but the model's vocabulary has "
+                         f"{vocab_size}")
+    return sampler
+
+
+def _check_stop_when_stable(stop_when_stable, rule: StepRule, temperature) -> bool:
+    """``stop_when_stable`` (a bool), allowed only for rules whose step is a function of the tokens
+    alone, so that a step that changes nothing is a fixed point (every later step changes nothing
+    too): :class:`~discdiff.samplers.Greedy`, and :class:`~discdiff.samplers.Adaptive` at
+    temperature 0 with its prior weight (the selection does not depend on the log-SNR)."""
+    if not isinstance(stop_when_stable, bool):
+        raise ValueError(f"stop_when_stable must be True or False, got {stop_when_stable!r}")
+    if not stop_when_stable:
+        return False
+    if isinstance(rule, Greedy) or (isinstance(rule, Adaptive) and rule.weight == "prior" and temperature == 0):
+        return True
+    raise ValueError(f"stop_when_stable=True needs a deterministic step rule that depends on the tokens only "
+                     f"(sampler='greedy', or 'adaptive' at temperature=0), got {rule!r} at temperature={temperature!r}")
+
+
+@dataclass(frozen=True)
+class _Movable:
+    """The positions a generation can change, gathered once per call.  ``index``: long
+    ``[batch, n]``, row ``b``'s unfrozen canvas positions in order, padded with position 0 (a
+    prompt token, always frozen); ``pad``: bool ``[batch, n]``, True on the padding.
+    ``kept``: the canvas length the model sees (shorter than the canvas with ``denoise_end=False``:
+    the frozen pad after the last row's pinned BOS is dropped)."""
+
+    index: Tensor
+    pad: Tensor
+    kept: int
+
+
+def _movable(prompt_lengths: list[int], max_new_tokens: int, canvas_length: int, denoise_end: bool,
+             device: torch.device) -> _Movable:
+    rows = []
+    for p in prompt_lengths:
+        tail = range(p + max_new_tokens + 2, canvas_length) if denoise_end else range(0)
+        rows.append([*range(p, p + max_new_tokens), *tail])
+    n = max(len(r) for r in rows)
+    index = torch.tensor([r + [0] * (n - len(r)) for r in rows], dtype=torch.long, device=device)
+    pad = torch.tensor([[False] * len(r) + [True] * (n - len(r)) for r in rows], device=device)
+    kept = canvas_length if denoise_end else max(p + max_new_tokens + 2 for p in prompt_lengths)
+    return _Movable(index=index, pad=pad, kept=kept)
+
+
+def _denoiser(model: nn.Module, canvas: Tensor, attention_mask: Tensor | None, index: Tensor):
+    """``z -> logits [batch, n, V]`` for a sub-canvas ``z`` at ``index`` of ``canvas`` (whose other
+    positions are frozen).  A :class:`~sumi.Sumi` gets its forward plan (mask, RoPE tables) once and
+    runs its head at ``index`` only; any other model runs whole and its logits are gathered."""
+    full = canvas.clone()  # frozen positions never change: each step writes the sub-canvas into it
+
+    if isinstance(model, Sumi):
+        plan = model.prepare(full, attention_mask)
+
+        def denoiser(z: Tensor) -> Tensor:
+            full.scatter_(1, index, z)  # the padding entries write position 0's own (frozen) token
+            return model(full, plan=plan, output_index=index)
+    else:
+        def denoiser(z: Tensor) -> Tensor:
+            full.scatter_(1, index, z)
+            logits = model(full) if attention_mask is None else model(full, attention_mask=attention_mask)
+            return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    return denoiser
+
+
 def step_grid(schedule: str, steps: int) -> Tensor:
     """Sumi's step grids (docs/math.md, "Step grids"): ``"linear"`` in alpha or ``"cosine"``; ascending log-SNRs."""
     check_int("steps", steps, 1)
@@ -202,15 +318,17 @@ def answers(canvas: Tensor, prompt_lengths: list[int], eos_id: int) -> list[list
 
 
 def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length: int | None = None, steps: int = 128,
-             sampler: str = "ancestral", tokens_per_step: int = 1, schedule: str = "linear",
+             sampler: str | StepRule = "ancestral", tokens_per_step: int = 1, schedule: str = "linear",
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, seed: int | None = None, denoise_end: bool = True, trace: bool = False,
-             progress: bool = False, device: torch.device | str | None = None) -> GenerationOutput:
+             stop_when_stable: bool = False, progress: bool = False,
+             device: torch.device | str | None = None) -> GenerationOutput:
     """Generate an answer to each prompt with a Sumi model (canvas layout: module docstring).
 
     ``model``: a :class:`sumi.Sumi` (or any module with a ``config`` holding ``vocab_size``,
     ``bos/eos/pad_token_id`` and ``max_position_embeddings``, called as
-    ``model(input_ids, attention_mask=None) -> logits``); it runs in eval mode under
+    ``model(input_ids, attention_mask=None) -> logits``; such a module runs its head everywhere
+    and the logits of the positions that can change are gathered); it runs in eval mode under
     ``torch.no_grad()`` and its train/eval mode is restored afterwards.
     ``prompt_ids``: one prompt (a list of ids, BOS included: this function adds nothing) or a
     batch (a list of lists, lengths may differ).  ``max_new_tokens``: the answer budget.
@@ -218,18 +336,29 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     model; an explicit value beyond the model's positions is a ``ValueError``).
     ``sampler``: ``"ancestral"`` (exact posterior, the default), ``"adaptive"``
     (``tokens_per_step`` most confident positions per step) or ``"greedy"`` (argmax
-    everywhere, every step; ignores ``temperature`` and the filters).  ``schedule``:
-    ``"linear"`` (linear in alpha) or ``"cosine"``; ``steps`` model calls.  ``top_k``,
-    ``top_p``, ``min_p``: truncation of the model's distribution before sampling.
-    ``seed``: seeds a private ``torch.Generator`` (a fresh random seed when ``None``, returned in
-    the output); the global RNGs are never used.  ``denoise_end``: denoise the tail after the
-    pinned BOS with the answer (released behaviour), or freeze it to pad ids hidden from
-    attention.  ``progress``: a tqdm bar over steps on stderr.  ``device``: where the canvas
-    lives (default: the model's device; the model is not moved).
+    everywhere, every step; ignores ``temperature`` and the filters), each on a
+    ``Uniform(vocab_size)`` kernel; or any :class:`discdiff.samplers.StepRule` object
+    (``TauLeaping(Uniform(V))``, an ``Adaptive`` with other settings, your own rule), used as
+    given: its filters and settings are its own, so ``tokens_per_step`` and the filters must be
+    left at their defaults.  The rule steps the ``[batch, n]`` sub-canvas of the positions that can
+    change (module docstring), with the padding marked frozen; the canvas always starts from
+    uniform noise.  ``schedule``: ``"linear"`` (linear in alpha) or ``"cosine"``; ``steps``
+    model calls.  ``top_k``, ``top_p``, ``min_p``: truncation of the model's distribution before
+    sampling.  ``seed``: seeds a private ``torch.Generator`` (a fresh random seed when ``None``,
+    returned in the output); the global RNGs are never used.  ``denoise_end``: denoise the tail
+    after the pinned BOS with the answer (released behaviour), or freeze it to pad ids hidden
+    from attention (the model then runs on the canvas up to the last pinned BOS only).
+    ``stop_when_stable``: stop after the first step that changes no token and report the steps
+    run in ``GenerationOutput.steps_run``; allowed for deterministic rules whose step depends on
+    the tokens only (``"greedy"``, and ``"adaptive"`` at ``temperature=0``), for which such a step
+    is a fixed point, so the answer is exactly that of the full run.  It reads one bool from the
+    device per step (a host sync, only when on).  ``progress``: a tqdm bar over steps on stderr.
+    ``device``: where the canvas lives (default: the model's device; the model is not moved).
 
     Raises ``ValueError`` for bad inputs (before any model call), and
     :class:`discdiff.NonFiniteError` (a ``ValueError``) starting with :data:`NON_FINITE` when the
-    model's first logits hold NaN/inf (checked once, by the sampler's first step).
+    model's first logits hold NaN/inf (checked once, by the sampler's first step; the position
+    named is the canvas position).
     """
     config = model.config
     vocab_size = config.vocab_size
@@ -245,8 +374,8 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
             raise ValueError(f"prompt {i} ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) + EOS/BOS "
                              f"needs {need} positions, more than canvas_length={canvas_length}")
     log_snrs = step_grid(schedule, steps)
-    rule = make_sampler(sampler, vocab_size, tokens_per_step=check_int("tokens_per_step", tokens_per_step, 1),
-                        top_k=top_k, top_p=top_p, min_p=min_p)
+    rule = _step_rule(sampler, vocab_size, tokens_per_step, top_k, top_p, min_p)
+    stop_when_stable = _check_stop_when_stable(stop_when_stable, rule, temperature)
     if seed is None:
         seed = secrets.randbits(63)  # not torch.seed(): that would reseed the global RNG
     else:
@@ -257,10 +386,13 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     canvas = build_canvas(prompts, max_new_tokens, canvas_length, vocab_size=vocab_size,
                           eos_id=config.eos_token_id, bos_id=config.bos_token_id, pad_id=config.pad_token_id,
                           denoise_end=denoise_end, generator=generator, device=device)
-    mask = canvas.attention_mask
-
-    def denoiser(z: Tensor) -> Tensor:
-        return model(z) if mask is None else model(z, attention_mask=mask)
+    movable = _movable(canvas.prompt_lengths, max_new_tokens, canvas_length, denoise_end, device)
+    index = movable.index
+    mask = None
+    if not denoise_end and any(p + max_new_tokens + 2 < movable.kept for p in canvas.prompt_lengths):
+        mask = canvas.attention_mask[:, :movable.kept]  # some row ends before the kept canvas does
+    log_snrs = log_snrs.to(device=device, dtype=torch.float64)
+    recorder = Trace(canvas.tokens) if trace else None
 
     bar = None
     if progress:
@@ -269,14 +401,34 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
         bar = tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr, leave=False)
     was_training = model.training
     model.eval()
+    z = canvas.tokens.gather(1, index)
+    steps_run = 0
     try:
-        with torch.no_grad(), blame_the_model():
-            out = sample(denoiser, rule, canvas.tokens, log_snrs, canvas.frozen, temperature=temperature,
-                         generator=generator, callback=(lambda info: bar.update(1)) if bar is not None else None,
-                         trace=trace)
+        with torch.no_grad(), blame_the_model(index):
+            denoiser = _denoiser(model, canvas.tokens[:, :movable.kept], mask, index)
+            before = canvas.tokens
+            for i in range(steps):
+                lam_t, lam_s = log_snrs[i], log_snrs[i + 1]
+                out = rule.step_info(denoiser(z), z, lam_t, lam_s, movable.pad, temperature, generator,
+                                     validate=i == 0)  # inputs checked once; later steps reuse the shapes
+                steps_run += 1
+                if recorder is not None:
+                    after = canvas.tokens.scatter(1, index, out.tokens)
+                    selected = torch.zeros_like(canvas.frozen).scatter_(1, index, out.selected)
+                    recorder(StepInfo(index=i, lam_t=lam_t, lam_s=lam_s, before=before, after=after,
+                                      changed=after != before, selected=selected))
+                    before = after
+                if bar is not None:
+                    bar.update(1)
+                # a fixed point of a deterministic rule: every later step would change nothing
+                stable = stop_when_stable and not bool((out.tokens != z).any())  # host sync, only when asked
+                z = out.tokens
+                if stable:
+                    break
     finally:
         model.train(was_training)
         if bar is not None:
             bar.close()
-    return GenerationOutput(tokens=answers(out.tokens, canvas.prompt_lengths, config.eos_token_id),
-                            canvas=out.tokens, seed=seed, trace=out.trace, layout=canvas)
+    final = canvas.tokens.scatter(1, index, z)
+    return GenerationOutput(tokens=answers(final, canvas.prompt_lengths, config.eos_token_id), canvas=final,
+                            seed=seed, trace=recorder, layout=canvas, steps_run=steps_run)

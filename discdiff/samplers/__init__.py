@@ -4,7 +4,9 @@
 ``Greedy()``, ``Confidence(kernel)``: ``.step(logits, z_t, lam_t, lam_s, frozen=None,
 temperature=1.0, generator=None) -> z_s``.  ``sample(denoiser, sampler, canvas, log_snrs, ...)``
 runs one along an ascending log-SNR grid (``linear_alpha_grid``, ``cosine_grid``,
-``schedule_grid``), optionally recording a :class:`Trace`.
+``schedule_grid``), optionally recording a :class:`Trace`.  Every rule reads the denoiser's
+distribution through :class:`Denoised`, which streams it from the logits (no vocabulary-sized
+copy) and draws only where a token may change.
 """
 
 from discdiff.samplers.adaptive import Adaptive

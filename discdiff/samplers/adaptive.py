@@ -38,7 +38,8 @@ class Adaptive(KernelStepRule):
       positive weight, so they are revisited.
 
     Positions may be revisited; positions with confidence 0 are never selected, so fewer than
-    ``tokens_per_step`` may change.
+    ``tokens_per_step`` may change.  One pass over the logits gives the confidence; the tempered,
+    filtered ``x_hat`` is drawn at the selected positions only.
     """
 
     def __init__(self, kernel: Kernel, tokens_per_step: int = 1, *, weight: str = "prior",
@@ -57,7 +58,9 @@ class Adaptive(KernelStepRule):
     def confidence(self, logits, z_t, lam_t=None) -> torch.Tensor:
         """``w(z_t) (max_j x_hat_j - x_hat_{z_t})`` per position, float64, untempered; ``lam_t``
         (the current log-SNR, broadcast to ``z_t``) is needed for ``weight="rate"`` only."""
-        x0 = Denoised(logits, self.kernel.mask_id, 1.0)
+        return self._confidence(Denoised(logits, self.kernel.mask_id, 1.0), z_t, lam_t)
+
+    def _confidence(self, plain: Denoised, z_t, lam_t) -> torch.Tensor:
         if self.weight == "prior":
             w = self.kernel.pi_at(torch.full(z_t.shape, -math.inf, dtype=torch.float64, device=z_t.device), z_t)
         else:
@@ -65,14 +68,20 @@ class Adaptive(KernelStepRule):
                 raise ValueError('weight="rate" needs lam_t, the log-SNR of z_t')
             lam_t = torch.as_tensor(lam_t, dtype=torch.float64, device=z_t.device)
             w = self.kernel.pi_at(lam_t, z_t) - self.kernel.dpi_at(lam_t, z_t)
-        return w.to(torch.float64) * (x0.max_prob() - x0.prob_at(z_t))
+        return w.to(torch.float64) * (plain.max_prob() - plain.prob_at(z_t))
 
     def _step(self, logits, z_t, lam_t, lam_s, frozen, temperature, generator) -> StepOutput:
-        conf = self.confidence(logits, z_t, lam_t).masked_fill(frozen, -math.inf)
+        plain = Denoised(logits, self.kernel.mask_id, 1.0)  # the confidence is untempered, unfiltered
+        conf = self._confidence(plain, z_t, lam_t).masked_fill(frozen, -math.inf)
         k = min(self.tokens_per_step, z_t.shape[-1])
         top = conf.topk(k, dim=-1).indices
         # a position with confidence 0 cannot improve (it holds the argmax already, or its token
         # has weight 0: a clean token under masked noise, which is absorbing): never (re)write it
         selected = torch.zeros_like(frozen).scatter(-1, top, True) & (conf > 0)
-        new = Denoised(logits, self.kernel.mask_id, temperature, self.filters).sample(generator)
+        if temperature == 0.0:
+            new = plain.argmax
+        else:  # drawn at the selected positions only
+            same = temperature == 1.0 and not self.filters.active
+            x0 = plain if same else Denoised(logits, self.kernel.mask_id, temperature, self.filters)
+            new = x0.sample(generator, where=selected)
         return StepOutput(tokens=torch.where(selected, new, z_t), selected=selected)

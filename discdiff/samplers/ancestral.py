@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from discdiff.samplers.base import KernelStepRule, StepOutput, draw_from_marginal, move_or_stay
+from discdiff.samplers.base import KernelStepRule, StepOutput, move_to_marginal
 from discdiff.samplers.categorical import Denoised
 
 
@@ -15,8 +15,9 @@ class Ancestral(KernelStepRule):
 
     Memory-light: the posterior is "stay at ``z_t`` with probability
     ``alpha_{t|s} q_s(z_t | x_hat) / q_t(z_t | x_hat)``, else draw from ``q_s(. | x_hat)``", and
-    ``q_s(. | x_hat)`` is "``x_hat`` with probability ``alpha_s``, else ``pi_s``".  The only
-    vocabulary-sized tensors are the model's logits and ``x_hat`` itself; per-position
+    ``q_s(. | x_hat)`` is "``x_hat`` with probability ``alpha_s``, else ``pi_s``".  ``x_hat`` is
+    read through :class:`~discdiff.samplers.Denoised` (per-row statistics, no vocabulary-sized
+    copy) and drawn only at the positions that move and take the ``x_hat`` component; per-position
     probabilities are float64.  With a :class:`~discdiff.kernels.Masked` kernel this is MDLM's
     ancestral sampler.
     """
@@ -29,7 +30,6 @@ class Ancestral(KernelStepRule):
         alpha_ts = torch.exp(F.logsigmoid(lam_t) - F.logsigmoid(lam_s))
         # q_t(z_t | x_hat) = 0 only where x_hat gives no way to reach z_t; the limit there is "stay"
         p_stay = torch.where(q_t > 0, alpha_ts * q_s / torch.where(q_t > 0, q_t, torch.ones_like(q_t)), torch.ones_like(q_t))
-        candidate = draw_from_marginal(self.kernel, x0, lam_s, generator)
-        tokens, _ = move_or_stay(z_t, 1.0 - p_stay, candidate, generator)
+        tokens = move_to_marginal(self.kernel, x0, z_t, 1.0 - p_stay, lam_s, frozen, generator)
         return StepOutput(tokens=tokens, selected=torch.ones_like(frozen))
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from discdiff._checks import align_log_snr, check_log_snr, check_logits, check_tokens
 from discdiff.kernels.base import Kernel
-from discdiff.samplers.categorical import Filters, check_temperature
+from discdiff.samplers.categorical import Denoised, Filters, check_temperature
 from discdiff.typing import Logits, LogSNR, Mask, Tokens
 
 
@@ -106,15 +106,18 @@ class KernelStepRule(StepRule):
         return f"{type(self).__name__}({self.kernel!r}, {self._repr_extra()}{self.filters})"
 
 
-def draw_from_marginal(kernel, x0, lam: Tensor, generator: torch.Generator | None) -> Tokens:
-    """One draw from ``q_lambda(. | x_hat) = alpha x_hat + beta pi_lambda`` per position: ``x_hat``
-    with probability ``alpha`` (``x0.sample``), else ``pi_lambda`` (``kernel.sample_pi``)."""
+def move_to_marginal(kernel: Kernel, x0: Denoised, z_t: Tokens, p_move: Tensor, lam: Tensor, frozen: Mask,
+                     generator: torch.Generator | None) -> Tokens:
+    """``z_t``, or with probability ``p_move`` (clamped to [0, 1]) a draw from ``q_lambda(. | x_hat)
+    = alpha x_hat + beta pi_lambda`` (docs/math.md, "Ancestral").
+
+    Per position, in this order: ``move ~ Bernoulli(p_move)``; ``from_x0 ~ Bernoulli(alpha)``
+    (``alpha = sigmoid(lam)``, float64); ``x_hat`` is drawn only where a non-frozen position moves
+    and takes the ``x_hat`` component (:meth:`Denoised.sample` with ``where``); ``pi_lambda``
+    draws come from ``kernel.sample_pi``, which needs no vocabulary-sized tensor.
+    """
+    move = torch.rand(z_t.shape, generator=generator, device=z_t.device, dtype=torch.float64) < p_move.clamp(0.0, 1.0)
     from_x0 = torch.rand(lam.shape, generator=generator, device=lam.device, dtype=torch.float64) < torch.sigmoid(lam)
-    return torch.where(from_x0, x0.sample(generator), kernel.sample_pi(lam, generator))
-
-
-def move_or_stay(z_t: Tokens, p_move: Tensor, candidate: Tokens, generator: torch.Generator | None) -> tuple[Tokens, Mask]:
-    """``candidate`` with probability ``p_move`` (clamped to [0, 1]), else ``z_t``."""
-    u = torch.rand(z_t.shape, generator=generator, device=z_t.device, dtype=torch.float64)
-    move = u < p_move.clamp(0.0, 1.0)
-    return torch.where(move, candidate, z_t), move
+    drawn = x0.sample(generator, where=move & from_x0 & ~frozen)
+    candidate = torch.where(from_x0, drawn, kernel.sample_pi(lam, generator))
+    return torch.where(move, candidate, z_t)

@@ -49,12 +49,21 @@ class Confidence(KernelStepRule):
             a_t, a_s = torch.sigmoid(lam_t[..., :1]), torch.sigmoid(lam_s[..., :1])  # per sequence
             share = torch.where(a_t < 1, (a_s - a_t) / (1 - a_t).clamp_min(1e-300), torch.ones_like(a_t))
             k = torch.round(n_masked * share.clamp(0, 1)).long()
-        candidate = Denoised(logits, self.kernel.mask_id, temperature, self.filters).sample(generator)
-        if self.by_confidence:
-            score = Denoised(logits, self.kernel.mask_id, 1.0).prob_at(candidate)
-        else:
+        x0 = Denoised(logits, self.kernel.mask_id, temperature, self.filters)
+        if self.by_confidence:  # every masked position needs its candidate to be ranked
+            same = temperature == 1.0 and not self.filters.active
+            plain = x0 if same else Denoised(logits, self.kernel.mask_id, 1.0)
+            drawn = plain.argmax if temperature == 0.0 else x0.sample(generator, where=masked)
+            candidate = torch.where(masked, drawn, z_t)
+            score = plain.prob_at(candidate).masked_fill(~masked, -math.inf)
+            selected = masked & (_rank(score) < k)
+        else:  # the positions do not depend on the candidates: draw at the selected ones only
             score = torch.rand(z_t.shape, generator=generator, device=z_t.device, dtype=torch.float64)
-        score = score.masked_fill(~masked, -math.inf)
-        rank = score.argsort(-1, descending=True).argsort(-1)  # 0 = most confident
-        selected = masked & (rank < k)
+            selected = masked & (_rank(score.masked_fill(~masked, -math.inf)) < k)
+            candidate = x0.sample(generator, where=selected)
         return StepOutput(tokens=torch.where(selected, candidate, z_t), selected=selected)
+
+
+def _rank(score: torch.Tensor) -> torch.Tensor:
+    """Each position's place in its sequence by descending score (0 = highest)."""
+    return score.argsort(-1, descending=True).argsort(-1)

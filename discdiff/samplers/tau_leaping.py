@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from discdiff.samplers.base import KernelStepRule, StepOutput, draw_from_marginal, move_or_stay
+from discdiff.samplers.base import KernelStepRule, StepOutput, move_to_marginal
 from discdiff.samplers.categorical import Denoised
 
 
@@ -17,7 +17,8 @@ class TauLeaping(KernelStepRule):
     The step moves with probability ``min(1, (lambda_s - lambda_t) beta_t (pi_t - pi'_t)(z_t) /
     q_t(z_t | x_hat))`` to a draw from ``q_t(. | x_hat)`` (a draw of ``z_t`` itself means stay):
     each ``j != z_t`` is reached with probability ``(lambda_s - lambda_t) R_j`` exactly, the
-    first-order expansion of :class:`Ancestral`.  Its error shrinks with the step size.
+    first-order expansion of :class:`Ancestral`.  Its error shrinks with the step size.  As in
+    :class:`Ancestral`, ``x_hat`` is drawn only at the positions that move.
     """
 
     def _step(self, logits, z_t, lam_t, lam_s, frozen, temperature, generator) -> StepOutput:
@@ -27,6 +28,5 @@ class TauLeaping(KernelStepRule):
         rate = torch.sigmoid(-lam_t) * (pi_z - self.kernel.dpi_at(lam_t, z_t))
         p_move = torch.where(q_t > 0, (lam_s - lam_t) * rate / torch.where(q_t > 0, q_t, torch.ones_like(q_t)),
                              torch.zeros_like(q_t))
-        candidate = draw_from_marginal(self.kernel, x0, lam_t, generator)
-        tokens, _ = move_or_stay(z_t, p_move, candidate, generator)
+        tokens = move_to_marginal(self.kernel, x0, z_t, p_move, lam_t, frozen, generator)
         return StepOutput(tokens=tokens, selected=torch.ones_like(frozen))

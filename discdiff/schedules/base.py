@@ -5,6 +5,10 @@ prior; ``alpha = sigmoid(lambda)``.
 Every schedule clamps ``lambda`` to ``[log_snr_min, log_snr_max]`` (Sumi and the GIDD scaling
 work use ``[-9, 9]``); inside the clamp its derivative is the analytic one, outside it is 0.
 Subclasses implement only the unclamped map, its derivative and its inverse.
+
+The public maps check their input's values (``t`` in ``[0, 1]``, ``lambda`` in the clamp range),
+which synchronizes with the host; a caller whose input is valid by construction (a training
+step's ``t ~ U(0, 1)``) passes ``validate=False`` and the map runs without a sync.
 """
 
 from __future__ import annotations
@@ -45,27 +49,37 @@ class Schedule(ABC):
     def _t_of_log_snr(self, lam: Tensor) -> Tensor: ...
 
     # -- the public, clamped map ------------------------------------------------------------
-    def log_snr(self, t: FloatLike) -> LogSNR:
-        """``lambda(t)``, clamped to ``[log_snr_min, log_snr_max]``."""
-        t = self._check_t(t)
+    def log_snr(self, t: FloatLike, *, validate: bool = True) -> LogSNR:
+        """``lambda(t)``, clamped to ``[log_snr_min, log_snr_max]``.
+
+        Args:
+            t: times in ``[0, 1]`` (a float or a floating-point tensor).
+            validate: check that ``t`` lies in ``[0, 1]`` (one host sync); ``False`` for a ``t``
+                that is valid by construction.
+        """
+        t = self._check_t(t, validate)
         return self._log_snr(t).clamp(self.log_snr_min, self.log_snr_max)
 
-    def alpha(self, t: FloatLike) -> Tensor:
-        """``alpha(t) = sigmoid(lambda(t))``: the probability that a token is still clean."""
-        return torch.sigmoid(self.log_snr(t))
+    def alpha(self, t: FloatLike, *, validate: bool = True) -> Tensor:
+        """``alpha(t) = sigmoid(lambda(t))``: the probability that a token is still clean
+        (``validate`` as in :meth:`log_snr`)."""
+        return torch.sigmoid(self.log_snr(t, validate=validate))
 
-    def dlog_snr_dt(self, t: FloatLike) -> Tensor:
-        """``d lambda / d t`` (negative inside the clamp range, 0 where ``lambda`` is clamped)."""
-        t = self._check_t(t)
+    def dlog_snr_dt(self, t: FloatLike, *, validate: bool = True) -> Tensor:
+        """``d lambda / d t`` (negative inside the clamp range, 0 where ``lambda`` is clamped;
+        ``validate`` as in :meth:`log_snr`)."""
+        t = self._check_t(t, validate)
         raw = self._log_snr(t)
         inside = (raw > self.log_snr_min) & (raw < self.log_snr_max)
         return torch.where(inside, self._dlog_snr_dt(t), torch.zeros_like(raw))
 
-    def t_of_log_snr(self, lam: FloatLike) -> Time:
-        """The inverse map ``t(lambda)`` on ``[log_snr_min, log_snr_max]``."""
+    def t_of_log_snr(self, lam: FloatLike, *, validate: bool = True) -> Time:
+        """The inverse map ``t(lambda)`` on ``[log_snr_min, log_snr_max]``; ``validate``: check
+        that ``lam`` is not NaN and lies in that range (one host sync)."""
         lam = as_float_tensor("lam", lam)
-        check_log_snr("lam", lam, allow_inf=True)
-        if bool(((lam < self.log_snr_min) | (lam > self.log_snr_max)).any()):
+        check_log_snr("lam", lam, allow_inf=True, validate=validate)
+        if validate and not torch.compiler.is_compiling() and \
+                bool(((lam < self.log_snr_min) | (lam > self.log_snr_max)).any()):
             raise ValueError(
                 f"lam must lie in [{self.log_snr_min}, {self.log_snr_max}] (the schedule's clamp range)"
             )
@@ -79,8 +93,9 @@ class Schedule(ABC):
         return lo, hi
 
     @staticmethod
-    def _check_t(t: FloatLike) -> Tensor:
+    def _check_t(t: FloatLike, validate: bool = True) -> Tensor:
+        """``t`` as a floating tensor; with ``validate``, raise unless every value is in ``[0, 1]``."""
         t = as_float_tensor("t", t)
-        if not torch.compiler.is_compiling() and bool(((t < 0) | (t > 1) | torch.isnan(t)).any()):
+        if validate and not torch.compiler.is_compiling() and bool(((t < 0) | (t > 1) | torch.isnan(t)).any()):
             raise ValueError("t must lie in [0, 1] (t = 0 is data, t = 1 the prior)")
         return t

@@ -32,6 +32,6 @@ class LinearLogSNR(Schedule):
     def _t_of_log_snr(self, lam: Tensor) -> Tensor:
         return (self.log_snr_max - lam) / (self.log_snr_max - self.log_snr_min)
 
-    def dlog_snr_dt(self, t):  # the clamp never binds inside [0, 1]: keep the ends' slope
-        t = self._check_t(t)
+    def dlog_snr_dt(self, t, *, validate: bool = True):  # the clamp never binds inside [0, 1]: keep the ends' slope
+        t = self._check_t(t, validate)
         return self._dlog_snr_dt(t)

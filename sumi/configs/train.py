@@ -51,7 +51,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last: int = 3
     log_every: int = 1
-    mixed_precision: bool = False   # bf16 parameters, fp32 reductions (GPU)
+    mixed_precision: bool = False   # bf16 compute; fp32 weights, gradients, optimizer (FSDP2; one process:
+                                    # a one-rank mesh, sumi.distributed.single_process_group)
     activation_checkpointing: bool = False
     compile: bool = False
     phase: str = "pretrain"

@@ -19,14 +19,22 @@ checkpoint and :meth:`Loader.load_state_dict` restores it, so a resumed run sees
 tokens it would have seen.  The state does not depend on ``B`` or ``W``: a run checkpointed on
 ``W`` ranks resumes on any other number of ranks with the same global batch (each step reads the
 same rows; only their split among ranks and micro-batches differs).
+
+Token ids are checked on the host as rows are read (``vocab_size``), so the training step needs no
+check on the device (each would wait for it).  :class:`StepFeed` hands a step's micro-batches to
+the device: on CUDA from pinned memory without blocking, the next step read ahead while the
+current one computes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from sumi._checks import check_int
+
+__all__ = ["Loader", "StepFeed"]
 
 
 class Loader:
@@ -62,25 +70,35 @@ class Loader:
         self.epoch = self.step = self.micro = 0
         self._perm_epoch, self._perm = None, None
 
-    def permutation(self, epoch: int) -> torch.Tensor:
-        """The row order of ``epoch`` (the same on every rank)."""
+    def _order(self, epoch: int) -> np.ndarray:
+        """The row order of ``epoch`` as a host array: batches are indexed in numpy, without reading
+        tensor values one by one."""
         if self._perm_epoch != epoch:
             g = torch.Generator().manual_seed(self.seed + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.rows, generator=g), epoch
+            self._perm, self._perm_epoch = torch.randperm(self.rows, generator=g).numpy(), epoch
         return self._perm
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The row order of ``epoch`` (the same on every rank)."""
+        return torch.from_numpy(self._order(epoch))
 
     def offset(self, micro: int) -> int:
         """Where this rank's micro-batch ``micro`` starts within the global batch of a step."""
         return (micro * self.world_size + self.rank) * self.batch_size
 
+    def _rows(self, epoch: int, step: int, micro: int) -> np.ndarray:
+        start = step * self.global_batch + self.offset(micro)
+        pos = np.arange(start, start + self.batch_size) % self.rows  # wraps only when drop_last=False
+        return self._order(epoch)[pos]
+
     def indices(self, epoch: int, step: int, micro: int = 0) -> torch.Tensor:
         """The rows (dataset indices) of this rank's micro-batch ``micro`` at ``(epoch, step)``."""
-        start = step * self.global_batch + self.offset(micro)
-        pos = torch.arange(start, start + self.batch_size) % self.rows  # wraps only when drop_last=False
-        return self.permutation(epoch)[pos]
+        return torch.from_numpy(self._rows(epoch, step, micro))
 
     def next_batch(self) -> torch.Tensor:
-        indices = self.indices(self.epoch, self.step, self.micro)
+        """This rank's next micro-batch, ``[batch_size, seq_len]`` int64 (ids checked against
+        ``vocab_size`` when given: a ``ValueError`` names the row and column of the first bad id)."""
+        indices = self._rows(self.epoch, self.step, self.micro)
         rows = [np.asarray(self.data[int(i)]) for i in indices]
         if self.vocab_size is not None:
             for i, row in zip(indices, rows):
@@ -120,3 +138,57 @@ class Loader:
         if step >= self.steps_per_epoch:
             raise ValueError(f"loader state step {step} >= steps_per_epoch {self.steps_per_epoch}")
         self.epoch, self.step, self.micro = epoch, step, 0
+
+
+class StepFeed:
+    """The micro-batches of a :class:`Loader`, one optimizer step at a time, on ``device``.
+
+    :meth:`next_step` returns the step's ``loader.micro_batches`` pairs ``(ids on device, offset
+    in the global batch)``.  On CUDA each batch is copied into pinned (page-locked) memory and sent
+    with ``non_blocking=True``: the copy is queued behind the running kernels and the host goes
+    on.  :meth:`prefetch` reads the next step ahead: called once a step's work is queued, the host
+    reads and checks the next rows while the device computes instead of after the next sync.  On
+    the CPU the batches are the loader's own tensors (nothing to overlap; the values are the same
+    either way).
+
+    :meth:`state_dict` is the loader's position after the last step *taken*, not prefetched, so a
+    checkpoint resumes at the right rows.  An error while reading ahead (an id outside the
+    vocabulary) is raised by :meth:`next_step` of that step, so the steps before it log and
+    checkpoint as they would without read-ahead.
+    """
+
+    def __init__(self, loader: Loader, device: torch.device | str) -> None:
+        self.loader = loader
+        self.device = torch.device(device)
+        self.pinned = self.device.type == "cuda"
+        self._position = loader.state_dict()  # raises mid-step: a feed starts between steps
+        self._ahead: tuple[dict, list[tuple[Tensor, int]]] | BaseException | None = None
+
+    def _send(self, batch: Tensor) -> Tensor:
+        if self.pinned:
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
+
+    def prefetch(self) -> None:
+        """Read the next step's micro-batches and queue their copies (once; nothing if already read)."""
+        if self._ahead is not None:
+            return
+        try:
+            batches = [(self._send(self.loader.next_batch()), self.loader.offset(m))
+                       for m in range(self.loader.micro_batches)]
+            self._ahead = (self.loader.state_dict(), batches)
+        except Exception as e:  # noqa: BLE001 - raised by next_step, at the step that read it
+            self._ahead = e
+
+    def next_step(self) -> list[tuple[Tensor, int]]:
+        """The next step's ``[(ids, offset), ...]`` (read now unless :meth:`prefetch` did)."""
+        self.prefetch()
+        ahead, self._ahead = self._ahead, None
+        if isinstance(ahead, BaseException):
+            raise ahead
+        self._position, batches = ahead
+        return batches
+
+    def state_dict(self) -> dict:
+        """:meth:`Loader.state_dict` after the last step taken by :meth:`next_step`."""
+        return dict(self._position)

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
@@ -244,10 +243,20 @@ def save(directory: str | os.PathLike, step: int, model: nn.Module,
     except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
         if rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
+        _reraise_interrupt(e)
         reraise_storage_error(e, final.parent, f"writing checkpoint {final.name} under", need)
         raise
     barrier()
     return final
+
+
+def _reraise_interrupt(error: BaseException) -> None:
+    """A Ctrl-C that DCP caught and wrapped into its ``CheckpointException`` (it gathers every
+    rank's failure) is raised again as the ``KeyboardInterrupt`` it was: an interruption, not a
+    failed write or a damaged checkpoint."""
+    failures = getattr(error, "failures", None) if isinstance(error, CheckpointException) else None
+    if failures and any(isinstance(pair[0], KeyboardInterrupt) for pair in failures.values()):
+        raise KeyboardInterrupt from error
 
 
 def _publish(tmp: Path, final: Path, nonce: str, manifest: str) -> None:
@@ -331,6 +340,7 @@ def load(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optim
         with _single_process_ok():
             dcp.load(state, checkpoint_id=str(found), no_dist=not is_distributed())
     except (Exception, CheckpointException) as e:  # DCP gathers every rank's failure: all ranks raise here
+        _reraise_interrupt(e)
         raise CheckpointCorrupt(f"checkpoint {found} cannot be loaded ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''}); its files may be damaged") from e
     if optimizer is None:

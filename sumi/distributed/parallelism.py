@@ -6,7 +6,8 @@ order matters: checkpointing must sit *inside* the compiled region so the compil
 recomputation, and each block must be its own FSDP unit so its parameters are all-gathered just
 before it runs and freed just after.
 
-Call it on a model built on the meta device, then allocate and initialize::
+Call it on a model built on the meta device, then allocate and initialize (under torchrun; a
+single process wraps this in ``with single_process_group(device):`` for ``mixed_precision``)::
 
     model = Sumi.on_meta(config)
     parallelize(model, mixed_precision=True, activation_checkpointing=True, compile_blocks=True)
@@ -69,7 +70,9 @@ def parallelize(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_preci
     the model comes back with only checkpointing/compilation.
 
     ``mixed_precision``: parameters are all-gathered and computed in bfloat16 while the sharded
-    master weights, the gradient reduce-scatter and the optimizer stay in float32.
+    master weights, the gradient reduce-scatter and the optimizer stay in float32.  It needs the
+    mesh: without a process group it is a ``ValueError`` (never silently float32); one process
+    gets a one-rank group from :func:`sumi.distributed.single_process_group`.
     ``reshard_after_forward``: free each block's gathered parameters after its forward (ZeRO-3;
     less memory) or keep them until the backward (ZeRO-2; one all-gather fewer per block).  The
     root is never resharded after forward: the backward needs the head and embeddings first.
@@ -83,6 +86,12 @@ def parallelize(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_preci
     if not isinstance(layers, nn.ModuleList):
         raise TypeError(f"parallelize expects a model with .model.layers (an nn.ModuleList), "
                         f"got {type(model).__name__}")
+    if mesh is None:
+        mesh = default_mesh()
+    if mesh is None and mixed_precision:  # checked before anything is applied: no half-parallelized model
+        raise ValueError("parallelize: mixed_precision=True needs a device mesh (FSDP2 applies the bf16 policy) "
+                         "and there is no process group; call it inside sumi.distributed.single_process_group("
+                         "device), as `sumi train` does in one process, or under torchrun")
     for block in layers:
         if activation_checkpointing:
             apply_activation_checkpointing(block)
@@ -90,8 +99,6 @@ def parallelize(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_preci
             # Blocks are identical in structure, so one compiled graph serves all of them.
             block.compile(fullgraph=True)
 
-    if mesh is None:
-        mesh = default_mesh()
     if mesh is None:
         return model
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

@@ -4,22 +4,24 @@
 :func:`init_distributed` reads them, picks NCCL on CUDA and gloo on CPU, pins this process to its
 GPU and starts the default process group.  Without those variables (``python train.py``) it is a
 single process: world size 1, no process group, and every collective in :mod:`sumi.distributed`
-degrades to a no-op.
+degrades to a no-op; :func:`single_process_group` gives such a process a group of one rank where
+FSDP2 needs one (mixed precision).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "destroy", "is_distributed", "barrier", "rank", "world_size",
-           "broadcast_object", "gather_objects", "on_rank0"]
+__all__ = ["DistInfo", "init_distributed", "single_process_group", "destroy", "is_distributed", "barrier", "rank",
+           "world_size", "broadcast_object", "gather_objects", "on_rank0"]
 
 # A hung collective should fail a job, not hold its GPUs forever; ten minutes covers the slowest
 # legitimate collective we issue (a checkpoint's metadata exchange on a busy filesystem).
@@ -147,6 +149,33 @@ def init_distributed(backend: str | None = None, *, timeout: timedelta = DEFAULT
     if is_distributed():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+@contextmanager
+def single_process_group(device: torch.device | str) -> Iterator[DistInfo]:
+    """A process group of one rank for the ``with`` block, where there is none (no torchrun).
+
+    FSDP2 needs a device mesh, and a mesh a default process group, even on one rank: with it a
+    single process shards (trivially) and applies ``MixedPrecisionPolicy`` exactly as ``N`` ranks
+    do, so ``mixed_precision=True`` means the same thing in one process as under torchrun.  The
+    rendezvous is an in-memory ``HashStore`` (no port, no file); NCCL on a CUDA ``device``, gloo
+    on the CPU.  The group is destroyed when the block exits, however it exits.  Under an
+    existing group this does nothing and yields :func:`init_distributed`'s description.
+    """
+    device = torch.device(device)
+    if is_distributed():
+        yield init_distributed()
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":  # NCCL talks through the current device, as under init_distributed
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=DEFAULT_TIMEOUT,
+                            device_id=device if backend == "nccl" else None)
+    try:
+        yield DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    finally:
+        dist.destroy_process_group()
 
 
 def destroy() -> None:

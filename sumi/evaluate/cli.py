@@ -12,7 +12,7 @@ import json
 import sys
 
 from sumi.cli_common import UsageError, add_model_arguments, load_model
-from sumi.evaluate.likelihood import DEFAULT_CANVAS, DEFAULT_POINTS
+from sumi.evaluate.likelihood import DEFAULT_CANVAS, DEFAULT_POINTS, default_tokens_per_pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=int, default=DEFAULT_POINTS,
                    help=f"time points of the linear-alpha grid (default {DEFAULT_POINTS})")
     p.add_argument("--effective-snr", action="store_true", help="evaluate each point at the realized clean fraction")
-    p.add_argument("--batch-size", type=int, default=4, help="canvas rows per forward pass (default 4)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="canvas rows scored together, sharing the noise draws of a seed (default 4)")
+    p.add_argument("--tokens-per-pass", type=int, default=None, metavar="N",
+                   help="canvas positions per forward pass: time points of the rows are stacked up to N "
+                        f"(default {default_tokens_per_pass('cpu')} on CPU, {default_tokens_per_pass('cuda')} on "
+                        "an accelerator); changes speed and memory, not the estimate")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     h = sub.add_parser("harness", help="lm-eval-harness with the `sumi` model (needs pip install 'discdiff[eval]')",
@@ -47,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         return harness_main(args.harness_args)
     if args.canvas_length is not None and args.canvas_length < 3:  # checked before the model loads
         raise UsageError(f"--canvas-length must be >= 3, got {args.canvas_length}")
-    for name in ("points", "batch_size"):
-        if getattr(args, name) < 1:
+    for name in ("points", "batch_size", "tokens_per_pass"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = nelbo_texts(model, tokenizer, texts, canvas_length=args.canvas_length, points=args.points,
                              effective_snr=args.effective_snr, batch_size=args.batch_size, seed=args.seed,
-                             progress=True)
+                             progress=True, tokens_per_pass=args.tokens_per_pass)
     except ValueError as e:  # a canvas beyond the model's positions, ...
         raise UsageError(str(e)) from None
     if args.json:

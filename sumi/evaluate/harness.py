@@ -20,8 +20,9 @@ Protocol (the released evaluation, docs/math.md "Sumi recipe facts"; canvas rule
 Model arguments (``--model_args key=value,...``): ``pretrained`` (a model directory, required),
 ``tokenizer`` (default ``pretrained/tokenizer.json``), ``device``, ``dtype``, ``batch_size``,
 ``canvas_length`` (default ``min(2048, max_position_embeddings)``; larger than the model's
-positions is an error), ``points``, ``effective_snr``, ``steps``, ``max_gen_toks``, ``sampler``,
-``tokens_per_step``, ``seed``.  A bad one raises :class:`ModelArgumentError`, which
+positions is an error), ``points``, ``effective_snr``, ``tokens_per_pass`` (canvas positions per
+forward pass of the likelihoods, see :class:`sumi.evaluate.Scorer`), ``steps``, ``max_gen_toks``,
+``sampler``, ``tokens_per_step``, ``seed``.  A bad one raises :class:`ModelArgumentError`, which
 ``python -m sumi.evaluate`` prints in one line (exit status 2).
 """
 
@@ -103,7 +104,8 @@ class SumiLM(LM):
                  dtype: str | None = None, batch_size: int | str = 4, max_batch_size: int | None = None,
                  canvas_length: int | str | None = None, points: int = DEFAULT_POINTS, effective_snr: bool = True,
                  steps: int = 256, max_gen_toks: int = 256, sampler: str = "adaptive", tokens_per_step: int = 1,
-                 seed: int = 0, *, model=None, tokenizer_object=None) -> None:
+                 seed: int = 0, tokens_per_pass: int | str | None = None, *, model=None,
+                 tokenizer_object=None) -> None:
         super().__init__()
         try:
             if model is None:
@@ -124,8 +126,11 @@ class SumiLM(LM):
             self.tokens_per_step = _int_arg("tokens_per_step", tokens_per_step, 1)
             self.sampler = str(sampler)
             self.seed = _int_arg("seed", seed, 0)
+            if tokens_per_pass is not None:
+                tokens_per_pass = _int_arg("tokens_per_pass", tokens_per_pass, 1)
             self.scorer = Scorer(model, points=_int_arg("points", points, 1), effective_snr=bool(effective_snr),
-                                 batch_size=self.batch_size, seed=self.seed, device=self._device)
+                                 batch_size=self.batch_size, seed=self.seed, device=self._device,
+                                 tokens_per_pass=tokens_per_pass)
         except (OSError, ValueError) as e:
             raise ModelArgumentError(f"sumi model: {e}") from e
 

@@ -15,6 +15,13 @@ longest are padded with ``pad_token_id`` hidden from attention (``attention_mask
 row scores as if it were alone on its canvas.
 
 Bits per byte = total NELBO / (ln 2 x total UTF-8 bytes of the texts).
+
+Throughput: a :class:`sumi.Sumi` is scored from its final hidden states and its head
+(:class:`discdiff.likelihood.HiddenStates`, the fused loss of ``discdiff.losses.gidd_from_hidden``:
+the ``[tokens, V]`` logits are never built), and several time points of a batch share one
+forward pass (``tokens_per_pass``, :func:`default_tokens_per_pass`).  Neither changes the
+estimate: the noise is drawn point by point as before, so the numbers agree with one point per
+pass on the logits up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -28,12 +35,25 @@ import torch
 from torch import Tensor, nn
 
 from discdiff.kernels import Uniform
-from discdiff.likelihood import nelbo
+from discdiff.likelihood import HiddenStates, nelbo
 from sumi._checks import check_int
 from sumi.generation import DEFAULT_CANVAS_LENGTH, blame_the_model, canvas_length_for
+from sumi.model import Sumi
 
 DEFAULT_POINTS = 128
 DEFAULT_CANVAS = DEFAULT_CANVAS_LENGTH  # preferred; a model with fewer positions gets all of its own
+# Tokens per forward pass when not given.  CPU: passes of 512 to 32,768 positions scored the tiny
+# model at the same speed within noise (canvas 128 and 512), and 1 or 2 points of [4, 512] the
+# 150M shapes at V = 100,278 (2-core AMD EPYC VM, 1 thread, CPU time); memory grows with the
+# pass.  Accelerators: large passes keep the device busy (a 7B forward at 65,536 tokens holds a
+# few GB of activations in bfloat16; not measured on a GPU).
+_DEFAULT_TOKENS_PER_PASS = {"cpu": 8192, "accelerator": 65536}
+
+
+def default_tokens_per_pass(device: torch.device | str) -> int:
+    """Canvas positions per forward pass of the :class:`Scorer` when not given: 8192 on the CPU,
+    65,536 on an accelerator."""
+    return _DEFAULT_TOKENS_PER_PASS["cpu" if torch.device(device).type == "cpu" else "accelerator"]
 
 
 @dataclass(frozen=True)
@@ -92,11 +112,16 @@ def pad_rows(rows: Sequence[Row], pad_id: int, device: torch.device | str) -> tu
 class Scorer:
     """NELBO (nats, summed over scored tokens) of canvas rows under ``model``, in batches.
 
-    ``model``: a :class:`sumi.Sumi` (called as ``model(ids, attention_mask=mask)``); it runs in
-    eval mode under ``torch.no_grad()`` and its mode is restored.  ``points``: time points;
-    ``effective_snr``: evaluate each point at the realized clean fraction (docs/math.md,
-    "Likelihood"); ``seed``: the noise of every estimate (the same rows in the same order and
-    batch size give the same numbers).  Rows are scored longest first, ``batch_size`` at a time.
+    ``model``: a :class:`sumi.Sumi` (called as ``model(ids, attention_mask=mask,
+    return_hidden=True)``, its loss fused with ``model.lm_head.weight``), or any module called
+    as ``model(ids, attention_mask=mask)`` that returns logits; it runs in eval mode under
+    ``torch.no_grad()`` and its mode is restored.  ``points``: time points; ``effective_snr``:
+    evaluate each point at the realized clean fraction (docs/math.md, "Likelihood"); ``seed``:
+    the noise of every estimate (the same rows in the same order and batch size give the same
+    numbers).  Rows are scored longest first, ``batch_size`` at a time; one forward pass holds
+    as many time points of those rows as fit in ``tokens_per_pass`` canvas positions (at least
+    one; default :func:`default_tokens_per_pass` of the device).  ``tokens_per_pass`` changes
+    the speed and the memory, not the estimate (up to float32 rounding).
 
     Non-finite numbers are errors, not results: a batch whose NELBO is NaN (the model's logits
     were NaN/inf at some point) raises :class:`discdiff.NonFiniteError` (a ``ValueError``)
@@ -104,13 +129,16 @@ class Scorer:
     """
 
     def __init__(self, model: nn.Module, *, points: int = DEFAULT_POINTS, effective_snr: bool = False,
-                 batch_size: int = 4, seed: int = 0, device: torch.device | str | None = None) -> None:
+                 batch_size: int = 4, seed: int = 0, device: torch.device | str | None = None,
+                 tokens_per_pass: int | None = None) -> None:
         self.model = model
         self.points = check_int("points", points, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.seed = check_int("seed", seed, 0)
         self.effective_snr = bool(effective_snr)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.tokens_per_pass = (default_tokens_per_pass(self.device) if tokens_per_pass is None
+                                else check_int("tokens_per_pass", tokens_per_pass, 1))
         self.kernel = Uniform(model.config.vocab_size)
 
     def nelbo(self, rows: Sequence[Row], *, progress: bool = False) -> list[float]:
@@ -133,8 +161,7 @@ class Scorer:
             with torch.no_grad():
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start:start + self.batch_size]
-                    totals = self._batch([rows[i] for i in chunk], generator,
-                                         None if bar is None else (lambda done, n, k=len(chunk): bar.update(k)))
+                    totals = self._batch([rows[i] for i in chunk], generator, None if bar is None else bar.update)
                     for i, value in zip(chunk, totals.tolist()):
                         out[i] = value
         finally:
@@ -143,16 +170,33 @@ class Scorer:
                 bar.close()
         return out
 
-    def _batch(self, rows: list[Row], generator: torch.Generator, callback: Callable | None) -> Tensor:
+    def _batch(self, rows: list[Row], generator: torch.Generator, progress: Callable[[int], object] | None) -> Tensor:
+        """The NELBO of each of ``rows`` (one padded batch); ``progress(n)`` after each pass, ``n``
+        the (row, point) pairs it scored."""
         x, counted, present = pad_rows(rows, self.model.config.pad_token_id, self.device)
-        mask = None if bool(present.all()) else present.long()
+        points_per_pass = min(self.points, max(1, self.tokens_per_pass // x.numel()))
+        padded = any(len(row.tokens) < x.shape[1] for row in rows)
+        # one mask for the largest pass (points stacked point-major); a smaller last pass takes its head
+        mask = present.long().repeat(points_per_pass, 1) if padded else None
+        model, fused = self.model, isinstance(self.model, Sumi)
 
-        def denoiser(z: Tensor) -> Tensor:
-            return self.model(z) if mask is None else self.model(z, attention_mask=mask)
+        def denoiser(z: Tensor) -> Tensor | HiddenStates:
+            kwargs = {} if mask is None else {"attention_mask": mask[:z.shape[0]]}
+            if fused:  # the loss from the hidden states and the head: no [tokens, V] logits
+                return HiddenStates(model(z, return_hidden=True, **kwargs), model.lm_head.weight)
+            return model(z, **kwargs)
+
+        scored = 0  # time points scored so far
+
+        def callback(done: int, points: int) -> None:
+            nonlocal scored
+            progress(len(rows) * (done - scored))
+            scored = done
 
         with blame_the_model():
             result = nelbo(denoiser, self.kernel, x, points=self.points, effective_snr=self.effective_snr,
-                           frozen=~counted, generator=generator, callback=callback)
+                           frozen=~counted, generator=generator, callback=None if progress is None else callback,
+                           points_per_call=points_per_pass)
         return result.per_sequence.double().cpu()
 
 
@@ -188,13 +232,15 @@ class NelboReport:
 
 def nelbo_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, canvas_length: int | None = None,
                 points: int = DEFAULT_POINTS, effective_snr: bool = False, batch_size: int = 4, seed: int = 0,
-                progress: bool = False, device: torch.device | str | None = None) -> NelboReport:
+                progress: bool = False, device: torch.device | str | None = None,
+                tokens_per_pass: int | None = None) -> NelboReport:
     """NELBO per token and bits per byte of ``texts`` (each one document; see the module docstring).
 
     ``tokenizer``: a :class:`sumi.SumiTokenizer` (``encode(text, add_bos=False)``); the model's
     BOS/EOS ids delimit the documents.  ``canvas_length``: tokens per window (default
     ``min(2048, max_position_embeddings)`` of the model; an explicit value beyond the model's
-    positions is a ``ValueError``).  A non-finite NELBO is a ``ValueError`` (see :class:`Scorer`)."""
+    positions is a ``ValueError``).  ``batch_size``, ``seed`` and ``tokens_per_pass``: as in
+    :class:`Scorer`.  A non-finite NELBO is a ``ValueError`` (see :class:`Scorer`)."""
     texts = list(texts)
     if not texts:
         raise ValueError("no texts to score")
@@ -208,7 +254,7 @@ def nelbo_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, canvas_len
                 rows.append(row)
                 owner.append(d)
     scorer = Scorer(model, points=points, effective_snr=effective_snr, batch_size=batch_size, seed=seed,
-                    device=device)
+                    device=device, tokens_per_pass=tokens_per_pass)
     values = scorer.nelbo(rows, progress=progress) if rows else []
     nats = [0.0] * len(texts)
     tokens = [0] * len(texts)

@@ -1,14 +1,31 @@
 """Bidirectional attention with the off-by-one ("sink") softmax, in three backends.
 
 ``softmax_1(s)_j = exp(s_j) / (1 + sum_k exp(s_k))`` (Sumi, arXiv 2606.19005; "attention is off
-by one"): exactly an extra key whose logit is always 0 and whose value is 0.  Every query row
-has one sink, so a row whose keys are all masked outputs 0 instead of NaN.
+by one"; docs/math.md, "Sumi recipe facts"): exactly an extra key whose logit is always 0 and
+whose value is 0.  Every query row has one sink, so a row whose keys are all masked outputs 0
+instead of NaN.  With ``lse = log sum_k exp(s_k)`` over a row's allowed keys the same weights are
+
+    softmax_1(s)_j = softmax(s)_j * sigmoid(lse),
+
+since ``sum_k exp(s_k) / (1 + sum_k exp(s_k)) = sigmoid(lse)``: plain attention scaled per query
+row, no extra key.
 
 - ``eager``: the reference, written plainly: float32 scores, a zero logit column, softmax, drop.
-- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with one all-zero key and value
-  appended per sequence (``q . 0 = 0`` is the sink's logit; its value adds nothing).
+- ``sdpa``: on the CPU, torch's flash-attention kernel for the CPU
+  (``aten._scaled_dot_product_flash_attention_for_cpu``, which returns ``lse``) scaled by
+  ``sigmoid(lse)``, with a backward that is exact for the scaled output (see
+  :class:`_ScaledBySigmoidLse`); elsewhere ``torch.nn.functional.scaled_dot_product_attention``
+  with one all-zero key and value appended per sequence (``q . 0 = 0`` is the sink's logit; its
+  value adds nothing).  Both forms were measured on the CPU (``benchmarks/attention.py``): the
+  scaled form is the faster one there; CUDA keeps the appended key (not measured on a GPU yet).
 - ``flash``: flash-attn's varlen kernel (CUDA, fp16/bf16) with the same zero key/value appended
   to every segment; padding and packed documents become separate segments.
+
+Each backend is an :class:`AttentionBackend`: ``prepare`` builds what masking needs once per
+forward pass (a boolean or additive mask, or flash's segment layout), ``attend`` runs one layer
+with it, so no layer rebuilds a mask and the flash layout costs no host sync per layer.  The
+functions :func:`eager_attention`, :func:`sdpa_attention` and :func:`flash_attention` do both for
+one call.
 
 :func:`check_backend` says up front whether a backend can run on a device (``flash`` needs
 CUDA and the flash-attn package): call it where a backend is chosen, before any work.
@@ -22,6 +39,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,30 +80,90 @@ def check_backend(name: str, device: str | torch.device | None = None) -> str:
 
 
 def allowed_keys(key_mask: Tensor | None, document_ids: Tensor | None) -> Tensor | None:
-    """Bool ``[batch, 1, seq_q, seq_k]``: which keys each query may attend to (None: all)."""
+    """Bool ``[batch, 1, 1, seq]`` (padding only) or ``[batch, 1, seq, seq]`` (documents): which
+    keys each query may attend to, broadcastable over heads and queries (None: all)."""
     allowed = None
     if key_mask is not None:
-        allowed = key_mask[:, None, None, :]
+        allowed = key_mask.bool()[:, None, None, :]
     if document_ids is not None:
         same = (document_ids[:, :, None] == document_ids[:, None, :]).unsqueeze(1)
         allowed = same if allowed is None else allowed & same
     return allowed
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None,
-                    document_ids: Tensor | None = None) -> Tensor:
-    """``q``: ``[batch, heads, seq, d]``; ``k``, ``v``: ``[batch, kv_heads, seq, d]``; KV head ``j``
-    serves query heads ``j*rep .. j*rep + rep - 1``.  Softmax in float32."""
+# -- eager: the reference ----------------------------------------------------------------------
+def eager_mask(key_mask: Tensor | None, document_ids: Tensor | None, batch: int, seq: int,
+               device: torch.device) -> Tensor | None:
+    """The eager backend's mask: :func:`allowed_keys` (``batch``, ``seq``, ``device``: unused)."""
+    return allowed_keys(key_mask, document_ids)
+
+
+def eager_attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
+    """``softmax_1`` attention with the mask of :func:`eager_mask`, in float32: a zero logit column
+    (the sink) before the softmax, dropped after, so a row with every key masked gets all-zero
+    weights.  (The ``sigmoid(lse)`` form measured slower here on the CPU: ``benchmarks/attention.py``.)"""
     rep = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(rep, dim=1).float()
     v = v.repeat_interleave(rep, dim=1).float()
     scores = q.float() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    allowed = allowed_keys(key_mask, document_ids)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, -math.inf)
     sink = torch.zeros(*scores.shape[:-1], 1, dtype=scores.dtype, device=scores.device)
     probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     return (probs @ v).to(q.dtype)
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None,
+                    document_ids: Tensor | None = None) -> Tensor:
+    """``q``: ``[batch, heads, seq, d]``; ``k``, ``v``: ``[batch, kv_heads, seq, d]``; KV head ``j``
+    serves query heads ``j*rep .. j*rep + rep - 1``.  Softmax in float32."""
+    return eager_attend(q, k, v, allowed_keys(key_mask, document_ids))
+
+
+# -- sdpa ----------------------------------------------------------------------------------------
+_flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_cpu_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class _ScaledBySigmoidLse(torch.autograd.Function):
+    """``out = o * sigmoid(lse)`` with ``o, lse`` from torch's CPU flash-attention kernel.
+
+    The kernel's ``lse`` output has no gradient, so autograd alone would treat the scale as a
+    constant.  The exact backward: with ``g = sigmoid(lse)`` and ``dO`` the incoming gradient,
+    ``dL/do = g dO`` and ``dL/dlse = g (1 - g) sum_d dO_d o_d``; the kernel's backward computes
+    ``dS = P (dP - D)`` with ``D = sum_d grad_d out_d`` taken from the ``out`` it is given, and
+    ``D`` of (``g dO``, ``o``) minus the ``lse`` term equals ``sum_d (g dO_d) (g o_d)``: so calling
+    it with ``grad = g dO`` and ``out = g o`` (the scaled output) gives exactly the gradient of
+    ``out`` (checked against autograd through the eager form in float64).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+        o, lse = _flash_cpu(q, k, v, attn_mask=bias)
+        out = (o * torch.sigmoid(lse).unsqueeze(-1)).to(o.dtype)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        scaled = (grad * torch.sigmoid(lse).unsqueeze(-1)).to(q.dtype)
+        dq, dk, dv = _flash_cpu_backward(scaled, q, k, v, out, lse, 0.0, False, attn_mask=bias)
+        return dq, dk, dv, None
+
+
+def sdpa_mask(key_mask: Tensor | None, document_ids: Tensor | None, batch: int, seq: int,
+              device: torch.device) -> Tensor | None:
+    """The sdpa backend's mask, built once per forward.  On the CPU an additive float32 bias
+    (0 allowed, ``-inf`` masked; ``[batch, 1, 1 or seq, seq]``, what the CPU kernel takes); on
+    other devices a boolean ``[batch, 1, 1 or seq, seq + 1]`` whose last column, the sink, is
+    always allowed."""
+    allowed = allowed_keys(key_mask, document_ids)
+    if allowed is None:
+        return None
+    if torch.device(device).type == "cpu":
+        return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, -math.inf)
+    return torch.cat([allowed, allowed.new_ones(*allowed.shape[:-1], 1)], dim=-1)
 
 
 def _with_sink(x: Tensor, dim: int) -> Tensor:
@@ -92,50 +172,107 @@ def _with_sink(x: Tensor, dim: int) -> Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
+def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """``softmax_1`` attention with the mask of :func:`sdpa_mask` (see the module docstring for the
+    two forms); GQA natively (the CPU kernel maps query head ``h`` to KV head ``h // rep``)."""
+    if q.device.type == "cpu":
+        bias = mask if mask is None or mask.dtype == q.dtype else mask.to(q.dtype)
+        return _ScaledBySigmoidLse.apply(q, k, v, bias)
+    k, v = _with_sink(k, 2), _with_sink(v, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None,
                    document_ids: Tensor | None = None) -> Tensor:
-    """The sink as one all-zero key and value appended per sequence; GQA via ``enable_gqa``."""
-    k, v = _with_sink(k, 2), _with_sink(v, 2)
-    allowed = allowed_keys(key_mask, document_ids)
-    if allowed is not None:
-        allowed = allowed.expand(q.shape[0], 1, q.shape[2], q.shape[2])
-        allowed = torch.cat([allowed, allowed.new_ones(*allowed.shape[:-1], 1)], dim=-1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=k.shape[1] != q.shape[1])
+    """Off-by-one attention through torch's SDPA kernels (shapes as :func:`eager_attention`)."""
+    return sdpa_attend(q, k, v, sdpa_mask(key_mask, document_ids, q.shape[0], q.shape[2], q.device))
+
+
+# -- flash -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FlashLayout:
+    """Where flash-attn's varlen call finds each segment, for one forward pass.
+
+    The ``tokens`` real tokens (all ``batch * seq`` of them, or those selected by ``token_index``,
+    flat indices into ``batch * seq``) are packed in (batch, position) order into the queries;
+    each segment's keys are its tokens followed by one zero key (the sink), so token ``i`` lands
+    at key slot ``key_slot[i]``.  ``cu_q`` / ``cu_k`` (int32, ``segments + 1``) are the segment
+    offsets, ``max_len`` the longest segment."""
+
+    token_index: Tensor | None
+    key_slot: Tensor
+    cu_q: Tensor
+    cu_k: Tensor
+    keys: int
+    max_len: int
+
+
+def flash_layout(key_mask: Tensor | None, document_ids: Tensor | None, batch: int, seq: int,
+                 device: torch.device) -> FlashLayout:
+    """The segment layout of :class:`FlashLayout`: one segment per sequence, split wherever the
+    document changes; padding (``key_mask`` False) is left out.  Without masks it is static (no
+    host sync); with masks the token and segment counts and the longest segment are read here, once per
+    forward, never per layer."""
+    if key_mask is None and document_ids is None:
+        rows = torch.arange(batch + 1, device=device, dtype=torch.int32)
+        flat = torch.arange(batch * seq, device=device)
+        return FlashLayout(token_index=None, key_slot=flat + flat // seq, cu_q=rows * seq, cu_k=rows * (seq + 1),
+                           keys=batch * (seq + 1), max_len=seq)
+    valid = (torch.ones(batch, seq, dtype=torch.bool, device=device) if key_mask is None
+             else key_mask.bool()).reshape(-1)
+    token_index = torch.nonzero(valid).squeeze(1)                      # syncs: the token count
+    row = token_index // seq
+    doc = (torch.zeros(batch * seq, dtype=torch.long, device=device) if document_ids is None
+           else document_ids.reshape(-1))[token_index]
+    new = torch.ones_like(row, dtype=torch.bool)
+    new[1:] = (row[1:] != row[:-1]) | (doc[1:] != doc[:-1])
+    segment = new.long().cumsum(0) - 1
+    lengths = torch.bincount(segment)                                  # syncs: the segment count
+    segments, tokens = lengths.numel(), token_index.numel()
+    cu_q = F.pad(lengths.cumsum(0), (1, 0)).int()
+    cu_k = cu_q + torch.arange(segments + 1, device=device, dtype=torch.int32)
+    return FlashLayout(token_index=token_index, key_slot=torch.arange(tokens, device=device) + segment, cu_q=cu_q,
+                       cu_k=cu_k, keys=tokens + segments, max_len=int(lengths.max()))
+
+
+def flash_attend(q: Tensor, k: Tensor, v: Tensor, layout: FlashLayout) -> Tensor:
+    """flash-attn varlen on the segments of ``layout`` (no host sync); padded query positions
+    return 0.  Needs CUDA and fp16/bf16 inputs."""
+    from flash_attn import flash_attn_varlen_func  # optional dependency, imported on use
+
+    batch, heads, seq, d = q.shape
+    q_tokens = q.transpose(1, 2).reshape(batch * seq, heads, d)
+    kv_heads = k.shape[1]
+    k_tokens = k.transpose(1, 2).reshape(batch * seq, kv_heads, d)
+    v_tokens = v.transpose(1, 2).reshape(batch * seq, kv_heads, d)
+    if layout.token_index is not None:
+        q_tokens, k_tokens, v_tokens = (t.index_select(0, layout.token_index) for t in (q_tokens, k_tokens, v_tokens))
+    k_packed = k_tokens.new_zeros(layout.keys, *k_tokens.shape[1:]).index_copy_(0, layout.key_slot, k_tokens)
+    v_packed = v_tokens.new_zeros(layout.keys, *v_tokens.shape[1:]).index_copy_(0, layout.key_slot, v_tokens)
+    out = flash_attn_varlen_func(q_tokens.contiguous(), k_packed, v_packed, layout.cu_q, layout.cu_k, layout.max_len,
+                                 layout.max_len + 1, softmax_scale=1.0 / math.sqrt(d), causal=False)
+    if layout.token_index is not None:
+        out = out.new_zeros(batch * seq, heads, d).index_copy_(0, layout.token_index, out)
+    return out.reshape(batch, seq, heads, d).transpose(1, 2)
 
 
 def flash_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None,
                     document_ids: Tensor | None = None) -> Tensor:
     """flash-attn varlen: every (sequence, document) segment of real tokens gets its own zero
     key/value at its end.  Needs CUDA and fp16/bf16 inputs; padded query positions return 0."""
-    from flash_attn import flash_attn_varlen_func  # optional dependency, imported on use
-
-    batch, heads, seq, d = q.shape
-    valid = torch.ones(batch, seq, dtype=torch.bool, device=q.device) if key_mask is None else key_mask.bool()
-    doc = torch.zeros(batch, seq, dtype=torch.long, device=q.device) if document_ids is None else document_ids
-    # segment id per valid token, in (batch, position) order: a new segment wherever the
-    # sequence or the document changes
-    b_idx = torch.arange(batch, device=q.device)[:, None].expand(batch, seq)[valid]
-    d_idx = doc[valid]
-    new = torch.ones_like(b_idx, dtype=torch.bool)
-    new[1:] = (b_idx[1:] != b_idx[:-1]) | (d_idx[1:] != d_idx[:-1])
-    segment = new.long().cumsum(0) - 1
-    lengths = torch.bincount(segment)
-    cu_q = F.pad(lengths.cumsum(0), (1, 0)).int()
-    cu_k = cu_q + torch.arange(lengths.numel() + 1, device=q.device, dtype=torch.int32)
-    q_packed = q.transpose(1, 2)[valid]                        # [tokens, heads, d]
-    k_tokens, v_tokens = k.transpose(1, 2)[valid], v.transpose(1, 2)[valid]
-    slots = torch.arange(k_tokens.shape[0], device=q.device) + segment  # one sink after each segment
-    k_packed = k_tokens.new_zeros(k_tokens.shape[0] + lengths.numel(), *k_tokens.shape[1:])
-    v_packed = torch.zeros_like(k_packed)
-    k_packed[slots], v_packed[slots] = k_tokens, v_tokens
-    max_len = int(lengths.max())
-    out = flash_attn_varlen_func(q_packed, k_packed, v_packed, cu_q, cu_k, max_len, max_len + 1,
-                                 softmax_scale=1.0 / math.sqrt(d), causal=False)
-    full = q.new_zeros(batch, seq, heads, d)
-    full[valid] = out
-    return full.transpose(1, 2)
+    return flash_attend(q, k, v, flash_layout(key_mask, document_ids, q.shape[0], q.shape[2], q.device))
 
 
-BACKENDS = {"eager": eager_attention, "sdpa": sdpa_attention, "flash": flash_attention}
-"""Attention implementations by name (``ModelConfig.attention_backend``); all take
-``(q, k, v, key_mask, document_ids)`` and compute the same off-by-one softmax attention."""
+class AttentionBackend(NamedTuple):
+    """One attention implementation.  ``prepare(key_mask, document_ids, batch, seq, device)``
+    builds its mask once per forward pass (``None`` when nothing is masked, for eager and sdpa);
+    ``attend(q, k, v, mask)`` runs one layer with it."""
+
+    prepare: Callable[[Tensor | None, Tensor | None, int, int, torch.device], Any]
+    attend: Callable[[Tensor, Tensor, Tensor, Any], Tensor]
+
+
+BACKENDS = {"eager": AttentionBackend(eager_mask, eager_attend), "sdpa": AttentionBackend(sdpa_mask, sdpa_attend),
+            "flash": AttentionBackend(flash_layout, flash_attend)}
+"""Attention implementations by name (``ModelConfig.attention_backend``); all compute the same
+off-by-one softmax attention."""

@@ -9,6 +9,9 @@ without allocating it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -28,19 +31,20 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(h, config.num_key_value_heads * d, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * d, h, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None,
-                document_ids: Tensor | None, backend: str) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, backend: str) -> Tensor:
         batch, seq, _ = x.shape
         c = self.config
         q = self.q_proj(x).view(batch, seq, c.num_attention_heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = BACKENDS[backend](q, k, v, key_mask, document_ids)
+        out = BACKENDS[backend].attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
 class Block(nn.Module):
+    """One pre-norm transformer block; ``mask`` is the backend's prepared mask (:class:`ForwardPlan`)."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -48,10 +52,27 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None,
-                document_ids: Tensor | None, backend: str) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, key_mask, document_ids, backend)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, backend: str) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, backend)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """What a forward pass needs besides the tokens, built once by :meth:`Sumi.prepare`: the
+    ``batch x seq`` shape it is for, the attention ``backend``, the RoPE tables ``cos``/``sin``
+    (float32, ``[seq, head_dim]`` or ``[batch, seq, head_dim]``) and the backend's prepared
+    ``mask`` (:class:`~sumi.model.attention.AttentionBackend`; ``None``: nothing masked).
+
+    Every forward builds one itself; a caller that runs many forwards over the same shape, mask
+    and positions (:func:`sumi.generate`: one per step) builds it once and passes ``plan=``."""
+
+    batch: int
+    seq: int
+    backend: str
+    cos: Tensor
+    sin: Tensor
+    mask: Any
 
 
 class Backbone(nn.Module):
@@ -71,7 +92,14 @@ class Sumi(nn.Module):
     packed documents attend only within themselves.  ``position_ids``: default ``0..seq-1``.
     ``return_hidden=True`` returns the final normed hidden states ``[batch, seq, hidden]``
     instead of logits (for a fused loss that never builds the logits).  ``backend`` overrides
-    ``config.attention_backend`` for one call.
+    ``config.attention_backend`` for one call.  ``output_index`` (long ``[batch, n]``): the
+    final norm and the head run only at these positions, and the result is ``[batch, n, vocab]``
+    (or ``[batch, n, hidden]``): ``model(ids, output_index=i)`` equals
+    ``model(ids).gather(1, i[..., None].expand(-1, -1, V))`` without the other positions' logits.
+
+    The RoPE tables and the attention mask are built once per forward (never per layer), by
+    :meth:`prepare`; ``plan=model.prepare(ids, mask, ...)`` passes them in instead, so many
+    forwards over one shape (the steps of :func:`sumi.generate`) build them once.
 
     ``input_ids`` must be ``torch.long`` or ``torch.int32``.  An id outside ``[0, vocab_size)`` is
     a ``ValueError`` naming it on the CPU; on CUDA the embedding kernel's device-side assertion
@@ -87,9 +115,13 @@ class Sumi(nn.Module):
         self.model = Backbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+    def prepare(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 document_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                return_hidden: bool = False, backend: str | None = None) -> Tensor:
+                backend: str | None = None) -> ForwardPlan:
+        """The :class:`ForwardPlan` of ``forward(input_ids, attention_mask, document_ids=...,
+        position_ids=..., backend=...)``: the arguments are checked and the RoPE tables and the
+        backend's mask are built here, once, for any number of forwards over tokens of
+        ``input_ids``'s shape (only its shape, dtype and device are read)."""
         backend = check_backend(backend or self.config.attention_backend, input_ids.device)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
@@ -100,19 +132,38 @@ class Sumi(nn.Module):
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
                              f"({self.config.max_position_embeddings})")
-        key_mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-            key_mask = attention_mask.bool()
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
         if document_ids is not None and document_ids.shape != input_ids.shape:
             raise ValueError(f"document_ids must have shape {tuple(input_ids.shape)}, got {tuple(document_ids.shape)}")
         if position_ids is None:
             position_ids = torch.arange(seq, device=input_ids.device)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        key_mask = None if attention_mask is None else attention_mask.bool()
+        mask = BACKENDS[backend].prepare(key_mask, document_ids, batch, seq, input_ids.device)
+        return ForwardPlan(batch=batch, seq=seq, backend=backend, cos=cos, sin=sin, mask=mask)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                document_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                return_hidden: bool = False, backend: str | None = None, plan: ForwardPlan | None = None,
+                output_index: Tensor | None = None) -> Tensor:
+        if plan is None:
+            plan = self.prepare(input_ids, attention_mask, document_ids=document_ids, position_ids=position_ids,
+                                backend=backend)
+        else:
+            if attention_mask is not None or document_ids is not None or position_ids is not None or backend is not None:
+                raise ValueError("with plan=, give the attention mask, documents, positions and backend to "
+                                 "Sumi.prepare instead (the plan holds them)")
+            if input_ids.dim() != 2 or tuple(input_ids.shape) != (plan.batch, plan.seq):
+                raise ValueError(f"input_ids have shape {tuple(input_ids.shape)} but the plan was prepared for "
+                                 f"{(plan.batch, plan.seq)}")
         x = self._embed(input_ids)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, key_mask, document_ids, backend)
+            x = layer(x, plan.cos, plan.sin, plan.mask, plan.backend)
+        if output_index is not None:
+            # the head (V columns per position) only where the caller reads it; the final norm
+            # is per position, so gathering before it changes no value
+            x = x.gather(1, output_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x)
 

@@ -15,12 +15,19 @@ verified on resume; they hold the model, the optimizer, the step and the loader 
 A non-finite loss or gradient norm is noted on the device at the step it happens (no host sync)
 and read at the next log step or checkpoint: the run stops with :class:`TrainingDiverged`,
 naming the step and the last checkpoint, and never writes a checkpoint from non-finite state.
+
+No host sync between log steps: token ids are checked by the loader on the host as they are
+read, so :func:`train_step` runs with ``validate=False`` (no device-side value checks), and the
+metrics are read once per logged step.  On CUDA the batches come from pinned memory with
+non-blocking copies, the next step's read ahead while the current one computes
+(:class:`sumi.data.loader.StepFeed`).  ``mixed_precision=True`` in a single process runs on a
+one-rank FSDP2 mesh (:func:`sumi.distributed.single_process_group`), the same bf16 compute and
+float32 weights, gradients and optimizer state as under torchrun.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -36,9 +43,10 @@ from tqdm import tqdm
 from sumi._fs import atomic_write, check_writable_dir, exclusive_lock, reraise_storage_error
 from sumi.configs.train import TrainConfig
 from sumi.data import IntegrityError, Loader
+from sumi.data.loader import StepFeed
 from sumi.data.spec import DataSpec, describe, open_data
 from sumi.distributed import checkpoint as ckpt
-from sumi.distributed import gather_objects, init_distributed, on_rank0, parallelize
+from sumi.distributed import gather_objects, init_distributed, on_rank0, parallelize, single_process_group
 from sumi.hf import load_weights
 from sumi.model import Sumi, check_backend, flops_per_token
 from sumi.train.objective import Objective
@@ -220,13 +228,19 @@ def train(config: TrainConfig, data: DataSpec, out_dir: str | Path, *, resume: b
     computation is refused unless ``allow_config_change``.  ``stop_at_step`` ends the run early
     (after a checkpoint at that step) as an interruption would, without changing the schedule.
     ``tokenizer_file``: exported next to the model (default: the data's ``tokenizer.json``).
+    ``config.mixed_precision`` without torchrun: the run holds a one-rank process group
+    (:func:`sumi.distributed.single_process_group`, destroyed when it returns) so that FSDP2's
+    bf16 policy applies as on many ranks.
     Raises :class:`TrainingDiverged` on a non-finite loss or gradient norm and
     :class:`TrainingInterrupted` on Ctrl-C.
     """
     info = init_distributed()
     out_dir = Path(out_dir)
-    on_rank0(check_writable_dir, out_dir)
     with contextlib.ExitStack() as stack:
+        if config.mixed_precision and info.world_size == 1:  # FSDP2's policy needs a mesh, even on one rank
+            info = stack.enter_context(single_process_group(info.device))
+        on_rank0(check_writable_dir, out_dir)
+
         def lock() -> None:  # one writer per output directory: rank 0 holds the lock for the whole run
             stack.enter_context(exclusive_lock(out_dir / LOCK_NAME, f"the output directory {out_dir}"))
 
@@ -246,7 +260,7 @@ def _train(config: TrainConfig, data: DataSpec, out_dir: Path, info, *, resume: 
     if dataset.vocab_size > config.model.vocab_size:
         raise ValueError(f"{dataset!r} uses a vocabulary of {dataset.vocab_size} ids, "
                          f"the model has {config.model.vocab_size}")
-    accumulation = config.grad_accumulation(info.world_size)
+    config.grad_accumulation(info.world_size)  # the world size must divide the global batch: say so now
     newest = ckpt.latest(ckpt_dir)
     if resume and newest is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt_dir}")
@@ -298,7 +312,7 @@ def _train(config: TrainConfig, data: DataSpec, out_dir: Path, info, *, resume: 
             metrics_path.unlink(missing_ok=True)
     end = config.steps if stop_at_step is None else min(stop_at_step, config.steps)
     losses = _loop(model, optimizer, schedule, objective, loader, config, info, out_dir, start, end,
-                   accumulation, progress)
+                   progress)
     if end == config.steps:
         tokenizer = _tokenizer_file(dataset, tokenizer_file) if info.rank == 0 else None
         ckpt.export_safetensors(model, out_dir / "model", side_files=[tokenizer] if tokenizer else [])
@@ -319,9 +333,10 @@ def _verify(dataset, info) -> None:
 
 
 def _loop(model, optimizer, schedule: WSD, objective: Objective, loader: Loader, config: TrainConfig, info,
-          out_dir: Path, start: int, end: int, accumulation: int, progress: bool) -> list[float]:
+          out_dir: Path, start: int, end: int, progress: bool) -> list[float]:
     ckpt_dir, metrics_path = out_dir / "checkpoints", out_dir / "metrics.jsonl"
     global_tokens = config.global_batch_size * config.seq_len
+    feed = StepFeed(loader, info.device)  # on CUDA: pinned, non-blocking, one step read ahead
     flops = flops_per_token(config.model, config.seq_len)
     peak = peak_flops(info.device)
     board = _tensorboard(out_dir, info.rank)
@@ -339,15 +354,18 @@ def _loop(model, optimizer, schedule: WSD, objective: Objective, loader: Loader,
             lr = schedule.lr(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batches = ((loader.next_batch().to(info.device), loader.offset(m)) for m in range(accumulation))
+            batches = feed.next_step()
+            # validate=False: the loader checked every id on the host; nothing here waits for the device
             sums, grad_norm = train_step(model, optimizer, objective, batches, noise, noise_seed(config.seed, step),
                                          global_batch=config.global_batch_size, global_tokens=global_tokens,
-                                         grad_clip=config.grad_clip, world_size=info.world_size)
+                                         grad_clip=config.grad_clip, world_size=info.world_size, validate=False)
             finite = torch.isfinite(sums[0]) & torch.isfinite(grad_norm)
             first = (bad_step == 0) & ~finite
             bad_step = torch.where(first, torch.full_like(bad_step, step + 1), bad_step)
             bad_values = torch.where(first, torch.stack([sums[0], grad_norm.double()]), bad_values)
             done = step + 1
+            if done < end:  # read the next rows while the device works (before this step's sync, if logged)
+                feed.prefetch()
             checkpoint_due = done % config.checkpoint_every == 0 or done in (config.steps, end)
             if done % config.log_every == 0 or done == config.steps or checkpoint_due:
                 # the one host sync of a logged step
@@ -375,7 +393,7 @@ def _loop(model, optimizer, schedule: WSD, objective: Objective, loader: Loader,
             bar.update(1)
             if checkpoint_due:
                 ckpt.save(ckpt_dir, done, model, optimizer,
-                          extra={"step": done, "loader": loader.state_dict(), "config": config.to_dict(),
+                          extra={"step": done, "loader": feed.state_dict(), "config": config.to_dict(),
                                  "data": describe(loader.data)})
                 ckpt.keep_last(ckpt_dir, config.keep_last)
     except KeyboardInterrupt:
@@ -415,7 +433,7 @@ def _tokenizer_file(dataset, tokenizer_file: str | Path | None) -> Path | None:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, batches,
                noise: torch.Generator, seed: int, *, global_batch: int, global_tokens: int, grad_clip: float,
-               world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+               world_size: int, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over ``batches``, this rank's micro-batches as ``(token ids, offset in
     the global batch)`` on the model's device, at the learning rate already set in ``optimizer``.
 
@@ -426,12 +444,19 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, objecti
     mean whatever the world size.  Returns the step's global means of (loss, KL, IS divergence,
     z-loss) as a float64 ``[4]`` tensor, all-reduced over ranks, and the gradient norm before
     clipping.  ``benchmarks/train_step.py`` times exactly this function.
+
+    ``validate``: check each micro-batch's ids against the vocabulary (a host sync per
+    micro-batch on an accelerator).  The training loop passes ``False``: its loader checked them
+    on the host.  Either way the noised tokens and log-SNRs the step makes itself are not
+    checked again, and nothing else reads a device value: with ``validate=False`` the step queues
+    its work without waiting for the device (``sumi.train.syncs.count_host_syncs`` counts 0).
     """
     sums = torch.zeros(4, dtype=torch.float64, device=noise.device)  # loss, kl, is, z_loss
     for x, offset in batches:
         noise.manual_seed(seed)
-        noised = objective.add_noise(x, noise, offset=offset, global_batch=global_batch)
-        terms = objective.model_loss(model, x, noised)  # fused_loss: from hidden states, no logits
+        noised = objective.add_noise(x, noise, offset=offset, global_batch=global_batch, validate=validate)
+        # fused_loss: from hidden states, no logits; z and lambda were drawn valid just above
+        terms = objective.model_loss(model, x, noised, validate=False)
         # parallelize() SUMS gradients over ranks: dividing by the global token count makes
         # the step's gradient the global token mean, whatever the world size
         (terms.loss_sum / global_tokens).backward()

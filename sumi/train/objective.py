@@ -1,6 +1,6 @@
 """Sumi's training objective in one place: noise sampling and the loss terms.
 
-Sources: docs/math.md, "Loss" and "Sumi facts"; the Sumi paper (arXiv 2606.19005); von Rütte et al.,
+Sources: docs/math.md, "Loss" and "Sumi recipe facts"; the Sumi paper (arXiv 2606.19005); von Rütte et al.,
 "Scaling Behavior of Discrete Diffusion Language Models" (arXiv 2512.10858), Eqs. 1-5.
 
 - Forward process: pure uniform noise over the **full** vocabulary (``discdiff.kernels.Uniform``,
@@ -73,7 +73,7 @@ class ObjectiveTerms:
 
 
 class Objective:
-    """Sumi's training objective (docs/math.md "Loss" / "Sumi facts"; arXiv 2606.19005).
+    """Sumi's training objective (docs/math.md "Loss" / "Sumi recipe facts"; arXiv 2606.19005).
 
     Args:
         vocab_size: ``V``; the uniform kernel covers all ``V`` ids.
@@ -126,7 +126,7 @@ class Objective:
 
     # -- noise ---------------------------------------------------------------------------------
     def add_noise(self, x: Tensor, generator: torch.Generator, *, offset: int = 0,
-                  global_batch: int | None = None) -> Noised:
+                  global_batch: int | None = None, validate: bool = True) -> Noised:
         """Noise a clean batch ``x`` (``[batch, seq]`` ids in ``[0, V)``): the forward process.
 
         ``t ~ U(0, 1)`` per sequence; a Bernoulli(``per_token_share``) draw per sequence picks
@@ -144,12 +144,17 @@ class Objective:
         ``generator`` is required (the caller's: the training loop seeds one per step).  The
         number of draws does not depend on ``per_token_share``, so the stream stays aligned
         across configurations.
+
+        ``validate``: check that ``x`` holds ids in ``[0, V)`` (two reductions read by the host:
+        a sync per call on an accelerator).  The training loop passes ``False``: its batches come
+        from :class:`sumi.data.Loader`, which checks every id on the host where it is read.  Either
+        way nothing else syncs: the drawn ``t`` is in ``[0, 1)`` by construction.
         """
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (the caller owns the noise RNG), got {type(generator).__name__}")
         if not isinstance(x, Tensor) or x.dim() != 2:
             raise ValueError(f"x must be a [batch, seq] tensor, got {getattr(x, 'shape', type(x).__name__)}")
-        self.kernel.check_clean(x)
+        self.kernel.check_clean(x, validate=validate)
         batch, seq = x.shape
         total = batch if global_batch is None else check_int("global_batch", global_batch, 1)
         check_int("offset", offset, 0, total - batch)
@@ -158,7 +163,7 @@ class Objective:
         t_tok = torch.rand(total, seq, generator=generator, device=device, dtype=torch.float64)
         per_token = torch.rand(total, generator=generator, device=device, dtype=torch.float64) < self.per_token_share
         t = torch.where(per_token.unsqueeze(-1), t_tok, t_seq.unsqueeze(-1))
-        lam = self.schedule.log_snr(t)
+        lam = self.schedule.log_snr(t, validate=False)  # t ~ U[0, 1): valid by construction
         rows = slice(offset, offset + batch)
         # the other rows' tokens only take the draws' places: the kernel draws for every row
         full = x if total == batch else x.new_zeros(total, seq).index_copy_(0, torch.arange(offset, offset + batch,
@@ -172,18 +177,23 @@ class Objective:
         return self.add_noise(x, generator)
 
     # -- loss ----------------------------------------------------------------------------------
-    def model_loss(self, model, x: Tensor, noised: Noised, mask: Tensor | None = None) -> ObjectiveTerms:
+    def model_loss(self, model, x: Tensor, noised: Noised, mask: Tensor | None = None, *,
+                   validate: bool = True) -> ObjectiveTerms:
         """Run ``model`` on ``noised.z`` and return :meth:`loss_from_hidden` of its final hidden
         states and ``model.lm_head.weight`` (``fused=True``) or :meth:`loss` of its logits.
 
         ``model``: a :class:`sumi.Sumi` (plain or parallelized: under FSDP2 the root module keeps
-        its parameters, the head included, gathered from its forward until the backward)."""
+        its parameters, the head included, gathered from its forward until the backward).
+        ``validate``: as in :meth:`loss` (``False`` for ``noised`` from :meth:`add_noise` of a
+        checked ``x``: then nothing here syncs with the host)."""
         if self.fused:
             hidden = model(noised.z, return_hidden=True)
-            return self.loss_from_hidden(hidden, model.lm_head.weight, x, noised.z, noised.lam, mask)
-        return self.loss(model(noised.z), x, noised.z, noised.lam, mask)
+            return self.loss_from_hidden(hidden, model.lm_head.weight, x, noised.z, noised.lam, mask,
+                                         validate=validate)
+        return self.loss(model(noised.z), x, noised.z, noised.lam, mask, validate=validate)
 
-    def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None) -> ObjectiveTerms:
+    def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
+             validate: bool = True) -> ObjectiveTerms:
         """Sums of the per-token loss terms over the tokens selected by ``mask`` (bool
         ``[batch, seq]``, True = counted; ``None`` counts all).
 
@@ -192,9 +202,11 @@ class Objective:
         2512.10858 Eq. 5) ``+ z_loss * logsumexp(logits)^2`` (Sumi), all in float32 or wider
         (the logsumexp included, also for bf16 logits).  Besides the model's logits, the only
         vocabulary-sized tensors are those ``gidd`` needs (``log_softmax``) and the logsumexp's.
+        ``validate``: check the ids of ``x`` and ``z`` and that ``lam`` is finite (host syncs);
+        ``False`` where they come from :meth:`add_noise` of checked data.
         """
         self._check_mask(mask, x)
-        out = gidd(self.kernel, logits, x, z, lam, self.beta_is, reduction="none", mask=mask)
+        out = gidd(self.kernel, logits, x, z, lam, self.beta_is, reduction="none", mask=mask, validate=validate)
         per_token = out.loss  # zero where not counted
         counted = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
         if self.z_loss > 0:
@@ -206,17 +218,18 @@ class Objective:
         return self._terms(out, per_token, z_term, counted, x)
 
     def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, z: Tensor, lam: Tensor,
-                         mask: Tensor | None = None) -> ObjectiveTerms:
+                         mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
         """:meth:`loss` of the logits ``hidden @ head_weight.T`` without materializing them.
 
         ``hidden``: ``[batch, seq, H]`` from ``model(z, return_hidden=True)``; ``head_weight``:
         ``[V, H]`` (``model.lm_head.weight``), same dtype.  The loss and the z-loss come from
         ``discdiff.losses.gidd_from_hidden`` (chunked over tokens and the vocabulary, float32
         accumulation; docs/math.md, "Memory-light form of the KL"); gradients reach ``hidden`` and ``head_weight``.
+        ``validate``: as in :meth:`loss`.
         """
         self._check_mask(mask, x)
         out = gidd_from_hidden(self.kernel, hidden, head_weight, x, z, lam, self.beta_is, reduction="none",
-                               mask=mask, z_loss=self.z_loss)
+                               mask=mask, z_loss=self.z_loss, validate=validate)
         per_token = out.loss  # the z-loss included; zero where not counted
         counted = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
         if self.z_loss > 0:

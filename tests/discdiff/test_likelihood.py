@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from discdiff.kernels import Hybrid, Masked, Uniform
-from discdiff.likelihood import LikelihoodOutput, nelbo
+from discdiff.errors import NonFiniteError
+from discdiff.likelihood import HiddenStates, LikelihoodOutput, nelbo
 from discdiff.schedules import LinearAlpha
 
 F64 = torch.float64
@@ -441,3 +442,146 @@ def test_time_conditioned_denoisers_receive_the_log_snr_of_the_integrand(effecti
     again = nelbo(module, kernel, x, generator=gen(5), **kw)
     torch.testing.assert_close(again.per_token, plain.per_token, rtol=0, atol=0)
     assert [lam.tolist() for lam in module.seen] == [lam.tolist() for lam in seen]
+
+
+# -- several time points per denoiser call, and hidden states instead of logits ------------------------
+def context_denoiser(kernel, seen: list):
+    """Logits that depend on the whole noisy sequence (a token's own embedding plus the mean of
+    its row's), so stacked rows from several time points must each keep to themselves; records
+    every ``z`` it is called on."""
+    table = torch.randn(kernel.vocab_size, kernel.vocab_size, generator=gen(80), dtype=F64)
+
+    def denoiser(z):
+        seen.append(z)
+        own = table[z]
+        return own + 0.5 * own.mean(-2, keepdim=True)
+    return denoiser
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["grid", "stratified", "effective"])
+def test_points_per_call_draws_the_same_noise_and_gives_the_same_estimate(kind, mode):
+    """Stacking k time points into one call ([k * batch, seq], point-major) changes nothing: the
+    noise is drawn point by point in the same order and each row's logits depend on that row only."""
+    kernel = make_kernel(kind)
+    x = clean_tokens(kernel, (3, 9), gen(81))
+    frozen = torch.zeros_like(x, dtype=torch.bool)
+    frozen[:, :2] = True
+    kw = dict(points=7, stratified=mode == "stratified", effective_snr=mode == "effective", frozen=frozen)
+    results, seen, calls = {}, {}, {}
+    for k in (1, 3, 7, 50):
+        seen[k], calls[k] = [], []
+        results[k] = nelbo(context_denoiser(kernel, seen[k]), kernel, x, generator=gen(82), points_per_call=k,
+                           callback=lambda i, n, k=k: calls[k].append((i, n)), **kw)
+    for k in (3, 7, 50):
+        assert torch.equal(torch.cat(seen[k]), torch.cat(seen[1]))  # the same noise, in the same order
+        # the same per-token values (float64 vectorized over more rows: rounding only)
+        torch.testing.assert_close(results[k].per_token, results[1].per_token, rtol=1e-14, atol=1e-14)
+    shapes = {k: ([tuple(z.shape) for z in seen[k]], calls[k]) for k in seen}
+    assert shapes[1] == ([(3, 9)] * 7, [(i, 7) for i in range(1, 8)])
+    assert shapes[3] == ([(9, 9), (9, 9), (3, 9)], [(3, 7), (6, 7), (7, 7)])
+    assert shapes[7] == shapes[50] == ([(21, 9)], [(7, 7)])
+
+
+def test_points_per_call_passes_one_log_snr_per_stacked_row():
+    kernel = make_kernel("uniform")
+    x = clean_tokens(kernel, (2, 5), gen(83))
+    seen = []
+
+    def time_denoiser(z, lam):
+        seen.append(lam)
+        return constant_denoiser(kernel)(z)
+
+    nelbo(time_denoiser, kernel, x, points=4, points_per_call=3, generator=gen(84))
+    t = (torch.arange(4, dtype=F64) + 0.5) / 4
+    lam = CLAMPED.log_snr(t).repeat_interleave(2)  # point-major: point 0's rows, then point 1's, ...
+    assert [s.shape for s in seen] == [(6,), (2,)]
+    torch.testing.assert_close(torch.cat(seen), lam, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["grid", "stratified", "effective"])
+def test_hidden_states_give_the_estimate_of_their_logits(kind, mode):
+    """A denoiser returning HiddenStates(h, W) is scored by the fused loss; with the same noise
+    the estimate equals that of the logits h @ W.T (float64: to 1e-12), for any points_per_call."""
+    kernel = make_kernel(kind, vocab=11)
+    x = clean_tokens(kernel, (4, 13), gen(85))
+    frozen = torch.zeros_like(x, dtype=torch.bool)
+    frozen[1, 5:] = True
+    head = torch.randn(11, 6, generator=gen(86), dtype=F64)
+    table = torch.randn(11, 6, generator=gen(87), dtype=F64)
+
+    def hidden(z):
+        own = table[z]
+        return own + own.mean(-2, keepdim=True)
+
+    kw = dict(points=12, stratified=mode == "stratified", effective_snr=mode == "effective", frozen=frozen)
+    want = nelbo(lambda z: hidden(z) @ head.T, kernel, x, generator=gen(88), **kw)
+    for k in (1, 5, 12):
+        got = nelbo(lambda z: HiddenStates(hidden(z), head), kernel, x, generator=gen(88), points_per_call=k, **kw)
+        torch.testing.assert_close(got.per_token, want.per_token, rtol=1e-12, atol=1e-12)
+    assert float(want.per_sequence.min()) > 0
+
+
+def test_hidden_states_of_a_constant_predictor_match_the_dense_oracle():
+    """The fused path against the float64 oracle: a constant predictor p0 written as hidden
+    states (ones) times a one-column head (log p0); the exact expectation of the grid estimator
+    per clean token, within 4 standard errors."""
+    kernel = make_kernel("hybrid")
+    p0 = clean_p0(kernel)
+    head = torch.log(p0_of(kernel.vocab_size)).unsqueeze(-1)  # [V, 1]
+
+    def denoiser(z):
+        return HiddenStates(torch.ones(*z.shape, 1, dtype=F64), head)
+
+    x = clean_tokens(kernel, (64, 256), gen(89))
+    out = nelbo(denoiser, kernel, x, schedule=UNCLAMPED, points=16, points_per_call=4, generator=gen(90))
+    exact = grid_expectation(kernel, p0, 16)
+    mean, se = _mean_and_se(out.per_token - exact[x])
+    assert abs(mean) < 4 * se, (mean, se)
+
+
+@pytest.mark.parametrize("hidden_states", [False, True])
+@pytest.mark.parametrize("points_per_call", [1, 3, 8])
+def test_first_unusable_point_is_named_when_points_share_a_call(hidden_states, points_per_call):
+    """Logits turn NaN from time point 5 on (lambda decreases along the grid): the error names
+    point 5 whichever call holds it; at a frozen position it does not matter."""
+    kernel = make_kernel("uniform")
+    x = clean_tokens(kernel, (2, 4), gen(91))
+    lam_5 = float(CLAMPED.log_snr(torch.tensor(5.5 / 8, dtype=F64)))
+    head = torch.eye(V, dtype=F64)
+
+    def denoiser(z, lam):
+        out = torch.log(p0_of()).expand(*z.shape, V).clone()
+        out[lam <= lam_5 + 1e-9, 3] = math.nan  # position 3 of every row from point 5 on
+        return HiddenStates(out, head) if hidden_states else out
+
+    with pytest.raises(NonFiniteError, match="first at time point 5 of 8"):
+        nelbo(denoiser, kernel, x, points=8, points_per_call=points_per_call, generator=gen(92))
+    frozen = torch.zeros_like(x, dtype=torch.bool)
+    frozen[:, 3] = True
+    out = nelbo(denoiser, kernel, x, points=8, points_per_call=points_per_call, frozen=frozen, generator=gen(92))
+    assert bool(torch.isfinite(out.per_token).all())
+
+
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        ({"points_per_call": 0}, ValueError, "points_per_call"),
+        ({"points_per_call": 1.5}, (ValueError, TypeError), "points_per_call"),
+        ({"denoiser": lambda z: HiddenStates(torch.zeros(*z.shape, 3), torch.zeros(V + 1, 3))}, ValueError,
+         "head_weight must have shape"),
+        ({"denoiser": lambda z: HiddenStates(torch.zeros(z.shape[0], 3), torch.zeros(V, 3))}, (ValueError, _HookError),
+         "hidden"),
+        ({"denoiser": lambda z: HiddenStates(torch.zeros(*z.shape, 3), torch.zeros(V, 3, dtype=F64))}, TypeError,
+         "same dtype"),
+        ({"denoiser": lambda z: torch.zeros(*z.shape, V + 1)}, (ValueError, _HookError), "shape"),
+        ({"denoiser": lambda z: z}, TypeError, "floating-point logits"),
+    ],
+    ids=["ppc-0", "ppc-float", "head-vocab", "hidden-shape", "dtypes", "logits-shape", "int-logits"],
+)
+def test_bad_calls_and_outputs_are_named(kw, exc, match):
+    kernel = Uniform(V)
+    denoiser = kw.pop("denoiser", constant_denoiser(kernel))
+    with pytest.raises(exc, match=match):
+        nelbo(denoiser, kernel, GOOD, points=2, generator=gen(0), **kw)

@@ -3,7 +3,9 @@
 Oracles: ``Dense.of(kernel).posterior`` (Bayes' rule over explicit matrices) for Ancestral;
 the exact one-step matrix of the tau-leaping (CTMC Euler) rule built from the reverse rates with
 ``Dense``'s finite-difference ``pi'``; exact transport of the marginals of a constant predictor;
-closed forms for grids and filters.  Statistical checks compare counts from one batched draw
+closed forms for grids and filters; the streamed ``x_hat`` against a dense float64 filter (ties
+decided by value), top-p's radix select against a sort, and a dispatch mode that sizes every
+tensor a step creates.  Statistical checks compare counts from one batched draw
 with the exact probabilities, entry by entry, within 5 standard errors plus a 1.5-count
 continuity allowance (``assert_frequencies``), and with a chi-square bound (Wilson-Hilferty
 quantile at z = 5).  Every draw uses an explicit seeded ``torch.Generator``.
@@ -13,13 +15,15 @@ from __future__ import annotations
 
 import bisect
 import math
+import random
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import discdiff as dd
 from discdiff.samplers import (
@@ -37,6 +41,8 @@ from discdiff.samplers import (
     sample,
     schedule_grid,
 )
+from discdiff.samplers import categorical
+from discdiff.samplers.categorical import ordered_keys, top_p_threshold
 
 F64 = torch.float64
 INF = math.inf
@@ -1107,3 +1113,262 @@ def test_adaptive_rate_weight_is_the_dense_reverse_rate_factor(kernel):
                                    atol=1e-9, rtol=1e-7)
     at_prior = rule.confidence(logits, z_t, torch.tensor(-INF, dtype=F64))
     torch.testing.assert_close(at_prior, Adaptive(kernel, 2).confidence(logits, z_t), atol=1e-12, rtol=0)
+
+
+# ----------------------------------------------------------------------------- 15. streaming x_hat
+def _dense_filtered(logits: torch.Tensor, mask_id: int | None, T: float, top_k=None, top_p=None,
+                    min_p=None) -> torch.Tensor:
+    """The filtered x_hat by the textbook rules on a dense float64 softmax, ties decided by value:
+    top-k keeps p_j >= the k-th largest; min-p keeps p_j >= min_p max p; top-p keeps j iff the
+    tokens strictly more likely than j hold less than top_p of the mass (all tokens tied with the
+    last one needed are kept).  An O(V^2) pairwise sum, no sort: independent of the code."""
+    x = _x_hat(logits.to(F64), mask_id, T)
+    keep = x > 0
+    if top_k is not None and top_k < x.shape[-1]:
+        keep &= x >= x.topk(top_k, dim=-1).values[..., -1:]
+    if min_p:
+        keep &= x >= min_p * x.amax(-1, keepdim=True)
+    if top_p is not None and top_p < 1.0:
+        keep &= _mass_strictly_above(x) < top_p
+    kept = torch.where(keep, x, torch.zeros_like(x))
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def _mass_strictly_above(x: torch.Tensor) -> torch.Tensor:
+    """``[..., V]``: the mass of the tokens strictly more likely than each token."""
+    return (x.unsqueeze(-2) * (x.unsqueeze(-2) > x.unsqueeze(-1))).sum(-1)
+
+
+def _assert_well_posed(x: torch.Tensor, top_p=None, min_p=None, margin: float = 1e-4) -> None:
+    """No token within ``margin`` of a filter's boundary, so float32 and float64 must agree."""
+    if top_p is not None:
+        assert float((_mass_strictly_above(x) - top_p).abs().min()) > margin
+    if min_p:
+        assert float((x - min_p * x.amax(-1, keepdim=True)).abs().min()) > margin * 1e-2
+
+
+def _all_probs(x0: Denoised) -> torch.Tensor:
+    """``x0.prob_at`` at every state: ``[*shape, V]`` from V gathers (the test's dense view)."""
+    V = x0.vocab_size
+    return torch.stack([x0.prob_at(torch.full(x0.shape, j, dtype=torch.long)) for j in range(V)], -1)
+
+
+def _grid_logits(shape: tuple[int, ...], V: int, seed: int, levels: int = 24) -> torch.Tensor:
+    """Logits on a grid of multiples of 1/8: exact in float32 and bf16, with many exact ties."""
+    return torch.randint(-levels, 1, (*shape, V), generator=_gen(seed)).to(F64) / 8
+
+
+FILTER_CASES = [dict(), dict(top_k=4), dict(top_p=0.37), dict(top_p=0.8), dict(min_p=0.3),
+                dict(top_k=9, top_p=0.8, min_p=0.05)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("T", [1.0, 0.7, 2.0])
+@pytest.mark.parametrize("mask_id", [None, 3])
+@pytest.mark.parametrize("filters", FILTER_CASES, ids=str)
+def test_denoised_matches_a_dense_float64_reference(filters, mask_id, T, dtype):
+    """prob_at, max_prob, argmax, log_probs and the top-p tie rule against the dense float64
+    filter (grid logits: many exact ties, some at every filter's boundary), for float64, float32
+    and bf16 logits (computed in float32), tempered, with and without a mask state, chunked by 3
+    rows and in one chunk."""
+    V, shape = 23, (4, 5)
+    logits = _grid_logits(shape, V, seed=301)
+    want = _dense_filtered(logits, mask_id, T, **filters)
+    _assert_well_posed(_x_hat(logits, mask_id, T), filters.get("top_p"), filters.get("min_p"))
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for rows in (3, None):
+        x0 = Denoised(logits.to(dtype), mask_id, T, Filters(**filters), rows=rows)
+        got = _all_probs(x0)
+        assert torch.equal(got > 0, want > 0), "kept sets differ"
+        torch.testing.assert_close(got, want, atol=tol, rtol=0)
+        torch.testing.assert_close(x0.log_probs.exp().to(F64), want, atol=tol, rtol=0)
+        torch.testing.assert_close(x0.max_prob(), want.amax(-1), atol=tol, rtol=0)
+        assert torch.equal(x0.argmax, _argmax_no_mask(logits, mask_id))  # the first on ties
+
+
+def test_top_p_keeps_a_whole_tie_group_at_the_boundary():
+    """Four tokens share the logit where the mass reaches p: all four are kept (the sort-based
+    rule kept the first one or two in sort order, which is not defined for ties)."""
+    logits = torch.tensor([2.0, 1.0, 1.0, 1.0, 1.0, 0.0, -1.0], dtype=F64)
+    x = torch.softmax(logits, 0)
+    p = float(x[0] + 1.5 * x[1])  # the boundary falls inside the tie group 1..4
+    got = _all_probs(Denoised(logits, None, 1.0, Filters(top_p=p)))
+    assert torch.equal(got > 0, torch.tensor([True] * 5 + [False] * 2))
+    torch.testing.assert_close(got, torch.where(got > 0, x, 0.0) / x[:5].sum(), atol=1e-15, rtol=0)
+    # a permutation of the vocabulary permutes the kept set (no dependence on token ids)
+    perm = torch.randperm(7, generator=_gen(302))
+    permuted = _all_probs(Denoised(logits[perm], None, 1.0, Filters(top_p=p)))
+    assert torch.equal(permuted, got[perm])
+
+
+@given(seed=st.integers(0, 2**31 - 1), V=st.integers(1, 400), levels=st.integers(1, 60),
+       p=st.floats(0.001, 0.999), f64=st.booleans())
+def test_top_p_threshold_is_exact(seed, V, levels, p, f64):
+    """The radix select returns exactly ``max{s_j : mass(s >= s_j) >= p mass}`` (a sort of the
+    same ``s`` and float64 sums of the same ``e``), with ties, ``-inf`` states, masses that
+    underflow to 0 and values spread over many exponents."""
+    dtype = F64 if f64 else torch.float32
+    g = _gen(seed)
+    lg = torch.randint(0, levels, (3, V), generator=g).to(dtype) * torch.rand(1, generator=g, dtype=F64).item() * 5
+    lg[1] = torch.randn(V, generator=g, dtype=F64).to(dtype) * 40.0  # wide: tiny and zero masses
+    lg[2, torch.rand(V, generator=g) < 0.2] = -math.inf
+    lg[2, 0] = 1.0
+    s = lg - lg.amax(-1, keepdim=True)
+    e = torch.exp(s)
+    got = top_p_threshold(ordered_keys(s), e, p, dtype)
+    for row in range(3):
+        values = torch.unique(s[row])  # ascending
+        mass = torch.stack([e[row].to(F64)[s[row] >= v].sum() for v in values])
+        target = p * e[row].to(F64).sum()
+        assume(bool(((mass - target).abs() > 1e-9 * target).all()))  # no decision within round-off
+        want = values[mass >= target].max()
+        assert float(got[row]) == float(want), (row, float(got[row]), float(want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_denoised_draws_the_filtered_tempered_distribution(dtype):
+    """Draw frequencies of Denoised.sample (bf16 and float32 logits, T = 0.7, mask state, top-k,
+    top-p and min-p at once) against the dense float64 reference; ``where`` leaves -1 elsewhere."""
+    V, n = 12, 60_000
+    logits = _grid_logits((), V, seed=311, levels=16)
+    want = _dense_filtered(logits, 5, 0.7, top_k=8, top_p=0.9, min_p=0.02)
+    _assert_well_posed(_x_hat(logits, 5, 0.7), 0.9, 0.02)
+    where = torch.arange(2 * n).reshape(2, n) % 2 == 0
+    x0 = Denoised(logits.to(dtype).expand(2, n, V), 5, 0.7, Filters(top_k=8, top_p=0.9, min_p=0.02))
+    out = x0.sample(_gen(312), where=where)
+    assert bool((out[~where] == -1).all())
+    assert_frequencies(_counts(out[where], V), want, n, what=str(dtype), chi2=True)
+
+
+def test_gathered_and_static_draws_give_the_same_ids(monkeypatch):
+    """The CPU path gathers the rows it draws; accelerators and torch.compile draw every row and
+    mask.  Both use the generator identically, so each rule returns the same tokens."""
+    V, shape = 11, (3, 40)
+    logits = _logits(V, 321, shape, scale=2.0).float()
+    z_t = torch.randint(0, V, shape, generator=_gen(322))
+    z_t[:, ::3] = 10
+    frozen = torch.rand(shape, generator=_gen(323)) < 0.2
+    rules = [Ancestral(dd.Hybrid(V, 10)), Ancestral(dd.Uniform(V), top_p=0.7, top_k=5), TauLeaping(dd.Uniform(V)),
+             Adaptive(dd.Uniform(V), 4), Adaptive(dd.Hybrid(V, 10), 3, weight="rate", min_p=0.1),
+             Confidence(dd.Masked(V, 10), 2), Confidence(dd.Masked(V, 10), 2, by_confidence=False)]
+    lam_t, lam_s = torch.tensor(-0.5, dtype=F64), torch.tensor(1.5, dtype=F64)
+
+    def run():
+        return [rule.step(logits, z_t, lam_t, lam_s, frozen, temperature=T, generator=_gen(324))
+                for rule in rules for T in (0.0, 0.8, 1.0)]
+
+    gathered = run()
+    monkeypatch.setattr(categorical, "gathers_rows", lambda device: False)
+    for a, b in zip(gathered, run()):
+        assert torch.equal(a, b)
+
+
+def test_draws_happen_only_where_a_token_may_move(monkeypatch):
+    """Ancestral draws x_hat only at positions that move (none on a zero step, every unfrozen one
+    from lambda = -inf to +inf); Adaptive only at the selected positions; Confidence at the
+    masked ones (by_confidence=False: at the selected ones)."""
+    drawn = []
+    original = Denoised._draw_rows
+
+    def counting(self, u, index):
+        drawn.append(u.shape[0])
+        return original(self, u, index)
+
+    monkeypatch.setattr(Denoised, "_draw_rows", counting)
+    V, shape = 9, (4, 50)
+    logits = _logits(V, 331, shape)
+    z_t = torch.randint(0, V, shape, generator=_gen(332))
+    frozen = torch.zeros(shape, dtype=torch.bool)
+    frozen[:, :10] = True
+    lam = torch.tensor(0.3, dtype=F64)
+    Ancestral(dd.Uniform(V)).step(logits, z_t, lam, lam, frozen, generator=_gen(1))
+    assert drawn == [0]
+    drawn.clear()
+    Ancestral(dd.Uniform(V)).step(logits, z_t, torch.tensor(-INF, dtype=F64), torch.tensor(INF, dtype=F64), frozen,
+                                  generator=_gen(2))
+    assert drawn == [int((~frozen).sum())]
+    drawn.clear()
+    out = Adaptive(dd.Uniform(V), 3).step_info(logits, z_t, lam, lam + 1, frozen, generator=_gen(4))
+    assert drawn == [int(out.selected.sum())] == [12]
+    drawn.clear()
+    m = 8
+    z_m = z_t.masked_fill(torch.rand(shape, generator=_gen(5)) < 0.5, m)
+    masked = int(((z_m == m) & ~frozen).sum())
+    # masked noise: a move leaves the mask for a draw of x_hat (never the mask): drawn = changed
+    mid = Ancestral(dd.Masked(V, m)).step(logits, z_m, torch.tensor(-1.0, dtype=F64), torch.tensor(-0.5, dtype=F64),
+                                          frozen, generator=_gen(3))
+    assert drawn == [int((mid != z_m).sum())] and 0 < drawn[0] < masked // 2  # a short step moves few
+    drawn.clear()
+    Confidence(dd.Masked(V, m), 2).step(logits, z_m, lam, lam + 1, frozen, generator=_gen(6))
+    assert drawn == [masked]
+    drawn.clear()
+    out = Confidence(dd.Masked(V, m), 2, by_confidence=False).step_info(logits, z_m, lam, lam + 1, frozen,
+                                                                          generator=_gen(7))
+    assert drawn == [int(out.selected.sum())] == [8]
+
+
+def test_no_vocabulary_sized_tensor_besides_the_logits():
+    """Every tensor any step rule creates (every aten op's output, seen by a dispatch mode) holds at
+    most ``rows x V`` elements, one chunk, unless it views the logits: nothing the size of the
+    logits (64 positions here, so 1/16 of them), for every rule, bf16 logits, temperatures,
+    filters and a mask state."""
+    V, shape = 40_000, (2, 32)
+
+    class Largest(TorchDispatchMode):
+        def __init__(self, logits):
+            super().__init__()
+            self.storage, self.largest = logits.untyped_storage().data_ptr(), 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() != self.storage:
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    rows = categorical.default_chunk_rows(V, torch.device("cpu"))
+    assert rows == 26
+    g = _gen(341)
+    z_t = torch.randint(0, V - 1, shape, generator=g)
+    z_t[:, ::2] = V - 1
+    lam_t, lam_s = torch.tensor(-0.5, dtype=F64), torch.tensor(0.5, dtype=F64)
+    hybrid, masked = dd.Hybrid(V, V - 1), dd.Masked(V, V - 1)
+    cases = [(Ancestral(dd.Uniform(V)), 1.0), (Ancestral(hybrid), 0.7), (Ancestral(hybrid, top_p=0.9), 1.0),
+             (Ancestral(dd.Uniform(V), top_k=50, min_p=0.01), 1.3), (TauLeaping(hybrid), 1.0),
+             (Adaptive(dd.Uniform(V), 16), 1.0), (Adaptive(hybrid, 16, top_p=0.9), 0.7), (Greedy(hybrid), 0.0),
+             (Confidence(masked, 8), 1.0), (Confidence(masked, 8, by_confidence=False, top_p=0.5), 0.0)]
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = torch.randn(*shape, V, generator=g).to(dtype)
+        for rule, T in cases:
+            with Largest(logits) as mode:
+                rule.step(logits, z_t, lam_t, lam_s, temperature=T, generator=g, validate=False)
+            assert mode.largest <= rows * V, (rule, T, dtype, mode.largest)
+
+
+def test_logits_that_require_grad_are_accepted():
+    """A denoiser called without torch.no_grad() returns logits that require grad: the chunked
+    statistics (which write into reused buffers) failed on them; x_hat is read detached."""
+    V = 7
+    logits = _logits(V, 351, (2, 5)).float().requires_grad_()
+    z_t = torch.randint(0, V, (2, 5), generator=_gen(352))
+    for rule in RULES:
+        out = rule.step(logits, z_t, torch.tensor(-1.0, dtype=F64), torch.tensor(1.0, dtype=F64), generator=_gen(353))
+        assert out.shape == z_t.shape
+    assert torch.equal(Denoised(logits, None, 0.7, Filters(top_p=0.8)).log_probs,
+                       Denoised(logits.detach(), None, 0.7, Filters(top_p=0.8)).log_probs)
+
+
+def test_python_random_is_untouched():
+    """Python's global ``random`` is left alone by every rule, filters and draws included (under
+    pytest beartype checks ``list[...]`` annotations by sampling an item with it: a chunk list
+    annotated that way advanced it inside sumi.generate)."""
+    V, shape = 7, (3, 12)
+    z_t = torch.randint(0, V, shape, generator=_gen(361))
+    logits = _logits(V, 362, shape).float()
+    state = random.getstate()
+    for rule in RULES + [Ancestral(dd.Uniform(V), top_k=3, top_p=0.8, min_p=0.05)]:
+        for T in (0.0, 0.7, 1.0):
+            rule.step(logits, z_t, torch.tensor(-1.0, dtype=F64), torch.tensor(1.0, dtype=F64), temperature=T,
+                      generator=_gen(363))
+    Denoised(logits, 3, 0.7, Filters(top_p=0.8)).sample(_gen(364), where=z_t > 2)
+    assert random.getstate() == state

@@ -1,4 +1,5 @@
-"""Schedules: closed forms, analytic derivatives against autograd, inverses, clamping."""
+"""Schedules: closed forms, analytic derivatives against autograd, inverses, clamping, and the
+``validate=False`` path that skips the value checks (host syncs)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import discdiff as dd
 from discdiff.testing import check_schedule
@@ -121,6 +123,39 @@ def test_bad_arguments():
         s.t_of_log_snr(torch.tensor([10.0]))
     with pytest.raises(ValueError, match="NaN"):
         s.t_of_log_snr(torch.tensor([float("nan")]))
+
+
+class _ValueReads(TorchDispatchMode):
+    """Counts reads of tensor values by the host (``item``/``bool``: host syncs on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ == "_local_scalar_dense"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("schedule", [dd.LinearAlpha(), dd.Cosine(), dd.LinearLogSNR(), dd.GIDDTime(0.2)])
+def test_validate_false_skips_the_value_checks_and_their_syncs(schedule):
+    """``validate=False`` (a caller whose ``t`` is valid by construction) reads no value on the
+    host and computes the same numbers; the default still checks."""
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
+    lam = schedule.log_snr(t)
+    for name, arg, want in [("log_snr", t, lam), ("alpha", t, schedule.alpha(t)),
+                            ("dlog_snr_dt", t, schedule.dlog_snr_dt(t)), ("t_of_log_snr", lam, t)]:
+        with _ValueReads() as reads:
+            got = getattr(schedule, name)(arg, validate=False)
+        assert reads.count == 0, name
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+        with _ValueReads() as reads:
+            getattr(schedule, name)(arg)
+        assert reads.count > 0, name  # the checks are real host reads
+    bad = torch.tensor([1.5], dtype=F64)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        schedule.log_snr(bad)
+    assert schedule.log_snr(bad, validate=False).shape == (1,)  # unchecked: whatever the formula gives
 
 
 def test_float_inputs_and_dtypes():

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sumi.model import attention, transformer
+
 TINY_RUN_STEPS = 40
 
 
@@ -29,3 +31,22 @@ def tiny_run(tmp_path_factory, sumi_cache) -> Path:
         else:
             os.environ["SUMI_CACHE"] = old
     return root / "run"
+
+
+@pytest.fixture
+def mask_and_rope_builds(monkeypatch) -> dict[str, int]:
+    """Counts of attention-mask and RoPE-table constructions (``sumi.model``) during a test."""
+    counts = {"mask": 0, "rope": 0}
+    real_allowed, real_rope = attention.allowed_keys, transformer.rope_cos_sin
+
+    def allowed(*args):
+        counts["mask"] += 1
+        return real_allowed(*args)
+
+    def rope(*args):
+        counts["rope"] += 1
+        return real_rope(*args)
+
+    monkeypatch.setattr(attention, "allowed_keys", allowed)
+    monkeypatch.setattr(transformer, "rope_cos_sin", rope)
+    return counts

@@ -343,7 +343,7 @@ def test_init_distributed_without_torchrun_is_a_single_process(monkeypatch):
 def test_parallelize_without_process_group_keeps_names_and_numbers():
     """(5) in one process: checkpointing (and no sharding) changes neither names nor results."""
     plain, model = _model(), _model()
-    assert parallelize(model, mixed_precision=True, activation_checkpointing=True, compile_blocks=False) is model
+    assert parallelize(model, mixed_precision=False, activation_checkpointing=True, compile_blocks=False) is model
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in plain.named_parameters()]
     assert list(model.state_dict()) == list(plain.state_dict())
     tokens = _batch()
@@ -351,6 +351,37 @@ def test_parallelize_without_process_group_keeps_names_and_numbers():
     _loss(model, tokens, tokens.numel()).backward()
     _assert_close({n: p.grad for n, p in model.named_parameters()},
                   {n: p.grad for n, p in plain.named_parameters()}, atol=1e-7)
+
+
+def test_mixed_precision_needs_a_mesh_and_one_process_gets_a_one_rank_group():
+    """No process group: ``mixed_precision=True`` is an error naming the way out (it was silently
+    float32), and the model is left untouched.  Inside ``single_process_group`` it is FSDP2's bf16
+    policy on one rank: bf16 compute, float32 parameters and gradients, the float32 loss to bf16
+    rounding; the group is gone afterwards, and an existing group is left alone."""
+    from sumi.distributed import single_process_group
+
+    model = _model()
+    forward = model.model.layers[0].forward
+    with pytest.raises(ValueError, match=r"mixed_precision=True needs a device mesh .*single_process_group"):
+        parallelize(model, mixed_precision=True, activation_checkpointing=True, compile_blocks=False)
+    assert model.model.layers[0].forward == forward and not hasattr(model.model.layers[0], "_sumi_checkpointed")
+    tokens = _batch()
+    with single_process_group("cpu") as info:
+        assert (info.rank, info.world_size, info.device) == (0, 1, torch.device("cpu"))
+        assert torch.distributed.get_world_size() == 1
+        with single_process_group("cpu") as inner:  # already in a group: nothing started or destroyed
+            assert inner.world_size == 1
+        assert torch.distributed.is_initialized()
+        mixed = parallelize(_model(), mixed_precision=True, activation_checkpointing=False, compile_blocks=False)
+        dtypes = []
+        mixed.lm_head.register_forward_hook(lambda m, i, o: dtypes.append((m.weight.dtype, i[0].dtype, o.dtype)))
+        loss = _loss(mixed, tokens, tokens.numel())
+        loss.backward()
+        assert dtypes == [(torch.bfloat16,) * 3]
+        assert {p.dtype for p in mixed.parameters()} == {p.grad.dtype for p in mixed.parameters()} == {torch.float32}
+        reference = _loss(_model(), tokens, tokens.numel())
+        assert loss.item() != reference.item() and abs(loss.item() - reference.item()) < 2e-2
+    assert not torch.distributed.is_initialized()
 
 
 def test_parallelize_on_meta_then_initialize():
@@ -465,6 +496,27 @@ def test_single_process_crash_mid_save_and_keep_last(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004", "step-00000005", "step-00000009"]
     with pytest.raises(ValueError):
         ckpt.keep_last(tmp_path, 0)
+
+
+def test_ctrl_c_inside_dcp_is_an_interruption_not_a_failed_or_damaged_checkpoint(tmp_path, monkeypatch):
+    """DCP catches a KeyboardInterrupt in its writer or reader and wraps it in its own
+    CheckpointException: ``save`` and ``load`` raise it again as KeyboardInterrupt (the training
+    loop's one-line Ctrl-C), the save leaves no temporary directory, the load claims no damage."""
+    import torch.distributed.checkpoint.filesystem as dcp_fs
+
+    model = _model()
+    first = ckpt.save(tmp_path, 1, model)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dcp_fs, "_write_files_from_queue", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(tmp_path, 2, model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]
+    monkeypatch.setattr(dcp_fs.FileSystemReader, "read_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.load(first, model)
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path):

@@ -1,7 +1,13 @@
 """Generation with Sumi's canvas semantics: the layout (prompt frozen at the front, EOS then BOS
 pinned after the answer budget, a noisy tail denoised or frozen), per-row layouts in a batch,
 answers cut at the first EOS (checked exactly with a stub model whose logits force every
-position), reproducibility from the seed alone, and the ``sumi generate`` command line."""
+position), reproducibility from the seed alone, and the ``sumi generate`` command line.
+
+Only what can change runs: the head and the step rule see the unfrozen positions only, the model
+body the attended canvas only, masks and RoPE tables are built once per call; deterministic rules
+give exactly the answers of the whole-canvas loop (recomputed here with
+``discdiff.samplers.sample``), with or without ``stop_when_stable``, and the ancestral rule's
+first step has the exact posterior's distribution (a dense float64 oracle)."""
 
 from __future__ import annotations
 
@@ -16,11 +22,14 @@ from torch import nn
 import sumi
 from sumi.cli import main
 from discdiff import NonFiniteError
+from discdiff.kernels import Uniform
+from discdiff.samplers import Greedy, StepOutput, StepRule, TauLeaping, sample
 from sumi import hf
 from sumi.configs import tiny
-from sumi.generation import GenerationOutput, generate
+from sumi.generation import GenerationOutput, answers, generate, make_sampler, step_grid
 
 V = 64
+F64 = torch.float64
 CONFIG = tiny(vocab_size=V)  # max_position_embeddings 512
 BOS, EOS, PAD = CONFIG.bos_token_id, CONFIG.eos_token_id, CONFIG.pad_token_id
 
@@ -168,6 +177,177 @@ def test_progress_bar_goes_to_stderr(model, capsys):
     assert captured.out == "" and "denoising" in captured.err and "/3" in captured.err
 
 
+# -- only what can change runs ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model64() -> sumi.Sumi:
+    """float64 weights: rounding differences between the whole canvas and the cut or gathered
+    one stay far below any argmax gap."""
+    return sumi.Sumi.initialized(CONFIG, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def _whole_canvas_run(model, out, sampler, steps, tokens_per_step=1, trace=False):
+    """main before issue 14, recomputed: ``discdiff.samplers.sample`` over the whole canvas (the
+    model, its head and the rule everywhere, the tail kept), from generate's initial canvas."""
+    layout = out.layout
+    rule = make_sampler(sampler, model.config.vocab_size, tokens_per_step=tokens_per_step)
+    with torch.no_grad():
+        return sample(lambda z: model(z, attention_mask=layout.attention_mask), rule, layout.tokens,
+                      step_grid("linear", steps), layout.frozen, temperature=0.0,
+                      generator=torch.Generator().manual_seed(0), trace=trace)
+
+
+@pytest.mark.parametrize("denoise_end", [True, False])
+@pytest.mark.parametrize("sampler", ["greedy", "adaptive"])
+def test_deterministic_rules_give_the_whole_canvas_answers(model64, sampler, denoise_end):
+    prompts, M, L, steps = _prompts(), 6, 40, 8
+    out = generate(model64, prompts, M, canvas_length=L, steps=steps, sampler=sampler, tokens_per_step=2,
+                   temperature=0.0, seed=5, denoise_end=denoise_end)
+    want = _whole_canvas_run(model64, out, sampler, steps, tokens_per_step=2).tokens
+    assert torch.equal(out.canvas, want) and out.steps_run == steps
+    assert out.tokens == answers(want, out.layout.prompt_lengths, EOS)
+    assert not torch.equal(want, out.layout.tokens)
+
+
+@pytest.mark.parametrize("denoise_end", [True, False])
+def test_the_head_runs_on_movable_positions_and_the_body_on_the_attended_canvas(model64, denoise_end):
+    """Rows of prompt lengths 5, 1, 3 with a budget of 6 on a canvas of 40: the head sees the
+    most movable positions of a row (the budget, plus the tail when it is denoised: 40 - 1 - 2 =
+    37), the body the canvas up to the last pinned BOS when the tail is frozen (5 + 6 + 2 = 13)."""
+    heads, bodies = [], []
+    hooks = [model64.lm_head.register_forward_hook(lambda m, args, out: heads.append(tuple(args[0].shape))),
+             model64.register_forward_pre_hook(lambda m, args: bodies.append(tuple(args[0].shape)))]
+    try:
+        out = generate(model64, _prompts(), 6, canvas_length=40, steps=3, seed=2, denoise_end=denoise_end)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    n, kept = (37, 40) if denoise_end else (6, 13)
+    assert heads == [(3, n, 64)] * 3 and bodies == [(3, kept)] * 3
+    assert out.canvas.shape == (3, 40)
+
+
+def test_cutting_the_hidden_tail_keeps_the_logits(model64):
+    """The model on the canvas up to the last pinned BOS gives the logits it gives there on the
+    whole canvas with the tail hidden: what generate relies on for denoise_end=False."""
+    out = generate(model64, _prompts(), 6, canvas_length=40, steps=1, sampler="greedy", seed=3, denoise_end=False)
+    layout, kept = out.layout, 13
+    with torch.no_grad():
+        whole = model64(layout.tokens, attention_mask=layout.attention_mask)
+        cut = model64(layout.tokens[:, :kept], attention_mask=layout.attention_mask[:, :kept])
+    torch.testing.assert_close(cut, whole[:, :kept], atol=1e-12, rtol=1e-12)
+
+
+def test_masks_and_rope_tables_are_built_once_per_call(model, mask_and_rope_builds):
+    counts = mask_and_rope_builds
+    generate(model, _prompts(), 4, canvas_length=24, steps=5, seed=0, denoise_end=False)  # rows need the mask
+    assert counts == {"mask": 1, "rope": 1}
+
+
+class Fixed(nn.Module):
+    """The same logits ``w`` at every position, whatever the input."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.config, self.w = CONFIG, w
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.w.expand(*input_ids.shape, V).clone()
+
+
+def test_the_ancestral_first_step_has_the_exact_posterior():
+    """One ancestral step on the gathered sub-canvas: token counts over every movable position
+    against the dense float64 posterior ``p(j | z_t) = q_s(j | x) q_{t|s}(z_t | j) / q_t(z_t | x)``
+    (uniform kernel: ``q_a(j | x) = a x_j + (1 - a) / V``), per position from its initial token."""
+    w = torch.linspace(-3.0, 3.0, V)
+    x = torch.softmax(w.double(), -1)
+    B, L, M = 16, 512, 8
+    out = generate(Fixed(w), [[BOS]] * B, M, canvas_length=L, steps=1, seed=11)
+    lam_t, lam_s = step_grid("linear", 1).tolist()
+    a_t, a_s = torch.sigmoid(torch.tensor(lam_t, dtype=F64)), torch.sigmoid(torch.tensor(lam_s, dtype=F64))
+    a_ts = a_t / a_s
+    movable = ~out.layout.frozen
+    z_t = out.layout.tokens[movable]                                  # [n]
+    eye = torch.nn.functional.one_hot(z_t, V).double()
+    q_s = a_s * x + (1 - a_s) / V                                     # [V]
+    q_ts = a_ts * eye + (1 - a_ts) / V                                # [n, V]: q_{t|s}(z_t | j)
+    q_t = a_t * x[z_t] + (1 - a_t) / V                                # [n]
+    posterior = q_s * q_ts / q_t[:, None]
+    torch.testing.assert_close(posterior.sum(-1), torch.ones(z_t.numel(), dtype=F64))
+    expected = posterior.sum(0)
+    observed = torch.bincount(out.canvas[movable], minlength=V).double()
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    assert chi2 < 63 + 5 * (2 * 63) ** 0.5, chi2                      # 63 degrees of freedom: mean 63, sd 11.2
+
+
+# -- any step rule ----------------------------------------------------------------------------
+class Shift(StepRule):
+    """A user's rule: every position moves to the next id; it records what it was given."""
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def _step(self, logits, z_t, lam_t, lam_s, frozen, temperature, generator):
+        self.seen.append((tuple(logits.shape), frozen.clone()))
+        return StepOutput(tokens=(z_t + 1) % V, selected=torch.ones_like(frozen))
+
+
+def test_a_user_step_rule_steps_the_movable_sub_canvas():
+    prompts, M, L = _prompts(), 4, 20
+    rule = Shift()
+    out = generate(Forcing(torch.zeros(3, L, dtype=torch.long)), prompts, M, canvas_length=L, steps=3, sampler=rule,
+                   seed=0, trace=True)
+    n = L - 1 - 2  # the longest row: prompt [BOS], budget and tail movable
+    assert [shape for shape, _ in rule.seen] == [(3, n, V)] * 3
+    pad = rule.seen[0][1]
+    assert pad.tolist() == [[False] * (n - 4) + [True] * 4, [False] * n, [False] * (n - 2) + [True] * 2]
+    first = out.trace.tokens[0]
+    frozen = out.layout.frozen
+    assert torch.equal(out.canvas[~frozen], (first[~frozen] + 3) % V)
+    assert torch.equal(out.canvas[frozen], first[frozen])
+    assert torch.equal(out.trace.selected[-1], ~frozen)
+
+
+def test_tau_leaping_and_rule_objects_work(model):
+    out = generate(model, _prompts(), 5, canvas_length=24, steps=3, sampler=TauLeaping(Uniform(V), top_k=10), seed=1)
+    for b, prompt in enumerate(_prompts()):
+        P = len(prompt)
+        assert out.canvas[b, :P].tolist() == prompt and out.canvas[b, P + 5:P + 7].tolist() == [EOS, BOS]
+    greedy = generate(model, _prompts(), 5, canvas_length=24, steps=3, sampler=Greedy(Uniform(V)), seed=1)
+    assert torch.equal(greedy.canvas, generate(model, _prompts(), 5, canvas_length=24, steps=3, sampler="greedy",
+                                               seed=1).canvas)
+
+
+# -- stop when stable -------------------------------------------------------------------------
+def test_stop_when_stable_stops_at_the_fixed_point_of_a_stub():
+    """Step 1 writes the forced tokens, step 2 changes nothing: 2 model calls instead of 10, the
+    same canvas."""
+    targets = torch.randint(V, (3, 20), generator=torch.Generator().manual_seed(1))  # not the noise's stream
+    stub = Forcing(targets)
+    out = generate(stub, _prompts(), 4, canvas_length=20, steps=10, sampler="greedy", seed=0, trace=True,
+                   stop_when_stable=True)
+    assert out.steps_run == 2 and len(stub.calls) == 2 and out.trace.num_steps == 2
+    full = generate(Forcing(targets), _prompts(), 4, canvas_length=20, steps=10, sampler="greedy", seed=0)
+    assert full.steps_run == 10 and torch.equal(out.canvas, full.canvas) and out.tokens == full.tokens
+
+
+@pytest.mark.parametrize("tokens_per_step", [1, 3])
+@pytest.mark.parametrize("sampler", ["greedy", "adaptive"])
+def test_stop_when_stable_gives_the_full_runs_answer(tiny_run, sampler, tokens_per_step):
+    """On the trained tiny model (float64; a random model's argmax map tends to cycle): the steps
+    run are those up to the first step of the whole-canvas loop that changed nothing (read from
+    its trace), and the canvas is that loop's final one."""
+    model = hf.from_pretrained(tiny_run / "model", dtype=F64)
+    bos = model.config.bos_token_id
+    steps = 24
+    out = generate(model, [[bos, 5, 6, 7, 8], [bos], [bos, 9, 10]], 4, canvas_length=16, steps=steps, sampler=sampler,
+                   tokens_per_step=tokens_per_step, temperature=0.0, seed=4, denoise_end=False, stop_when_stable=True)
+    whole = _whole_canvas_run(model, out, sampler, steps, tokens_per_step=tokens_per_step, trace=True)
+    changes = (whole.trace.tokens[1:] != whole.trace.tokens[:-1]).flatten(1).any(1).tolist()
+    assert False in changes  # the run settles, so stopping saves steps
+    assert out.steps_run == changes.index(False) + 1 < steps
+    assert torch.equal(out.canvas, whole.tokens)
+
+
 # -- validation -------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prompt_ids=[]), "empty"),
@@ -185,6 +365,13 @@ def test_progress_bar_goes_to_stderr(model, capsys):
     (dict(sampler="adaptive", tokens_per_step=0), "tokens_per_step"),
     (dict(seed=-1), "seed"),
     (dict(top_p=1.5), "top_p"),
+    (dict(sampler=object()), "sampler must be one of ancestral, adaptive, greedy or a discdiff.samplers.StepRule"),
+    (dict(sampler=Greedy(Uniform(V + 1))), "65 states but the model's vocabulary has 64"),
+    (dict(sampler=TauLeaping(Uniform(V)), top_p=0.9), r"top_p=0\.9 configure the named samplers only"),
+    (dict(sampler=TauLeaping(Uniform(V)), tokens_per_step=2), "tokens_per_step=2 configure"),
+    (dict(stop_when_stable=True), "stop_when_stable=True needs a deterministic step rule"),
+    (dict(sampler="adaptive", stop_when_stable=True), r"temperature=1\.0"),
+    (dict(sampler="greedy", stop_when_stable="yes"), "stop_when_stable must be True or False"),
 ])
 def test_validation_errors(kwargs, match):
     stub = Forcing(torch.zeros(1, 512, dtype=torch.long))

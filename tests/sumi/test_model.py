@@ -1,10 +1,14 @@
 """The Sumi transformer: presets and counts, the off-by-one attention in every backend against
-an independent float64 oracle, masks, RoPE and RMSNorm conventions, meta-device construction."""
+an independent float64 oracle (values and gradients; flash's segment layout against an emulated
+varlen kernel on the CPU), masks and RoPE tables built once per forward or once per plan, the
+head on selected positions, RoPE and RMSNorm conventions, meta-device construction."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -152,6 +156,157 @@ def test_sink_gives_zero_output_for_a_fully_masked_row_and_attenuates():
         torch.testing.assert_close(fn(q, k, v), torch.full((1, 1, 2, 4), 2 / 3))
         out = fn(q, k, v, torch.zeros(1, 2, dtype=torch.bool))
         assert torch.equal(out, torch.zeros_like(out))  # only the sink: no NaN
+
+
+def _masks(B, S, masking):
+    key_mask = torch.ones(B, S, dtype=torch.bool)
+    docs = torch.zeros(B, S, dtype=torch.long)
+    if masking in ("padding", "both"):
+        key_mask[1, S - 2:] = False
+    if masking in ("documents", "both"):
+        docs[0, S // 2:] = 1
+        docs[1, 2:] = 1
+        docs[1, 4:] = 2
+    return (key_mask if masking in ("padding", "both") else None,
+            docs if masking in ("documents", "both") else None)
+
+
+def _dense_oracle(q, k, v, key_mask, docs):
+    """Vectorized float64 ``softmax_1`` (scores with a zero column appended), differentiable: the
+    gradient oracle for the backends' backward passes."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    allowed = torch.ones(s.shape, dtype=torch.bool)
+    if key_mask is not None:
+        allowed &= key_mask[:, None, None, :]
+    if docs is not None:
+        allowed &= (docs[:, :, None] == docs[:, None, :])[:, None]
+    s = s.masked_fill(~allowed, -math.inf)
+    return torch.softmax(torch.cat([s, torch.zeros(*s.shape[:-1], 1, dtype=s.dtype)], -1), -1)[..., :-1] @ v
+
+
+@pytest.mark.parametrize("masking", ["none", "padding", "documents", "both"])
+def test_sdpa_gradients_match_the_oracle(masking):
+    """sdpa on the CPU is plain attention scaled by sigmoid(lse), with a hand-written backward
+    (the kernel's lse has no gradient): its gradients against autograd through the dense float64
+    oracle, and against finite differences (gradcheck), padding, documents and a row with
+    every key masked included."""
+    g = _gen(11)
+    B, H, KV, S, D = 2, 4, 2, 7, 8
+    key_mask, docs = _masks(B, S, masking)
+    if key_mask is not None:
+        key_mask[0] = False  # row 0: every key masked, the output is 0 and so is its gradient
+    leaves = [torch.randn(B, n, S, D, generator=g, dtype=F64, requires_grad=True) for n in (H, KV, KV)]
+    weights = torch.randn(B, H, S, D, generator=g, dtype=F64)
+    got = sdpa_attention(*leaves, key_mask, docs)
+    grads = torch.autograd.grad((got * weights).sum(), leaves)
+    want = _dense_oracle(*leaves, key_mask, docs)
+    want_grads = torch.autograd.grad((want * weights).sum(), leaves)
+    valid = (torch.ones(B, S, dtype=torch.bool) if key_mask is None else key_mask)[:, None, :, None].expand_as(got)
+    torch.testing.assert_close(got[valid], want[valid], atol=1e-12, rtol=1e-12)
+    if key_mask is not None:
+        assert torch.equal(got[0], torch.zeros_like(got[0]))
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b.nan_to_num(0.0), atol=1e-12, rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda q, k, v: sdpa_attention(q, k, v, key_mask, docs), leaves)
+
+
+def _emulated_flash_attn(calls):
+    """A CPU stand-in for ``flash_attn.flash_attn_varlen_func``: plain softmax attention of each
+    query segment ``cu_q[i]:cu_q[i+1]`` over its key segment ``cu_k[i]:cu_k[i+1]`` (GQA by head
+    groups), float64 inside; it records the arguments."""
+
+    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal):
+        calls.append(dict(cu_q=cu_q.tolist(), cu_k=cu_k.tolist(), max_q=max_q, max_k=max_k, keys=k.shape[0]))
+        assert not causal and cu_q.dtype == cu_k.dtype == torch.int32
+        rep = q.shape[1] // k.shape[1]
+        out = torch.zeros_like(q)
+        for i in range(cu_q.numel() - 1):
+            qs = q[cu_q[i]:cu_q[i + 1]].double().transpose(0, 1)        # [heads, n, d]
+            ks = k[cu_k[i]:cu_k[i + 1]].double().transpose(0, 1).repeat_interleave(rep, 0)
+            vs = v[cu_k[i]:cu_k[i + 1]].double().transpose(0, 1).repeat_interleave(rep, 0)
+            assert qs.shape[1] <= max_q and ks.shape[1] <= max_k
+            out[cu_q[i]:cu_q[i + 1]] = (torch.softmax(qs @ ks.transpose(1, 2) * softmax_scale, -1) @ vs).transpose(0, 1).to(q.dtype)
+        return out
+
+    return types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func)
+
+
+@pytest.mark.parametrize("masking", ["none", "padding", "documents", "both"])
+def test_flash_layout_on_an_emulated_kernel(monkeypatch, masking):
+    """The flash path's packing, sinks and unpacking, on the CPU: with the varlen kernel emulated
+    exactly, flash_attention equals the eager reference on real query positions and writes 0 at
+    padded ones.  Without masks the layout is static (one segment per sequence)."""
+    calls = []
+    monkeypatch.setitem(sys.modules, "flash_attn", _emulated_flash_attn(calls))
+    g = _gen(12)
+    B, H, KV, S, D = 2, 4, 2, 8, 8
+    q, k, v = (torch.randn(B, n, S, D, generator=g) for n in (H, KV, KV))
+    key_mask, docs = _masks(B, S, masking)
+    got = flash_attention(q, k, v, key_mask, docs)
+    want = eager_attention(q, k, v, key_mask, docs)
+    valid = (torch.ones(B, S, dtype=torch.bool) if key_mask is None else key_mask)[:, None, :, None].expand_as(got)
+    torch.testing.assert_close(got[valid], want[valid], atol=1e-6, rtol=1e-5)
+    assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))
+    # segments by hand: (row, document) runs of real tokens, each followed by one sink key
+    runs = []
+    for b in range(B):
+        ids = [(int(docs[b, i]) if docs is not None else 0) for i in range(S) if key_mask is None or key_mask[b, i]]
+        for i, d in enumerate(ids):
+            if i == 0 or d != ids[i - 1]:
+                runs.append(0)
+            runs[-1] += 1
+    cu_q = [sum(runs[:i]) for i in range(len(runs) + 1)]
+    assert calls == [dict(cu_q=cu_q, cu_k=[c + i for i, c in enumerate(cu_q)], max_q=max(runs), max_k=max(runs) + 1,
+                          keys=cu_q[-1] + len(runs))]
+
+
+def test_model_builds_the_mask_and_rope_tables_once_per_forward(model, mask_and_rope_builds):
+    """Once per forward, never per layer (the model has 2); with ``plan=`` not at all."""
+    counts = mask_and_rope_builds
+    ids = torch.randint(97, (2, 9), generator=_gen(13))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    for backend in ("eager", "sdpa"):
+        counts.update(mask=0, rope=0)
+        model(ids, mask, backend=backend)
+        assert counts == {"mask": 1, "rope": 1}, backend
+        plan = model.prepare(ids, mask, backend=backend)
+        want = model(ids, mask, backend=backend)
+        counts.update(mask=0, rope=0)
+        for _ in range(3):
+            assert torch.equal(model(ids, plan=plan), want)
+        assert counts == {"mask": 0, "rope": 0}
+
+
+def test_a_plan_is_checked(model):
+    ids = torch.randint(97, (2, 9), generator=_gen(14))
+    plan = model.prepare(ids)
+    with pytest.raises(ValueError, match=r"prepared for \(2, 9\)"):
+        model(ids[:, :8], plan=plan)
+    with pytest.raises(ValueError, match="give the attention mask, documents, positions and backend to Sumi.prepare"):
+        model(ids, torch.ones(2, 9), plan=plan)
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        model.prepare(ids, torch.ones(2, 8))
+
+
+@pytest.mark.parametrize("return_hidden", [False, True])
+def test_output_index_runs_the_head_on_the_selected_positions_only(model, return_hidden):
+    ids = torch.randint(97, (2, 11), generator=_gen(15))
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[0, 8:] = False
+    index = torch.tensor([[1, 2, 7, 0], [3, 4, 9, 10]])
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        got = model(ids, mask, output_index=index, return_hidden=return_hidden)
+        full = model(ids, mask, return_hidden=return_hidden)
+    finally:
+        hook.remove()
+    want = full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert seen == ([] if return_hidden else [(2, 4, 64), (2, 11, 64)])
 
 
 @pytest.mark.gpu

@@ -110,6 +110,28 @@ def test_sample_rejects_bad_tokens(gen):
         obj.add_noise(torch.tensor([0, 1]), gen)
 
 
+def test_trusted_callers_skip_the_checks_and_their_host_syncs():
+    """``validate=False`` (ids checked where they entered): ``add_noise`` and ``model_loss`` read
+    no device value and compute the same noise and loss; by default ``add_noise`` reads exactly
+    its id check (the drawn ``t`` needs none: it is in ``[0, 1)`` by construction)."""
+    from sumi.train import count_host_syncs
+
+    obj = Objective(64, fused=True)
+    model = sumi.Sumi.initialized(tiny(64), generator=_gen(0))
+    x = torch.randint(64, (3, 16), generator=_gen(1))
+    with count_host_syncs() as checked:
+        noised = obj.add_noise(x, _gen(2))
+    with count_host_syncs() as trusted:
+        fast = obj.add_noise(x, _gen(2), validate=False)
+        terms = obj.model_loss(model, x, fast, validate=False)
+    assert trusted.count == 0, trusted.sites
+    assert checked.count > 0 and all("in check_tokens" in site for site in checked.sites), checked.sites
+    assert all(torch.equal(getattr(noised, f), getattr(fast, f)) for f in ("z", "lam", "t", "per_token"))
+    assert torch.equal(terms.loss_sum, obj.model_loss(model, x, noised).loss_sum)
+    with pytest.raises(ValueError, match="outside"):
+        obj.add_noise(x + 64, _gen(2))
+
+
 @pytest.mark.parametrize("kwargs", [dict(per_token_share=1.5), dict(per_token_share=-0.1), dict(z_loss=-1.0),
                                     dict(beta_is=float("nan")), dict(log_snr_min=2.0, log_snr_max=1.0),
                                     dict(z_loss=True)])

@@ -1,4 +1,5 @@
-"""The training loop and `sumi train`: exact resume, the embedded main job, clear errors."""
+"""The training loop and `sumi train`: exact resume, the embedded main job, clear errors, no host
+sync between log steps (counted on the CPU, enforced on CUDA), mixed precision in one process."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from sumi.configs import train_tiny
 from sumi.data import prepare
 from sumi.distributed import checkpoint as ckpt
 from sumi.tokenizer import SumiTokenizer, tiny_corpus
-from sumi.train.loop import ThroughputWatch, TrainingDiverged, train
+from sumi.train import Objective, build_optimizer, count_host_syncs, optimizer_step_counters
+from sumi.train.loop import ThroughputWatch, TrainingDiverged, train, train_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,6 +82,13 @@ def test_resume_is_bitwise_identical(data, tmp_path):
     b = sumi.from_pretrained(tmp_path / "b" / "model")
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
+    # the straight run wrote its step-3 checkpoint with step 4's batches already read ahead: it
+    # records the position after step 3, so a resume from it replays steps 4-6 exactly too
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    shutil.rmtree(tmp_path / "c" / "checkpoints" / "step-00000006")
+    shutil.rmtree(tmp_path / "c" / "model")
+    train(config, data_dir, tmp_path / "c", progress=False, resume=True)
+    assert _losses(tmp_path / "c") == _losses(tmp_path / "a")
 
 
 def test_mixture_run_resumes_bitwise_and_refuses_other_data(data, second, tmp_path):
@@ -467,3 +476,162 @@ def test_cli_flash_without_flash_attn_is_one_line(tmp_path, monkeypatch, capsys)
     message = capsys.readouterr().err.strip().splitlines()
     assert err.value.code == 2 and len(message) == 1 and "attention_backend='flash'" in message[0], message
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# -- host syncs and mixed precision ---------------------------------------------------------------
+def test_the_sync_counter_counts_reads_of_values_and_nothing_else():
+    """The instrument itself: each read of a value (item, bool, float, int, tolist, numpy, an
+    f-string), each value-dependent size (nonzero, boolean-mask indexing, unique) counts once;
+    arithmetic, integer indexing and the ignored tensors do not."""
+    t = torch.arange(6.0)
+    counter = torch.tensor(3.0)
+    with count_host_syncs(ignore=lambda x: x is counter) as syncs:
+        y = (t * 2 + 1)[torch.tensor([0, 2])]
+        assert counter.item() == 3.0
+        reads = [t.sum().item(), bool(t[1] > 0), float(t[2]), int(t[3]), t.tolist(), t.numpy(), f"{t[0]:.1f}",
+                 t.nonzero(), t[t > 2], torch.unique(t)]
+    assert len(reads) == 10 and syncs.count == 10, syncs.sites
+    assert all(site.endswith(" in test_the_sync_counter_counts_reads_of_values_and_nothing_else")
+               for site in syncs.sites), syncs.sites
+    assert y.tolist() == [1.0, 5.0] and torch.Tensor.tolist is torch._C.TensorBase.tolist  # unpatched on exit
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_training_step_queues_its_work_without_reading_the_device(fused):
+    """With ``validate=False`` (the loop's: its loader checked the ids) a whole step, both
+    micro-batches, the backward, clipping and AdamW, reads no device value (AdamW's step counters
+    are CPU tensors on every device: bookkeeping).  ``validate=True`` checks each micro-batch's
+    ids, and nothing else."""
+    config = train_tiny(512, seq_len=32)
+    model = sumi.Sumi.initialized(config.model, generator=torch.Generator().manual_seed(0))
+    optimizer = build_optimizer(model, lr=1e-3)
+    objective = Objective(512, fused=fused)
+    x = torch.randint(512, (4, 32), generator=torch.Generator().manual_seed(1))
+    counts = []
+    for validate in (False, True, False):
+        with count_host_syncs(ignore=optimizer_step_counters(optimizer)) as syncs:
+            sums, norm = train_step(model, optimizer, objective, [(x[:2], 0), (x[2:], 2)], torch.Generator(), 3,
+                                    global_batch=4, global_tokens=128, grad_clip=1.0, world_size=1, validate=validate)
+        counts.append(syncs)
+        assert bool(torch.isfinite(sums).all()) and float(norm) > 0
+    assert counts[0].count == counts[2].count == 0, (counts[0].sites, counts[2].sites)
+    assert counts[1].count > 0 and all("in check_tokens" in site for site in counts[1].sites), counts[1].sites
+
+
+@pytest.mark.parametrize("mixed_precision", [False, True])
+def test_the_loop_reads_the_device_only_at_log_steps(data, tmp_path, monkeypatch, mixed_precision):
+    """Two more steps between the same log and checkpoint steps add no host sync: the loop's own
+    per-step work (the batches, the divergence flag, reading ahead) waits for nothing, also on a
+    one-rank FSDP2 mesh (mixed precision)."""
+    import sumi.train.loop as loop
+
+    optimizers = []
+    monkeypatch.setattr(loop, "build_optimizer", lambda *a, **k: optimizers.append(build_optimizer(*a, **k))
+                        or optimizers[-1])
+
+    def is_step_counter(tensor):
+        return any(optimizer_step_counters(o)(tensor) for o in optimizers)
+
+    data_dir, tok = data
+    counts = {}
+    for steps in (2, 4):  # one log and one checkpoint, at the last step, in both runs
+        config = _config(tok, steps=steps, log_every=100, checkpoint_every=100, mixed_precision=mixed_precision)
+        with count_host_syncs(ignore=is_step_counter) as syncs:
+            result = train(config, data_dir, tmp_path / f"run{steps}", progress=False)
+        assert len(result.losses) == 1
+        counts[steps] = syncs.sites
+    assert counts[4] == counts[2]
+
+
+def test_mixed_precision_takes_effect_in_one_process(data, tmp_path, monkeypatch):
+    """``mixed_precision=True`` without torchrun: the matmuls inside the model take bf16 weights
+    and inputs while the parameters, their gradients and AdamW's moments stay float32 (a one-rank
+    FSDP2 mesh, gone when the run returns); the losses follow the float32 run to bf16 rounding
+    without equalling it, and the run resumes bit for bit."""
+    import torch.distributed as dist
+
+    import sumi.train.loop as loop
+
+    seen = {}
+    real_step = loop.train_step
+
+    def spy(model, optimizer, *args, **kwargs):
+        def matmul(module, inputs, output):
+            seen.setdefault("matmul", (module.weight.dtype, inputs[0].dtype, output.dtype))
+
+        def gradients(optim, *_):
+            seen.setdefault("gradients", {p.grad.dtype for group in optim.param_groups for p in group["params"]})
+
+        if not seen:
+            model.model.layers[0].mlp.down_proj.register_forward_hook(matmul)
+            optimizer.register_step_pre_hook(gradients)
+        out = real_step(model, optimizer, *args, **kwargs)
+        seen["distributed"] = dist.is_initialized() and dist.get_world_size() == 1
+        seen["parameters"] = {p.dtype for p in model.parameters()}
+        seen["moments"] = {v.dtype for s in optimizer.state.values() for k, v in s.items() if k != "step"}
+        return out
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    data_dir, tok = data
+    config = _config(tok, steps=4, checkpoint_every=2, mixed_precision=True)
+    mixed = train(config, data_dir, tmp_path / "mixed", progress=False).losses
+    assert seen["matmul"] == (torch.bfloat16,) * 3
+    assert seen["distributed"] and not dist.is_initialized()
+    assert seen["parameters"] == seen["gradients"] == seen["moments"] == {torch.float32}
+    full = train(_config(tok, steps=4, checkpoint_every=2), data_dir, tmp_path / "fp32", progress=False).losses
+    assert mixed != full and mixed == pytest.approx(full, rel=2e-2)
+    train(config, data_dir, tmp_path / "resumed", progress=False, stop_at_step=2)
+    assert not dist.is_initialized()
+    train(config, data_dir, tmp_path / "resumed", progress=False, resume=True)
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "mixed")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mixed_precision", [False, True])
+def test_cuda_training_and_generation_steps_never_wait_for_the_device(data, tmp_path, monkeypatch, mixed_precision):
+    """Under ``torch.cuda.set_sync_debug_mode("error")`` every host sync raises.  Training: steps
+    2 and 3 of 4 of the real loop run under it, batches included (pinned, non-blocking, read
+    ahead); the first step is left out (it creates AdamW's state, cuBLAS handles and FSDP's
+    buffers) and the last (it logs and checkpoints: the one sync of a logged step).  Generation:
+    model calls 2 and 3 of 4 and the sampler steps after them; the first step checks the model's
+    logits once (a documented sync) and after the last ``sumi.generate`` reads the canvas back."""
+    import sumi.train.loop as loop
+
+    calls = []
+    real_step = loop.train_step
+
+    def checked_step(*args, **kwargs):
+        calls.append(len(calls) + 1)
+        if calls[-1] == 2:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        elif calls[-1] == 4:
+            torch.cuda.set_sync_debug_mode("default")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", checked_step)
+    data_dir, tok = data
+    config = _config(tok, steps=4, log_every=4, checkpoint_every=4, mixed_precision=mixed_precision)
+    try:
+        result = train(config, data_dir, tmp_path / "run", progress=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert calls == [1, 2, 3, 4] and len(result.losses) == 1 and np.isfinite(result.losses[0])
+
+    model = sumi.Sumi.initialized(config.model, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    forwards = []
+
+    def check_from_the_second_call(module, args):
+        forwards.append(len(forwards) + 1)
+        if forwards[-1] == 2:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        elif forwards[-1] == 4:
+            torch.cuda.set_sync_debug_mode("default")
+
+    model.model.embed_tokens.register_forward_pre_hook(check_from_the_second_call)  # once per model call
+    try:
+        out = sumi.generate(model, tok.encode("the "), max_new_tokens=8, canvas_length=32, steps=4, seed=0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert forwards == [1, 2, 3, 4] and len(out.tokens[0]) <= 8
