@@ -40,6 +40,7 @@ from sumi.cli_common import UsageError, resolve_device
 from sumi.evaluate.likelihood import (DEFAULT_CANVAS, DEFAULT_POINTS, Row, Scorer, continuation_row,
                                      document_rows, pad_rows)
 from sumi.generation import canvas_length_for
+from sumi.model import Sumi
 
 
 def _int_arg(name: str, value, minimum: int) -> int:
@@ -183,8 +184,16 @@ class SumiLM(LM):
                 chunk = rows[start:start + self.batch_size]
                 x, scored, present = pad_rows(chunk, pad, self._device)
                 noise = torch.randint(0, vocab, x.shape, generator=generator, device=self._device)
-                best = self.model(torch.where(scored, noise, x), attention_mask=present.long()).argmax(-1)
-                out += [bool(((best == x) | ~scored)[b].all()) for b in range(len(chunk))]
+                z = torch.where(scored, noise, x)
+                if isinstance(self.model, Sumi):
+                    # the head only on the scored positions: never [batch, canvas, V] logits
+                    hidden = self.model(z, attention_mask=present.long(), return_hidden=True)
+                    wrong = torch.zeros_like(scored)
+                    wrong[scored] = self.model.lm_head(hidden[scored]).argmax(-1) != x[scored]
+                else:
+                    best = self.model(z, attention_mask=present.long()).argmax(-1)
+                    wrong = (best != x) & scored
+                out += (~wrong.any(-1)).tolist()
         finally:
             self.model.train(was_training)
         return out

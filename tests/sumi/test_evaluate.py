@@ -367,6 +367,46 @@ def test_is_greedy_is_true_for_a_model_that_predicts_the_continuation(tok):
     assert yes[0] > no[0]
 
 
+def test_is_greedy_on_a_sumi_model_reads_the_head_only_where_scored_and_agrees_with_full_logits(tok, model):
+    """For a Sumi model the greedy check runs the head on the scored positions only; a wrapper
+    that hides the class (so the check takes the generic path: full logits, argmax) must give
+    the same answers.  The head is rigged so the argmax is token a or b, by the sign of one
+    hidden coordinate, so both answers occur."""
+    rigged = copy.deepcopy(model)
+    a, b = tok.encode("a", add_bos=False)[0], tok.encode("b", add_bos=False)[0]
+    with torch.no_grad():
+        rigged.model.norm.weight.zero_()
+        rigged.model.norm.weight[0] = 1.0
+        rigged.lm_head.weight.zero_()
+        rigged.lm_head.weight[a, 0], rigged.lm_head.weight[b, 0] = 1.0, -1.0
+
+    class Plain(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, ids, attention_mask=None):
+            return self.inner(ids, attention_mask=attention_mask)
+
+    pairs = [(c, t) for c in ("x", "the", "a b a") for t in ("a", "b", "ab", "ba", "aa", "bb")]
+    requests = [_Request(*p) for p in pairs]
+    fused = SumiLM(model=rigged, tokenizer_object=tok, canvas_length=32, points=2, batch_size=4)
+    plain = SumiLM(model=Plain(rigged), tokenizer_object=tok, canvas_length=32, points=2, batch_size=4)
+
+    def head_calls(lm):
+        shapes = []
+        handle = rigged.lm_head.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+        try:
+            return [g for _, g in lm.loglikelihood(requests, disable_tqdm=True)], shapes
+        finally:
+            handle.remove()
+
+    (got, shapes), (want, _) = head_calls(fused), head_calls(plain)
+    assert got == want
+    assert set(want) == {True, False}
+    assert all(len(s) == 2 for s in shapes)  # [scored positions, V], never [batch, canvas, V]
+
+
 def test_lm_arguments_are_checked(tiny_run, tok, model):
     with pytest.raises(ModelArgumentError, match="pretrained"):
         SumiLM()
