@@ -19,7 +19,9 @@ Methods, each timing one attention layer (``q, k, v`` in, output out) on the sam
   prepared once per forward (outside the timed call, as the model does).
 
 Cases: no mask; padding (the last quarter of every sequence masked out as keys); four packed
-documents per sequence.  Modes: ``forward`` (under ``torch.no_grad``, as in generation) and
+documents per sequence.  ``--causal``: every method attends causally (the ``"ar"`` family; the
+library's sdpa then runs the CPU kernel's own ``is_causal`` in the unmasked case, the triangle in
+its bias otherwise).  Modes: ``forward`` (under ``torch.no_grad``, as in generation) and
 ``train`` (forward + backward of a fixed random projection of the output).  Each timing is the
 median of ``--repeats`` calls after one warm-up call.  ``max_err``: the largest absolute
 difference from a float64 evaluation of the eager form over the query rows that have keys
@@ -29,6 +31,7 @@ difference from a float64 evaluation of the eager form over the query rows that 
     python benchmarks/attention.py                 # 150M shapes, seq 2048
     python benchmarks/attention.py --quick         # seq 256, 2 repeats (a smoke run)
     python benchmarks/attention.py --heads 32 --kv-heads 8 --seq 1024   # 7B head layout
+    python benchmarks/attention.py --causal        # causal attention (the "ar" family)
 
 Prints a table, then one JSON line (the last line of stdout) with every number and metadata.
 """
@@ -48,7 +51,7 @@ import torch.nn.functional as F
 
 from _machine import OtherLoad, hardware, warn_if_busy  # noqa: E402  (benchmarks/ is on sys.path)
 
-from sumi.model.attention import BACKENDS, allowed_keys, eager_attend
+from sumi.model.attention import BACKENDS, allowed_keys, causal_allowed, eager_attend
 
 CASES = ("none", "padding", "documents")
 MODES = ("forward", "train")
@@ -100,10 +103,16 @@ def inputs(args, case: str, dtype: torch.dtype):
     return [t.to(dtype) for t in (q, k, v)], key_mask, document_ids, probe
 
 
-def methods(key_mask, document_ids, q):
+def allowed_for(key_mask, document_ids, q, causal: bool):
+    """The bool mask every method but the library's sdpa uses (the library's eager mask)."""
     allowed = allowed_keys(key_mask, document_ids)
+    return causal_allowed(allowed, q.shape[2], q.shape[2], q.device) if causal else allowed
+
+
+def methods(key_mask, document_ids, q, causal: bool):
+    allowed = allowed_for(key_mask, document_ids, q, causal)
     sdpa = BACKENDS["sdpa"]
-    prepared = sdpa.prepare(key_mask, document_ids, q.shape[0], q.shape[2], q.device)
+    prepared = sdpa.prepare(key_mask, document_ids, q.shape[0], q.shape[2], q.device, causal)
     premask = sink_mask(allowed, q)
     return {
         "eager": lambda q, k, v: eager_attend(q, k, v, allowed),
@@ -127,8 +136,8 @@ def timed(fn, repeats: int) -> list[float]:
 def measure(args, case: str, mode: str, dtype: torch.dtype) -> dict:
     (q, k, v), key_mask, document_ids, probe = inputs(args, case, dtype)
     rows = torch.ones(args.batch, 1, args.seq, 1, dtype=torch.bool) if key_mask is None else key_mask[:, None, :, None]
-    fns = methods(key_mask, document_ids, q)
-    allowed = allowed_keys(key_mask, document_ids)
+    fns = methods(key_mask, document_ids, q, args.causal)
+    allowed = allowed_for(key_mask, document_ids, q, args.causal)
 
     def reference_run(fn, q, k, v):
         if mode == "forward":
@@ -184,6 +193,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--quick", action="store_true", help="seq 256, 2 repeats")
+    parser.add_argument("--causal", action="store_true", help="causal attention (the 'ar' family)")
     args = parser.parse_args()
     if args.quick:
         args.seq, args.repeats = 256, 2
@@ -198,7 +208,7 @@ def main() -> None:
             for case in CASES:
                 results[f"{mode}/{case}"] = measure(args, case, mode, dtype)
     hw = hardware()
-    print(f"Off-by-one attention, one layer: batch {args.batch}, {args.heads} heads / {args.kv_heads} KV heads of "
+    print(f"Off-by-one {'causal' if args.causal else 'bidirectional'} attention, one layer: batch {args.batch}, {args.heads} heads / {args.kv_heads} KV heads of "
           f"{args.head_dim}, seq {args.seq}, {args.dtype}; {hw['cpu']}, {args.threads} threads; "
           f"median of {args.repeats} (ms)")
     warn_if_busy(load.share)
@@ -217,7 +227,7 @@ def main() -> None:
         "benchmark": "attention", "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "hardware": hw, "torch": torch.__version__, "threads": args.threads, "batch": args.batch,
         "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "seq": args.seq,
-        "dtype": args.dtype, "repeats": args.repeats, "quick": args.quick, "methods": list(METHODS),
+        "dtype": args.dtype, "repeats": args.repeats, "quick": args.quick, "causal": args.causal, "methods": list(METHODS),
         "results": results, "speedups": speedups, "other_cpu_share": load.share,
     }))
 

@@ -6,14 +6,19 @@ under ``discdiff/`` and ``sumi/`` of the checkout running the benchmark, sorted 
 files until ``--kb`` kilobytes, each file one document as ``sumi eval nelbo --data`` reads it.
 Tokenizer: the embedded ``SumiTokenizer.default()`` (512 ids; with a larger ``--vocab`` the text
 still uses ids below 512, which changes no cost).  Model: a preset (``--preset``, ``--layers``,
-``--vocab``) with random weights from a fixed seed (no trained weights are needed for speed;
-every method scores the same weights), float32, in eval mode.
+``--vocab``) of the family ``--objective`` (default ``uniform``; a mask family adds the mask id)
+with random weights from a fixed seed (no trained weights are needed for speed; every method
+scores the same weights), float32, in eval mode.  For ``ar`` the scorer computes the exact NLL
+(one forward per window, no time points): its throughput is scored tokens per second, and only
+``ours`` runs (``logits`` and ``main`` are NELBO algorithms).
 
 Methods, each in a fresh interpreter (peak resident memory is per method):
 
 - ``ours``: ``sumi.evaluate.nelbo_texts`` (what ``sumi eval nelbo`` runs after loading the model)
   with its defaults: the loss fused with the head from the hidden states, several time points
-  per forward pass (``--tokens-per-pass``, default the scorer's);
+  per forward pass (``--tokens-per-pass``, default the scorer's); since issue 15 this includes
+  the compressor baselines of the report (gzip, bz2, xz at their maximum levels: about 1.3 s
+  for 281 KB on the 2-core VM, 0.4% of the 5 min 21 s of a 128-point estimate of those bytes);
 - ``logits``: the previous algorithm on the current code, kept selectable here only: each batch
   of rows scored by ``discdiff.likelihood.nelbo`` on the model's ``[tokens, V]`` logits, one
   forward per time point;
@@ -37,6 +42,7 @@ seed and batch size), so their NELBOs agree up to float32 rounding (``nats_rel_d
     python benchmarks/evaluate.py --baseline /tmp/sumi-main --preset sumi_150m --layers 2 --vocab 100278 \\
         --kb 4 --points 2 --repeats 2                                   # the 150M shapes at 2 layers
     python benchmarks/evaluate.py --quick                               # a smoke run (no baseline)
+    python benchmarks/evaluate.py --quick --objective masked --methods ours,logits   # another family
 
 Prints a table, then one JSON line (the last line of stdout) with every number and metadata.
 """
@@ -90,6 +96,8 @@ def build_model(args: argparse.Namespace, tokenizer):
     overrides.update(vocab_size=vocab, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                      pad_token_id=tokenizer.pad_id)
     config = dataclasses.replace(config, **overrides)
+    if args.objective != "uniform":  # the argument exists on main only as uniform (the old code has no families)
+        config = config.for_objective(args.objective)
     device = torch.device(args.device)
     return Sumi.initialized(config, device=device, generator=torch.Generator(device).manual_seed(0)).eval()
 
@@ -99,9 +107,9 @@ def previous_algorithm(model, tokenizer, texts, args) -> float:
     forward per time point on the logits (``discdiff.likelihood.nelbo``); returns the NELBO in nats."""
     import torch
 
-    from discdiff.kernels import Uniform
     from discdiff.likelihood import nelbo
     from sumi.evaluate.likelihood import document_rows, pad_rows
+    from sumi.family import kernel_for
 
     c = model.config
     rows = [row for text in texts
@@ -109,7 +117,7 @@ def previous_algorithm(model, tokenizer, texts, args) -> float:
                                      c.eos_token_id) if any(row.scored)]
     rows.sort(key=lambda row: -len(row.tokens))
     generator = torch.Generator(args.device).manual_seed(0)
-    kernel, total = Uniform(c.vocab_size), 0.0
+    kernel, total = kernel_for(c), 0.0
     with torch.no_grad():
         for start in range(0, len(rows), args.batch_size):
             x, scored, present = pad_rows(rows[start:start + args.batch_size], c.pad_token_id, args.device)
@@ -168,12 +176,18 @@ def measure(args: argparse.Namespace) -> dict:
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     tokens = sum(len(tokenizer.encode(t, add_bos=False)) for t in texts)
     return {**out, "seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": tokens, "nats": nats,
-            "token_points_per_s": tokens * args.points / seconds,
+            "token_points_per_s": tokens * _points(args) / seconds,
             "peak_rss_bytes": peak_rss_bytes(), "peak_is_for_the_run": exact_peak}
+
+
+def _points(args: argparse.Namespace) -> int:
+    """Time points per scored token: ``--points``, or 1 for ``ar`` (one forward, no noise)."""
+    return 1 if args.objective == "ar" else args.points
 
 
 def worker(method: str, args: argparse.Namespace, root: Path) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--preset", args.preset,
+           "--objective", args.objective,
            "--canvas", str(args.canvas), "--points", str(args.points), "--batch-size", str(args.batch_size),
            "--kb", str(args.kb), "--repeats", str(args.repeats), "--threads", str(args.threads),
            "--device", args.device]
@@ -188,8 +202,11 @@ def worker(method: str, args: argparse.Namespace, root: Path) -> dict:
 
 
 def main() -> None:
+    from sumi.configs.model import OBJECTIVES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="model preset (random weights)")
+    parser.add_argument("--objective", default="uniform", choices=OBJECTIVES, help="the model's family")
     parser.add_argument("--layers", type=int, help="override the preset's depth")
     parser.add_argument("--vocab", type=int, help="override the vocabulary size (default: the tokenizer's for "
                                                   "tiny, the preset's otherwise)")
@@ -215,7 +232,11 @@ def main() -> None:
     methods = args.methods.split(",")
     if not set(methods) <= {"ours", "logits"}:
         parser.error(f"--methods: choose from ours,logits, got {args.methods}")
+    if args.objective == "ar" and methods != ["ours"]:
+        parser.error("--objective ar: only the method ours scores an ar model (--methods ours)")
     if args.baseline is not None:
+        if args.objective != "uniform":
+            parser.error(f"--baseline: main before issue 14 scores uniform models only, not {args.objective}")
         if not (Path(args.baseline) / "sumi" / "evaluate" / "likelihood.py").is_file():
             parser.error(f"--baseline {args.baseline}: not a checkout of this repository")
         methods.append("main")
@@ -229,7 +250,7 @@ def main() -> None:
     forward_cpu = fw["tokens"] / fw["cpu_median_s"] if "cpu_median_s" in fw else None
     scored = {m: r for m, r in results.items() if m != "forward" and "error" not in r}
     for r in scored.values():
-        r["token_points_per_cpu_s"] = r["tokens"] * args.points / r["cpu_seconds"]
+        r["token_points_per_cpu_s"] = r["tokens"] * _points(args) / r["cpu_seconds"]
         r["over_forward"] = r["token_points_per_s"] / forward if forward else None
         r["over_forward_cpu"] = r["token_points_per_cpu_s"] / forward_cpu if forward_cpu else None
     reference = scored.get("ours")
@@ -245,9 +266,9 @@ def main() -> None:
     texts = corpus(args.kb)
     shape = {k: results["forward"].get(k) for k in ("vocab", "layers", "hidden", "parameters")}
     kb = sum(len(t.encode("utf-8")) for t in texts) / 1000
-    print(f"sumi eval nelbo throughput, preset {args.preset} ({shape['layers']} layers x hidden {shape['hidden']}, "
-          f"V = {shape['vocab']}, random weights), {len(texts)} files ({kb:.0f} KB) of this repository's Python; canvas "
-          f"{args.canvas}, {args.points} points, batch {args.batch_size}; {args.device}, {args.threads} threads")
+    print(f"sumi eval nelbo throughput, {args.objective} preset {args.preset} ({shape['layers']} layers x hidden "
+          f"{shape['hidden']}, V = {shape['vocab']}, random weights), {len(texts)} files ({kb:.0f} KB) of this repository's Python; canvas "
+          f"{args.canvas}, {_points(args)} points, batch {args.batch_size}; {args.device}, {args.threads} threads")
     warn_if_busy(load.share)
     print(f"{'method':<9}{'seconds':>9}{'cpu s':>8}{'tokens x points/s':>19}{'x forward':>11}{'(cpu)':>7}"
           f"{'peak GB':>9}{'nats':>16}")
@@ -273,6 +294,7 @@ def main() -> None:
         "benchmark": "evaluate.nelbo_throughput",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "hardware": hw,
         "torch": torch.__version__, "device": args.device, "threads": args.threads, "preset": args.preset,
+        "objective": args.objective,
         **shape, "weights": "random (seed 0)", "files": len(texts), "kb": kb,
         "canvas": args.canvas, "points": args.points, "batch_size": args.batch_size,
         "tokens_per_pass": args.tokens_per_pass, "baseline": args.baseline, "quick": args.quick,

@@ -2,11 +2,16 @@
 
 What is timed is ``sumi.train.loop.train_step``, the function the training loop calls, as the
 loop calls it (``validate=False``: the loader checked the ids): noise a micro-batch
-(``Objective.add_noise``), forward, the loss, backward (``grad_accumulation`` micro-batches),
-gradient clipping, the AdamW step.  The model is built as ``sumi train`` builds it: on the meta
-device, ``sumi.distributed.parallelize`` (activation checkpointing, per-block compile, FSDP2 with
-bf16 mixed precision on a one-rank process group), ``to_empty``, seeded init.  Token ids are
-uniform random ids drawn once (the data loader is not part of the step).
+(``add_noise`` of the family's objective, ``sumi.train.build_objective``), forward, the loss,
+backward (``grad_accumulation`` micro-batches), gradient clipping, the AdamW step.
+``--objective NAME`` (default ``uniform``, Sumi) times another family's step (docs/training.md,
+"Families"): its noise and loss, and its model (mask families have one more vocabulary id, ``ar``
+attends causally); the loss is divided by the counted tokens as in the loop (``seq_len - 1`` per
+row for ``ar``), tokens/s counts every token the model reads.  The model is built as ``sumi
+train`` builds it: on the meta device, ``sumi.distributed.parallelize`` (activation
+checkpointing, per-block compile, FSDP2 with bf16 mixed precision on a one-rank process group),
+``to_empty``, seeded init.  Token ids are uniform random ids drawn once (below the mask id of a
+mask family; the data loader is not part of the step).
 
 Host syncs per step: one more step after the timed ones, run under
 ``sumi.train.syncs.count_host_syncs`` (every read of a tensor value by the host: ``item``,
@@ -44,6 +49,7 @@ same loss from the same seed, so the column must agree (to bf16 rounding with ``
     python benchmarks/train_step.py --quick                 # a seconds-long smoke run (tests)
     python benchmarks/train_step.py --device cuda --preset sumi_7b --layers 4 --micro-batch 4
     python benchmarks/train_step.py --variants fused+bf16,fused+bf16+compile --device cuda
+    python benchmarks/train_step.py --objective ar --variants plain,fused  # another family's step
     git worktree add /tmp/before <commit> && python benchmarks/train_step.py --baseline /tmp/before
 
 On CUDA the default variants are the bf16 ones (plain/fused, compile on/off, ac on/off) and a
@@ -108,6 +114,8 @@ def build_config(args: argparse.Namespace, variant: dict):
         sets["seq_len"] = args.seq_len
     if args.layers is not None:
         sets["model.num_hidden_layers"] = args.layers
+    if args.objective != "uniform":  # left out for Sumi's own: a --baseline library may predate families
+        sets = {"objective": args.objective, **sets}
     return config.override([f"{k}={json.dumps(v)}" for k, v in sets.items()])
 
 
@@ -168,8 +176,8 @@ def measure(args: argparse.Namespace) -> dict:
     """One variant in this process (called in a fresh subprocess)."""
     from sumi.distributed import destroy, init_distributed, parallelize
     from sumi.model import Sumi, flops_per_token, num_parameters
+    from sumi.train import objective as objectives
     from sumi.train.loop import peak_flops, train_step
-    from sumi.train.objective import Objective
     from sumi.train.optim import build_optimizer
 
     torch.set_num_threads(args.threads)
@@ -188,14 +196,21 @@ def measure(args: argparse.Namespace) -> dict:
     model.train()
     optimizer = build_optimizer(model, lr=config.peak_lr, betas=(config.beta1, config.beta2),
                                 weight_decay=config.weight_decay)
-    objective = Objective(config.model.vocab_size, per_token_share=config.per_token_share, z_loss=config.z_loss,
-                          fused=config.fused_loss)
+    if hasattr(objectives, "build_objective"):
+        objective = objectives.build_objective(config)
+        counted = config.global_batch_size * objective.counted_per_row(config.seq_len)
+    else:  # a --baseline library from before the families: Sumi's objective only
+        objective = objectives.Objective(config.model.vocab_size, per_token_share=config.per_token_share,
+                                         z_loss=config.z_loss, fused=config.fused_loss)
+        counted = config.global_batch_size * config.seq_len
     data = torch.Generator(device).manual_seed(1)
-    batches = [(torch.randint(config.model.vocab_size, (config.micro_batch_size, config.seq_len), generator=data,
+    # clean ids: a mask family's mask is the last id of its vocabulary, and never data
+    data_vocab = getattr(config.model, "mask_token_id", None) or config.model.vocab_size
+    batches = [(torch.randint(data_vocab, (config.micro_batch_size, config.seq_len), generator=data,
                               device=device), m * config.micro_batch_size) for m in range(args.accumulation)]
     noise = torch.Generator(device)
-    tokens = config.global_batch_size * config.seq_len
-    options = dict(global_batch=config.global_batch_size, global_tokens=tokens, grad_clip=config.grad_clip,
+    tokens = config.global_batch_size * config.seq_len  # what the model reads: tokens/s
+    options = dict(global_batch=config.global_batch_size, global_tokens=counted, grad_clip=config.grad_clip,
                    world_size=info.world_size)
     if "validate" in inspect.signature(train_step).parameters:
         options["validate"] = False  # as the loop calls it: its loader checked the ids on the host
@@ -235,7 +250,8 @@ def measure(args: argparse.Namespace) -> dict:
                         else "VmHWM after clear_refs" if exact else "lifetime VmHWM"),
         "first_loss": losses[0], "last_loss": losses[-1], "losses": losses, **syncs,
         "library": str(Path(inspect.getfile(train_step)).resolve().parents[2]),
-        "parameters": num_parameters(config.model), "config": {**variant, "seq_len": config.seq_len,
+        "parameters": num_parameters(config.model), "config": {**variant, "objective": args.objective,
+                                                               "seq_len": config.seq_len,
                                                                "micro_batch_size": config.micro_batch_size,
                                                                "layers": config.model.num_hidden_layers,
                                                                "hidden_size": config.model.hidden_size,
@@ -263,7 +279,8 @@ def run_variant(name: str, args: argparse.Namespace, library: str | None = None)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--preset", args.preset,
            "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--device", args.device, "--port", str(free_port()), "--fsdp" if args.fsdp else "--no-fsdp"]
+           "--device", args.device, "--port", str(free_port()), "--fsdp" if args.fsdp else "--no-fsdp",
+           "--objective", args.objective]
     if args.seq_len is not None:
         cmd += ["--seq-len", str(args.seq_len)]
     if args.layers is not None:
@@ -284,8 +301,8 @@ def report(args: argparse.Namespace, results: dict, ceiling: dict, other_share: 
              f"{args.micro_batch} x {some['config']['seq_len']} tokens x {args.accumulation} micro-batches"
              if some else "")
     where = some["device_name"] if some and some["device_name"] else f"{hw['cpu']}, {args.threads} threads"
-    print(f"Sumi training step, preset {args.preset} ({shape}); {where}; median of {args.steps} after "
-          f"{args.warmup} warm-up")
+    print(f"Sumi training step, preset {args.preset}, objective {args.objective} ({shape}); {where}; median of "
+          f"{args.steps} after {args.warmup} warm-up")
     warn_if_busy(other_share)
     print(f"{'variant':<26}{'step ms':>10}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'of matmul':>11}"
           f"{'peak extra GB':>15}{'first loss':>13}{'syncs/step':>12}")
@@ -321,7 +338,8 @@ def report(args: argparse.Namespace, results: dict, ceiling: dict, other_share: 
     record = {
         "benchmark": "train_step", "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "hardware": hw, "torch": torch.__version__, "device": args.device, "threads": args.threads,
-        "preset": args.preset, "layers": args.layers, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
+        "preset": args.preset, "objective": args.objective, "layers": args.layers, "seq_len": args.seq_len,
+        "micro_batch": args.micro_batch,
         "accumulation": args.accumulation, "fsdp": args.fsdp, "steps": args.steps, "warmup": args.warmup,
         "quick": args.quick, "matmul_ceiling": ceiling, "results": results, "best": best,
         "best_tokens_per_s": ok[best]["tokens_per_s"] if best else None,
@@ -336,6 +354,8 @@ def report(args: argparse.Namespace, results: dict, ceiling: dict, other_share: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="a sumi training preset (tiny, sumi_150m, sumi_1b, sumi_7b)")
+    parser.add_argument("--objective", default="uniform",
+                        help="the family whose step is timed: uniform (Sumi), masked, masked-ce, hybrid or ar")
     parser.add_argument("--layers", type=int, help="override the preset's depth (the 7B blocks on one GPU: 4)")
     parser.add_argument("--seq-len", type=int, help="override the preset's sequence length")
     parser.add_argument("--micro-batch", type=int, default=None, help="sequences per forward (default: the preset's)")
@@ -353,6 +373,10 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from sumi.configs.model import OBJECTIVES
+
+    if args.objective not in OBJECTIVES:
+        parser.error(f"--objective {args.objective}: one of {', '.join(OBJECTIVES)}")
     if args.fsdp is None:
         args.fsdp = args.device == "cuda"
     if args.quick:

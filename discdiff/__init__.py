@@ -21,7 +21,7 @@ invariant checks) needs the ``[test]`` extra and is not imported here.
 from discdiff import errors, kernels, likelihood, losses, samplers, schedules, time_sampling, typing
 from discdiff.errors import NonFiniteError
 from discdiff.kernels import GIDD, Dense, Hybrid, Kernel, Masked, Prior, Uniform
-from discdiff.losses import LossOutput, gidd, gidd_from_hidden, masked_ce, mdlm, nelbo
+from discdiff.losses import LossOutput, cross_entropy_from_hidden, gidd, gidd_from_hidden, masked_ce, mdlm, nelbo
 from discdiff.schedules import Cosine, GIDDTime, LinearAlpha, LinearLogSNR, Schedule
 
 __version__ = "0.1.0"
@@ -51,6 +51,7 @@ __all__ = [
     "LossOutput",
     "gidd",
     "gidd_from_hidden",
+    "cross_entropy_from_hidden",
     "mdlm",
     "masked_ce",
     "nelbo",

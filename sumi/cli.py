@@ -26,6 +26,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- sumi generate ----------------------------------------------------------------------------
+# The flags of canvas sampling: they do not apply to an "ar" model (left-to-right decoding), and
+# given explicitly for one they are an error.  Their defaults are None so that "given" is visible.
+_CANVAS_FLAGS = {"canvas_length": "--canvas-length", "steps": "--steps", "tokens_per_step": "--tokens-per-step",
+                 "schedule": "--schedule", "denoise_end": "--no-denoise-end"}
+
+
 def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     from sumi.generation import DEFAULT_CANVAS_LENGTH, SAMPLERS, SCHEDULES
 
@@ -34,31 +40,43 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="the answer budget (default 256)")
     parser.add_argument("--canvas-length", type=int, default=None,
                         help=f"canvas positions (default: min({DEFAULT_CANVAS_LENGTH}, the model's "
-                             "max_position_embeddings))")
-    parser.add_argument("--steps", type=int, default=128, help="denoising steps = model calls (default 128)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
-    parser.add_argument("--tokens-per-step", type=int, default=1, help="positions committed per step (adaptive)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="linear", help="step grid (default linear in alpha)")
+                             "max_position_embeddings); diffusion families only")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps = model calls (default 128); diffusion families only")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+                        help="ancestral (the default, every family: an exact posterior step, or for an 'ar' model a "
+                             "draw of each next token), greedy (argmax), adaptive (most confident positions first), "
+                             "confidence (LLaDA's unmasking; families with a mask state)")
+    parser.add_argument("--tokens-per-step", type=int, default=None,
+                        help="positions committed per step (adaptive: default 1; confidence: default the share a "
+                             "masked-diffusion step unmasks)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=None,
+                        help="step grid (default linear in alpha); diffusion families only")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--min-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed on stderr)")
-    parser.add_argument("--no-denoise-end", dest="denoise_end", action="store_false",
+    parser.add_argument("--no-denoise-end", dest="denoise_end", action="store_false", default=None,
                         help="freeze the canvas tail after the pinned EOS/BOS (pad ids, hidden from attention) "
-                             "instead of denoising it with the answer")
+                             "instead of denoising it with the answer; diffusion families only")
 
 
 def _run_generate(args) -> int:
     from sumi.generation import generate
 
     model, tokenizer = load_model(args)
+    given = {name: getattr(args, name) for name in _CANVAS_FLAGS if getattr(args, name) is not None}
+    if model.config.causal and given:
+        flags = ", ".join(_CANVAS_FLAGS[name] for name in given)
+        one = len(given) == 1
+        raise UsageError(f"{flags} {'does' if one else 'do'} not apply to this 'ar' model (it decodes left to right, "
+                         f"one token per model call); remove {'it' if one else 'them'}")
     prompt = list(tokenizer.encode(args.prompt, add_bos=True))
     try:
-        out = generate(model, [prompt], args.max_new_tokens, canvas_length=args.canvas_length, steps=args.steps,
-                       sampler=args.sampler, tokens_per_step=args.tokens_per_step, schedule=args.schedule,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                       seed=args.seed, denoise_end=args.denoise_end, progress=True)
+        out = generate(model, [prompt], args.max_new_tokens, sampler=args.sampler, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed, progress=True,
+                       **given)
     except (ValueError, TypeError) as e:  # inputs (validated before sampling) or a model giving NaN/inf
         raise UsageError(str(e)) from None
     print(f"sumi: seed {out.seed}", file=sys.stderr)
@@ -109,7 +127,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "eval": _lazy("sumi.evaluate.cli"),
     "probe": _lazy("sumi.evaluate.probe_cli"),
 }
-HELP = {"generate": "generate an answer to a prompt (canvas semantics of the Sumi release)",
+HELP = {"generate": "generate an answer to a prompt (a diffusion canvas as released, or left to right for 'ar')",
         "convert": "rewrite a checkpoint in another dtype and/or sharding (Hugging Face layout)",
         "data": "prepare training data: `sumi data prepare` tokenizes files into packed shards",
         "train": "train Sumi (`--preset tiny`: the embedded default on the Python standard library)",

@@ -1,7 +1,13 @@
-"""Text generation with Sumi's canvas semantics, on top of :mod:`discdiff.samplers`.
+"""Text generation for every model family, one entry point (:func:`generate`), on top of
+:mod:`discdiff.samplers` (diffusion families) and :mod:`sumi.decoding` (``"ar"``).
 
-The released inference layout (Sumi, arXiv 2606.19005; docs/math.md, "Sumi recipe facts"), per sequence
-of a ``[batch, canvas_length]`` canvas::
+The family is the model's (``model.config.objective``; docs/training.md, "Families"), and its
+forward process is :func:`sumi.family.kernel_for` (``Uniform(V)``, ``Masked(V, m)``,
+``Hybrid(V, m, shift, scale)``, or none for ``"ar"``): nothing here names a kernel.
+
+**Diffusion families** (``uniform``, ``masked``, ``masked-ce``, ``hybrid``) share the released
+inference layout (Sumi, arXiv 2606.19005; docs/math.md, "Sumi recipe facts"), per sequence of a
+``[batch, canvas_length]`` canvas::
 
     | prompt (frozen) | answer budget (max_new_tokens) | EOS | BOS | tail ................ |
       0 .. P-1          P .. P+M-1                      P+M   P+M+1  P+M+2 .. canvas_length-1
@@ -14,8 +20,16 @@ of a ``[batch, canvas_length]`` canvas::
   as released (the model writes a next document there).  With ``denoise_end=False`` the tail is
   frozen to ``pad_token_id`` *and* hidden from attention (``attention_mask = 0``), so the
   answer is computed as if the canvas ended at the pinned BOS;
-* everything not frozen starts from the uniform kernel's prior: pure uniform noise over the
-  whole vocabulary, special ids included.
+* everything not frozen starts as a draw from the family kernel's prior ``pi_{-inf}``
+  (docs/math.md, "Prior"; :meth:`~discdiff.kernels.Kernel.sample_prior`): ``uniform``: pure
+  uniform noise over the whole vocabulary, special ids included (as released); ``masked`` and
+  ``masked-ce``: the mask id everywhere; ``hybrid``: its mixture at ``lambda -> -inf``, all mask
+  when ``hybrid_scale > 0``.
+
+A family with a mask state ends its step grid at ``lambda = +inf`` (``alpha = 1``, the data
+end): the last step of ``"ancestral"`` and ``"confidence"`` then leaves no position masked (the
+posterior at ``alpha = 1`` puts no mass on the mask; docs/math.md, "Step grids" gives the grids,
+which otherwise stop at ``alpha = 1 - 1e-4``).  The uniform family keeps the released grids.
 
 Rows may have prompts of different lengths: each row gets its own layout in one batch.  The
 answer of a row is the canvas after its prompt, cut at the first EOS (excluded); the pinned
@@ -31,6 +45,11 @@ What runs per step (nothing is computed that cannot change the answer):
   with a frozen position).  The rule steps the sub-canvas, which is scattered back into the
   canvas before the next model call;
 * the attention mask and the RoPE tables are built once per call (:meth:`sumi.Sumi.prepare`).
+
+**The autoregressive family** (``ar``) has no canvas: each row is its prompt followed by what
+:func:`sumi.decoding.decode` writes left to right (one position per model call, a KV cache), up to
+``max_new_tokens`` or its first EOS; ``prompt + max_new_tokens`` must fit the model's
+``max_position_embeddings``.
 """
 
 from __future__ import annotations
@@ -47,12 +66,29 @@ import torch
 from torch import Tensor, nn
 
 from discdiff.errors import NonFiniteError
-from discdiff.kernels import Uniform
-from discdiff.samplers import Adaptive, Ancestral, Greedy, StepInfo, StepRule, Trace, cosine_grid, linear_alpha_grid
+from discdiff.kernels import Kernel, Uniform
+from discdiff.samplers import (
+    Adaptive,
+    Ancestral,
+    Confidence,
+    Filters,
+    Greedy,
+    StepInfo,
+    StepRule,
+    Trace,
+    cosine_grid,
+    linear_alpha_grid,
+)
+from discdiff.samplers.categorical import check_temperature
 from sumi._checks import check_int
+from sumi.decoding import decode
+from sumi.family import kernel_for
 from sumi.model.transformer import Sumi
 
-SAMPLERS = ("ancestral", "adaptive", "greedy")
+SAMPLERS = ("ancestral", "adaptive", "greedy", "confidence")
+AR_SAMPLERS = ("ancestral", "greedy")
+"""The samplers of the ``"ar"`` family: ``"ancestral"`` draws each next token from the model's
+(tempered, filtered) distribution, ``"greedy"`` takes its argmax (temperature 0)."""
 SCHEDULES = ("linear", "cosine")
 DEFAULT_CANVAS_LENGTH = 2048  # the released inference canvas (docs/math.md, "Sumi recipe facts")
 NON_FINITE = "the model produced non-finite values (its weights may be NaN/inf)"
@@ -68,7 +104,12 @@ class GenerationOutput:
     ``layout``: the initial :class:`Canvas` (what was frozen, the attention mask, the prompt
     lengths), so a caller can continue sampling on the same layout (the revision probe).
     ``steps_run``: the model calls made: ``steps``, or fewer when ``stop_when_stable`` stopped
-    at a fixed point."""
+    at a fixed point.
+
+    For an ``"ar"`` model: ``canvas`` is :attr:`sumi.decoding.DecodeOutput.sequences` (long
+    ``[batch, max_prompt_len + max_new_tokens]``: each row's prompt, what was decoded, then
+    ``pad_token_id``), ``steps_run`` the positions decoded until the last row ended (its first
+    EOS, or the budget), ``trace`` and ``layout`` are ``None``."""
 
     tokens: list[list[int]]
     canvas: Tensor
@@ -166,14 +207,14 @@ def _prompt_rows(prompt_ids) -> list[list[int]]:
     return out
 
 
-def build_canvas(prompts: list[list[int]], max_new_tokens: int, canvas_length: int, *, vocab_size: int,
+def build_canvas(prompts: list[list[int]], max_new_tokens: int, canvas_length: int, *, kernel: Kernel,
                  eos_id: int, bos_id: int, pad_id: int, denoise_end: bool = True,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Canvas:
-    """The initial canvas of the module docstring's layout (inputs already validated)."""
+    """The initial canvas of the module docstring's layout (inputs already validated): every
+    position not frozen is a draw from ``kernel``'s prior ``pi_{-inf}`` (docs/math.md, "Prior")."""
     batch = len(prompts)
-    kernel = Uniform(vocab_size)
     prior = torch.full((batch, canvas_length), -math.inf, dtype=torch.float64, device=device)
-    tokens = kernel.sample_pi(prior, generator)  # pure uniform noise over all V ids
+    tokens = kernel.sample_pi(prior, generator)  # pi at lambda = -inf: the prior
     frozen = torch.zeros((batch, canvas_length), dtype=torch.bool, device=device)
     attention_mask = None if denoise_end else torch.ones((batch, canvas_length), dtype=torch.bool, device=device)
     for b, prompt in enumerate(prompts):
@@ -189,41 +230,91 @@ def build_canvas(prompts: list[list[int]], max_new_tokens: int, canvas_length: i
     return Canvas(tokens=tokens, frozen=frozen, attention_mask=attention_mask, prompt_lengths=[len(p) for p in prompts])
 
 
-def make_sampler(sampler: str, vocab_size: int, *, tokens_per_step: int = 1, top_k: int | None = None,
+def make_sampler(sampler: str, kernel: Kernel | int, *, tokens_per_step: int | None = None, top_k: int | None = None,
                  top_p: float | None = None, min_p: float | None = None) -> StepRule:
-    """The step rule named by ``sampler`` on a ``Uniform(vocab_size)`` kernel.  ``greedy`` takes
-    no filters (they never remove the argmax, so they would change nothing)."""
-    kernel = Uniform(vocab_size)
+    """The step rule named by ``sampler`` on ``kernel`` (an int ``V`` stands for ``Uniform(V)``,
+    the released model's kernel; a model's kernel is :func:`sumi.family.kernel_for`).
+
+    ``"ancestral"``: :class:`~discdiff.samplers.Ancestral`; ``"adaptive"``:
+    :class:`~discdiff.samplers.Adaptive` committing ``tokens_per_step`` positions per step
+    (default 1); ``"greedy"``: :class:`~discdiff.samplers.Greedy`, which takes no filters (they
+    never remove the argmax, so they would change nothing); ``"confidence"``:
+    :class:`~discdiff.samplers.Confidence` (LLaDA's unmasking), ``tokens_per_step`` positions per
+    step or, by default, the share of the masked positions a masked-diffusion step unmasks.  It
+    only ever writes masked positions, so it needs a kernel whose prior is all mask (the canvas
+    starts fully masked): ``Masked``, or ``Hybrid`` with ``scale > 0``.
+    """
+    if isinstance(kernel, int) and not isinstance(kernel, bool):
+        kernel = Uniform(kernel)
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"kernel must be a discdiff Kernel (or a vocabulary size), got {kernel!r}")
+    if tokens_per_step is not None:
+        check_int("tokens_per_step", tokens_per_step, 1)
     if sampler == "ancestral":
         return Ancestral(kernel, top_k=top_k, top_p=top_p, min_p=min_p)
     if sampler == "adaptive":
-        return Adaptive(kernel, tokens_per_step, top_k=top_k, top_p=top_p, min_p=min_p)
+        return Adaptive(kernel, tokens_per_step or 1, top_k=top_k, top_p=top_p, min_p=min_p)
     if sampler == "greedy":
         return Greedy(kernel)
+    if sampler == "confidence":
+        if not _prior_is_all_mask(kernel):
+            raise ValueError(f"sampler 'confidence' only unmasks, so it needs a kernel whose prior is all mask (the "
+                             f"masked and masked-ce families, or hybrid with hybrid_scale > 0), got {kernel!r}")
+        return Confidence(kernel, tokens_per_step, top_k=top_k, top_p=top_p, min_p=min_p)
     raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
 
 
-def _step_rule(sampler, vocab_size: int, tokens_per_step: int, top_k, top_p, min_p) -> StepRule:
-    """``sampler`` as a step rule: a name (:func:`make_sampler`) or a rule object used as given
-    (its own filters and settings: combining it with ``tokens_per_step`` or a filter is an error)."""
+def _prior_is_all_mask(kernel: Kernel) -> bool:
+    """Whether ``pi_{-inf}`` puts all its mass on the kernel's mask state."""
+    if kernel.mask_id is None:
+        return False
+    prior = kernel.pi_at(torch.tensor(-math.inf, dtype=torch.float64), torch.tensor(kernel.mask_id))
+    return float(prior) == 1.0
+
+
+def _step_rule(sampler, kernel: Kernel, tokens_per_step, top_k, top_p, min_p) -> StepRule:
+    """``sampler`` as a step rule on the model's ``kernel``: a name (:func:`make_sampler`) or a rule
+    object used as given (its own filters and settings: combining it with ``tokens_per_step`` or a
+    filter is an error), which must be built for the model's kernel (its vocabulary and mask id)."""
     if isinstance(sampler, str):
-        return make_sampler(sampler, vocab_size, tokens_per_step=check_int("tokens_per_step", tokens_per_step, 1),
-                            top_k=top_k, top_p=top_p, min_p=min_p)
+        return make_sampler(sampler, kernel, tokens_per_step=tokens_per_step, top_k=top_k, top_p=top_p, min_p=min_p)
     if not isinstance(sampler, StepRule):
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} or a discdiff.samplers.StepRule object, "
                          f"got {sampler!r}")
     settings = {name: value for name, value in (("top_k", top_k), ("top_p", top_p), ("min_p", min_p))
                 if value is not None}
-    if tokens_per_step != 1:
+    if tokens_per_step not in (None, 1):
         settings["tokens_per_step"] = tokens_per_step
     if settings:
         given = ", ".join(f"{name}={value!r}" for name, value in settings.items())
         raise ValueError(f"{given} configure the named samplers only; a StepRule object carries its own settings "
                          f"(build it with them, e.g. Ancestral(kernel, top_p=0.9)); got sampler={sampler!r}")
-    if sampler.vocab_size is not None and sampler.vocab_size != vocab_size:
+    if sampler.vocab_size is not None and sampler.vocab_size != kernel.vocab_size:
         raise ValueError(f"sampler {sampler!r} has {sampler.vocab_size} states but the model's vocabulary has "
-                         f"{vocab_size}")
+                         f"{kernel.vocab_size}")
+    if sampler.mask_id != kernel.mask_id:
+        raise ValueError(f"sampler {sampler!r} has mask id {sampler.mask_id} but the model's kernel {kernel!r} has "
+                         f"{kernel.mask_id}: build the rule on sumi.family.kernel_for(model.config)")
     return sampler
+
+
+def _check_unmasks_all(sampler: str, tokens_per_step: int, steps: int, prompts: list[list[int]], max_new_tokens: int,
+                       canvas_length: int, denoise_end: bool) -> None:
+    """From an all-mask canvas, a rule that commits a fixed number of positions per step unmasks
+    exactly ``tokens_per_step`` of them while any remain (Confidence writes masked positions only;
+    Adaptive's prior weight is 1 on a masked position and 0 on an unmasked one, which is never
+    revisited): the canvas ends without a mask exactly when ``steps * tokens_per_step`` covers
+    every row's unfrozen positions."""
+    unfrozen = max(max_new_tokens + (canvas_length - len(p) - max_new_tokens - 2 if denoise_end else 0)
+                   for p in prompts)
+    written = steps * tokens_per_step
+    if written < unfrozen:
+        where = "answer and tail" if denoise_end else "answer"
+        raise ValueError(f"sampler {sampler!r} unmasks tokens_per_step={tokens_per_step} positions per step: "
+                         f"steps x tokens_per_step = {written} < the {unfrozen} masked positions of a row ({where}), "
+                         "so masks would remain; raise steps or tokens_per_step"
+                         + (", or pass denoise_end=False" if denoise_end else "")
+                         + (", or leave tokens_per_step unset" if sampler == "confidence" else ""))
 
 
 def _check_stop_when_stable(stop_when_stable, rule: StepRule, temperature) -> bool:
@@ -287,14 +378,21 @@ def _denoiser(model: nn.Module, canvas: Tensor, attention_mask: Tensor | None, i
     return denoiser
 
 
-def step_grid(schedule: str, steps: int) -> Tensor:
-    """Sumi's step grids (docs/math.md, "Step grids"): ``"linear"`` in alpha or ``"cosine"``; ascending log-SNRs."""
+def step_grid(schedule: str, steps: int, kernel: Kernel | None = None) -> Tensor:
+    """Sumi's step grids (docs/math.md, "Step grids"): ``"linear"`` in alpha or ``"cosine"``;
+    ``steps + 1`` ascending log-SNRs.  With a ``kernel`` that has a mask state the last one is
+    ``+inf`` (``alpha = 1``, the data end), so the last step of an exact rule unmasks every
+    position that is still masked; without one (``uniform``) the grid is the released one."""
     check_int("steps", steps, 1)
     if schedule == "linear":
-        return linear_alpha_grid(steps)
-    if schedule == "cosine":
-        return cosine_grid(steps)
-    raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+        grid = linear_alpha_grid(steps)
+    elif schedule == "cosine":
+        grid = cosine_grid(steps)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if kernel is not None and kernel.mask_id is not None:
+        grid[-1] = math.inf
+    return grid
 
 
 def _model_device(model: nn.Module, device) -> torch.device:
@@ -318,31 +416,41 @@ def answers(canvas: Tensor, prompt_lengths: list[int], eos_id: int) -> list[list
 
 
 def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length: int | None = None, steps: int = 128,
-             sampler: str | StepRule = "ancestral", tokens_per_step: int = 1, schedule: str = "linear",
+             sampler: str | StepRule = "ancestral", tokens_per_step: int | None = None, schedule: str = "linear",
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, seed: int | None = None, denoise_end: bool = True, trace: bool = False,
              stop_when_stable: bool = False, progress: bool = False,
              device: torch.device | str | None = None) -> GenerationOutput:
-    """Generate an answer to each prompt with a Sumi model (canvas layout: module docstring).
+    """Generate an answer to each prompt with a Sumi model of any family (layouts: module docstring).
 
-    ``model``: a :class:`sumi.Sumi` (or any module with a ``config`` holding ``vocab_size``,
-    ``bos/eos/pad_token_id`` and ``max_position_embeddings``, called as
-    ``model(input_ids, attention_mask=None) -> logits``; such a module runs its head everywhere
-    and the logits of the positions that can change are gathered); it runs in eval mode under
-    ``torch.no_grad()`` and its train/eval mode is restored afterwards.
+    ``model``: a :class:`sumi.Sumi` (or any module whose ``config`` is a
+    :class:`sumi.configs.ModelConfig`, called as ``model(input_ids, attention_mask=None) ->
+    logits``; such a module runs its head everywhere and the logits of the positions that can
+    change are gathered); it runs in eval mode under ``torch.no_grad()`` and its train/eval mode
+    is restored afterwards.  Its family (``config.objective``) picks the path: diffusion
+    families sample a canvas, ``"ar"`` decodes left to right (below).
     ``prompt_ids``: one prompt (a list of ids, BOS included: this function adds nothing) or a
     batch (a list of lists, lengths may differ).  ``max_new_tokens``: the answer budget.
     ``canvas_length``: canvas positions (default ``min(2048, max_position_embeddings)`` of the
     model; an explicit value beyond the model's positions is a ``ValueError``).
     ``sampler``: ``"ancestral"`` (exact posterior, the default), ``"adaptive"``
-    (``tokens_per_step`` most confident positions per step) or ``"greedy"`` (argmax
-    everywhere, every step; ignores ``temperature`` and the filters), each on a
-    ``Uniform(vocab_size)`` kernel; or any :class:`discdiff.samplers.StepRule` object
-    (``TauLeaping(Uniform(V))``, an ``Adaptive`` with other settings, your own rule), used as
-    given: its filters and settings are its own, so ``tokens_per_step`` and the filters must be
-    left at their defaults.  The rule steps the ``[batch, n]`` sub-canvas of the positions that can
-    change (module docstring), with the padding marked frozen; the canvas always starts from
-    uniform noise.  ``schedule``: ``"linear"`` (linear in alpha) or ``"cosine"``; ``steps``
+    (``tokens_per_step`` most confident positions per step, default 1), ``"greedy"`` (argmax
+    everywhere, every step; ignores ``temperature`` and the filters) or ``"confidence"`` (LLaDA's
+    unmasking: ``tokens_per_step`` masked positions per step, by default the share a
+    masked-diffusion step unmasks; families whose prior is all mask only), each on the model's
+    kernel (:func:`sumi.family.kernel_for`); or any :class:`discdiff.samplers.StepRule` object
+    built on that kernel (its vocabulary and mask id are checked: ``TauLeaping(Uniform(V))``, an
+    ``Adaptive`` with other settings, your own rule), used as given: its filters and settings are
+    its own, so ``tokens_per_step`` and the filters must be left unset.  The rule steps the
+    ``[batch, n]`` sub-canvas of the positions that can change (module docstring), with the
+    padding marked frozen; the canvas starts from the kernel's prior.  A family with a mask state
+    leaves no mask id in the canvas after ``"ancestral"``, ``"greedy"`` and ``"confidence"`` by
+    share (its grid ends at ``alpha = 1``); from an all-mask prior, ``"adaptive"`` and
+    ``"confidence"`` with ``tokens_per_step`` unmask exactly that many positions per step, so
+    ``steps * tokens_per_step`` below a row's unfrozen positions (answer, plus the tail when it
+    is denoised) is a ``ValueError``.  Under uniform noise ``"adaptive"`` writes at most
+    ``steps * tokens_per_step`` positions, and those it never writes keep their noise.
+    ``schedule``: ``"linear"`` (linear in alpha) or ``"cosine"`` (:func:`step_grid`); ``steps``
     model calls.  ``top_k``, ``top_p``, ``min_p``: truncation of the model's distribution before
     sampling.  ``seed``: seeds a private ``torch.Generator`` (a fresh random seed when ``None``,
     returned in the output); the global RNGs are never used.  ``denoise_end``: denoise the tail
@@ -355,6 +463,16 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     device per step (a host sync, only when on).  ``progress``: a tqdm bar over steps on stderr.
     ``device``: where the canvas lives (default: the model's device; the model is not moved).
 
+    An ``"ar"`` model (``config.causal``) is decoded by :func:`sumi.decoding.decode`, one new
+    position per model call with a KV cache.  What applies: ``max_new_tokens`` (each answer
+    stops at its first EOS or there), ``temperature``, ``top_k``, ``top_p``, ``min_p``,
+    ``seed``, ``progress``, ``device``, and ``sampler`` ``"ancestral"`` (draw each token; the
+    default) or ``"greedy"`` (the argmax: temperature 0).  ``prompt + max_new_tokens`` must fit
+    the model's ``max_position_embeddings``.  ``steps``, ``schedule``, ``denoise_end`` and
+    ``canvas_length`` do not apply and are ignored (a ``canvas_length`` is still checked to fit
+    the model's positions); ``"adaptive"``, ``"confidence"``, a StepRule object,
+    ``tokens_per_step`` other than 1, ``stop_when_stable=True`` and ``trace=True`` are errors.
+
     Raises ``ValueError`` for bad inputs (before any model call), and
     :class:`discdiff.NonFiniteError` (a ``ValueError``) starting with :data:`NON_FINITE` when the
     model's first logits hold NaN/inf (checked once, by the sampler's first step; the position
@@ -364,26 +482,32 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     vocab_size = config.vocab_size
     prompts = _prompt_rows(prompt_ids)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
-    canvas_length = canvas_length_for(config, canvas_length)
     for i, prompt in enumerate(prompts):
         lo, hi = min(prompt), max(prompt)
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"prompt {i} holds ids in [{lo}, {hi}], outside [0, {vocab_size}) of the model's vocabulary")
+    temperature = check_temperature(temperature)
+    kernel = kernel_for(config)
+    if kernel is None:
+        return _decode(model, prompts, max_new_tokens, canvas_length=canvas_length, sampler=sampler,
+                       tokens_per_step=tokens_per_step, temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, seed=seed, trace=trace, stop_when_stable=stop_when_stable, progress=progress,
+                       device=device)
+    canvas_length = canvas_length_for(config, canvas_length)
+    for i, prompt in enumerate(prompts):
         need = len(prompt) + max_new_tokens + 2
         if need > canvas_length:
             raise ValueError(f"prompt {i} ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) + EOS/BOS "
                              f"needs {need} positions, more than canvas_length={canvas_length}")
-    log_snrs = step_grid(schedule, steps)
-    rule = _step_rule(sampler, vocab_size, tokens_per_step, top_k, top_p, min_p)
+    log_snrs = step_grid(schedule, steps, kernel)
+    rule = _step_rule(sampler, kernel, tokens_per_step, top_k, top_p, min_p)
+    if sampler in ("adaptive", "confidence") and rule.tokens_per_step is not None and _prior_is_all_mask(kernel):
+        _check_unmasks_all(sampler, rule.tokens_per_step, steps, prompts, max_new_tokens, canvas_length, denoise_end)
     stop_when_stable = _check_stop_when_stable(stop_when_stable, rule, temperature)
-    if seed is None:
-        seed = secrets.randbits(63)  # not torch.seed(): that would reseed the global RNG
-    else:
-        check_int("seed", seed, 0)
     device = _model_device(model, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    seed, generator = _seeded(seed, device)
 
-    canvas = build_canvas(prompts, max_new_tokens, canvas_length, vocab_size=vocab_size,
+    canvas = build_canvas(prompts, max_new_tokens, canvas_length, kernel=kernel,
                           eos_id=config.eos_token_id, bos_id=config.bos_token_id, pad_id=config.pad_token_id,
                           denoise_end=denoise_end, generator=generator, device=device)
     movable = _movable(canvas.prompt_lengths, max_new_tokens, canvas_length, denoise_end, device)
@@ -432,3 +556,50 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     final = canvas.tokens.scatter(1, index, z)
     return GenerationOutput(tokens=answers(final, canvas.prompt_lengths, config.eos_token_id), canvas=final,
                             seed=seed, trace=recorder, layout=canvas, steps_run=steps_run)
+
+
+def _seeded(seed: int | None, device: torch.device) -> tuple[int, torch.Generator]:
+    """``seed`` (checked; a fresh random one when ``None``) and a private generator seeded with it."""
+    if seed is None:
+        seed = secrets.randbits(63)  # not torch.seed(): that would reseed the global RNG
+    else:
+        check_int("seed", seed, 0)
+    return seed, torch.Generator(device=device).manual_seed(seed)
+
+
+def _decode(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *, canvas_length, sampler, tokens_per_step,
+            temperature: float, top_k, top_p, min_p, seed, trace, stop_when_stable, progress,
+            device) -> GenerationOutput:
+    """:func:`generate` for an ``"ar"`` model: the arguments that apply go to
+    :func:`sumi.decoding.decode`; those that cannot are refused before any model call."""
+    config = model.config
+    if canvas_length is not None:
+        canvas_length_for(config, canvas_length)  # it does not apply, but is never a size the model cannot hold
+    limit = config.max_position_embeddings
+    for i, prompt in enumerate(prompts):
+        if len(prompt) + max_new_tokens > limit:
+            raise ValueError(f"prompt {i} ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) needs "
+                             f"{len(prompt) + max_new_tokens} positions, more than the model's "
+                             f"max_position_embeddings ({limit})")
+    refuse = "does not apply to an 'ar' model, which decodes left to right, one token per model call"
+    if not isinstance(sampler, str):
+        raise ValueError(f"a StepRule object (sampler={sampler!r}) {refuse}; use sampler='ancestral' (sample) or "
+                         "'greedy' (argmax)")
+    if sampler not in AR_SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} {refuse}; choose from ancestral (sample), greedy (argmax)")
+    if tokens_per_step not in (None, 1):
+        raise ValueError(f"tokens_per_step={tokens_per_step!r} {refuse}; leave it unset")
+    for name, value in (("stop_when_stable", stop_when_stable), ("trace", trace)):
+        if value is not False:
+            raise ValueError(f"{name}={value!r} {refuse}; leave it False")
+    Filters(top_k, top_p, min_p)  # checked here, before any model call
+    device = _model_device(model, device)
+    seed, generator = _seeded(seed, device)
+    greedy = sampler == "greedy"  # the argmax: filters never remove it
+    with blame_the_model():
+        out = decode(model, prompts, max_new_tokens, generator=generator, temperature=0.0 if greedy else temperature,
+                     top_k=None if greedy else top_k, top_p=None if greedy else top_p,
+                     min_p=None if greedy else min_p, progress=progress)
+    # a row ends at its first EOS (decoded, not kept) or at the budget
+    steps_run = max(min(len(tokens) + 1, max_new_tokens) for tokens in out.tokens)
+    return GenerationOutput(tokens=out.tokens, canvas=out.sequences, seed=seed, steps_run=steps_run)

@@ -89,7 +89,8 @@ def _public_modules() -> list[str]:
             value = getattr(package, name)
             if type(value).__name__ == "module":
                 names.append(value.__name__)
-    return names + ["sumi.model", "sumi.data", "sumi.train", "sumi.distributed", "sumi.evaluate", "sumi.tokenizer"]
+    return names + ["sumi.model", "sumi.data", "sumi.train", "sumi.distributed", "sumi.evaluate", "sumi.tokenizer",
+                    "sumi.family", "sumi.decoding"]
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,15 @@ def test_concepts_figure_is_drawn_by_the_library(tmp_path: Path):
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     assert (DOCS / "img" / "forward-process.png").is_file()
     assert "img/forward-process.png" in (DOCS / "concepts.md").read_text()
+
+
+def test_text_has_no_control_characters():
+    """A lost backslash turns ``\\frac`` into a form feed and ``\\beta`` into a backspace (it
+    happened in docs/math.md): no page, docstring or script may hold control characters."""
+    bad = []
+    for pattern in ("docs/**/*.md", "discdiff/**/*.py", "sumi/**/*.py", "benchmarks/**/*.py", "*.md"):
+        for path in ROOT.glob(pattern):
+            text = path.read_text(encoding="utf-8")
+            if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+                bad.append(str(path.relative_to(ROOT)))
+    assert not bad, f"control characters in {bad}"

@@ -1,4 +1,8 @@
-"""The GIDD surrogate from hidden states: the output projection and the loss fused, in chunks.
+"""Losses from hidden states: the output projection and the loss fused, in chunks.
+
+Two losses share one blockwise pass over the logits ``l = h W^T`` (:class:`_LogitStats`):
+the GIDD surrogate (:func:`gidd_from_hidden`) and the plain cross-entropy
+(:func:`cross_entropy_from_hidden`, docs/math.md, "Fused cross-entropy").
 
 Sources: docs/math.md, "Loss" and "Memory-light form of the KL"; von Rütte et al., "Scaling
 Behavior of Discrete Diffusion Language Models", arXiv 2512.10858, Eq. 5 (the surrogate
@@ -33,6 +37,10 @@ recomputes the logits one ``[chunk_size, vocab_chunk_size]`` block at a time and
 ``d hidden`` and ``d head_weight`` in float32 (or float64).  Logit blocks are computed in the
 inputs' dtype (as ``h @ W.T`` would be) and read in float32 or wider; vocabulary reductions
 never run in bfloat16.
+
+The cross-entropy needs only ``LSE`` (over every state but an excluded one, the mask of masked
+diffusion), ``l_y`` at the target and the excluded logit: the same statistics with no kernel,
+hence no noise pass (``T = R = 0``) and no noisy token.
 """
 
 from __future__ import annotations
@@ -46,7 +54,9 @@ from jaxtyping import Float
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from discdiff._checks import align_log_snr, check_finite_float, check_int, check_log_snr, compute_dtype
+from discdiff._checks import (
+    align_log_snr, check_finite_float, check_int, check_log_snr, check_tokens, compute_dtype,
+)
 from discdiff.kernels.base import Kernel
 from discdiff.kernels.masked import Masked
 from discdiff.losses.elbo import _itakura_saito, _surrogate, kl_and_log_ratio_from_parts
@@ -73,6 +83,22 @@ class FusedLossOutput(LossOutput):
       ``loss`` already holds ``z_loss * logsumexp^2`` per token.
     """
 
+    logsumexp: PerToken
+
+
+@dataclass(frozen=True)
+class CrossEntropyOutput:
+    """The result of :func:`cross_entropy_from_hidden` (every part in float32 or wider).
+
+    - ``loss``: ``cross_entropy + z_loss * logsumexp^2`` per token, reduced as asked.
+    - ``cross_entropy``: ``-log softmax(l)_y`` per token ``[*shape]`` (with ``exclude_id``: the
+      softmax over every state but that one), never reduced, without the z-loss.
+    - ``logsumexp``: ``logsumexp_j l_j`` over **all** ``V`` logits (the excluded one included),
+      per token ``[*shape]``.
+    """
+
+    loss: Tensor
+    cross_entropy: PerToken
     logsumexp: PerToken
 
 
@@ -138,17 +164,14 @@ def gidd_from_hidden(
     if max_weight is not None:
         check_finite_float("max_weight", max_weight, lo=0.0, open_lo=True, allow_inf=True)
     z_loss = check_finite_float("z_loss", z_loss, lo=0.0)
-    default_chunks = _DEFAULT_CHUNKS["cpu" if hidden.device.type == "cpu" else "accelerator"]
-    chunk_size = check_int("chunk_size", default_chunks[0] if chunk_size is None else chunk_size, lo=1)
-    vocab_chunk_size = check_int("vocab_chunk_size", default_chunks[1] if vocab_chunk_size is None
-                                 else vocab_chunk_size, lo=1)
+    chunks = _chunk_sizes(hidden.device, chunk_size, vocab_chunk_size)
     dtype = compute_dtype(hidden, head_weight)
     lam = align_log_snr("lam", lam.detach(), x.shape).to(dtype)
 
     n = x.numel()
     stats = _LogitStats.apply(
         hidden.reshape(n, hidden.shape[-1]), head_weight, x.reshape(n), z.reshape(n), lam.reshape(n),
-        kernel, chunk_size, vocab_chunk_size,
+        kernel, kernel.mask_id, *chunks,
     )
     lse, logit_x, logit_z, logit_m, noise_sum = (s.reshape(x.shape) for s in stats)
     log_x0_z = logit_z - lse
@@ -164,21 +187,103 @@ def gidd_from_hidden(
                            weight=weight, logsumexp=log_norm)
 
 
+def cross_entropy_from_hidden(
+    hidden: Hidden,
+    head_weight: HeadWeight,
+    targets: Tokens,
+    *,
+    exclude_id: int | None = None,
+    z_loss: float = 0.0,
+    reduction: Reduction = "none",
+    mask: Mask | None = None,
+    chunk_size: int | None = None,
+    vocab_chunk_size: int | None = None,
+    validate: bool = True,
+) -> CrossEntropyOutput:
+    """The cross-entropy ``-log softmax(l)_y`` of the logits ``l = hidden @ head_weight.T`` at
+    ``targets``, without materializing the logits (docs/math.md, "Fused cross-entropy").
+
+    With ``exclude_id = m`` the softmax runs over every state but ``m``:
+    ``CE = logsumexp_{j != m} l_j - l_y``, which is ``-log x_hat_y`` for masked diffusion's
+    denoiser (the mask is never predicted; MDLM, Sahoo et al. 2024, arXiv 2406.07524, Eq. 10, and
+    the plain masked cross-entropy of Sahoo et al. 2026, arXiv 2602.15014).  Without it, the
+    ordinary next-token cross-entropy (``F.cross_entropy(hidden @ head_weight.T, targets)``
+    per token).  The logits are computed and reduced one ``[chunk_size, vocab_chunk_size]``
+    block at a time (the blocks of :func:`gidd_from_hidden`, without its noise pass), and the
+    backward recomputes them: ``dCE/dl_k = softmax_k - [k = y]``, exact for ``hidden`` and
+    ``head_weight``.
+
+    Args:
+        hidden: ``[*shape, H]`` final hidden states.
+        head_weight: ``[V, H]`` output projection; same dtype as ``hidden`` (float32, float64,
+            or bfloat16/float16 with float32 accumulation).
+        targets: ``[*shape]`` ids in ``[0, V)``, never ``exclude_id``.
+        exclude_id: a state left out of the softmax (the mask id), or ``None``.
+        z_loss: coefficient of the z-loss: ``loss`` gains ``z_loss * logsumexp(l)^2`` per token,
+            over all ``V`` logits (the excluded one included), before the reduction.
+        reduction: ``"none"``, ``"sum"`` or ``"mean"`` (:func:`discdiff.losses.reduce`).
+        mask: the tokens that count (bool ``[*shape]``); default all.
+        chunk_size: tokens per block of logits (``None``: as in :func:`gidd_from_hidden`).
+        vocab_chunk_size: vocabulary states per block of logits (``None``: as in
+            :func:`gidd_from_hidden`).
+        validate: check the target ids (a host sync); ``False`` where they were checked already.
+
+    Returns:
+        :class:`CrossEntropyOutput`: ``loss`` (reduced as asked), ``cross_entropy`` and
+        ``logsumexp`` per token, all in float32 or wider and differentiable.
+    """
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor of token ids, got {type(targets).__name__}")
+    _check_hidden(hidden, head_weight, None, targets.shape)
+    V = head_weight.shape[0]
+    if exclude_id is not None:
+        check_int("exclude_id", exclude_id, lo=0, hi=V - 1)
+    check_tokens("targets", targets, V, validate=validate)
+    if validate and exclude_id is not None and targets.numel() > 0:
+        if bool((targets == exclude_id).any()):
+            raise ValueError(f"targets contain exclude_id={exclude_id}, a state the softmax leaves out "
+                             "(its cross-entropy would be infinite)")
+    z_loss = check_finite_float("z_loss", z_loss, lo=0.0)
+    chunks = _chunk_sizes(hidden.device, chunk_size, vocab_chunk_size)
+
+    n = targets.numel()
+    lse, logit_y, _, logit_m, _ = (s.reshape(targets.shape) for s in _LogitStats.apply(
+        hidden.reshape(n, hidden.shape[-1]), head_weight, targets.reshape(n).long(), None, None,
+        None, exclude_id, *chunks,
+    ))
+    ce = lse - logit_y
+    log_norm = lse if exclude_id is None else torch.logaddexp(lse, logit_m)
+    per_token = ce + z_loss * log_norm.square() if z_loss > 0 else ce
+    return CrossEntropyOutput(loss=reduce(per_token, reduction, mask), cross_entropy=ce, logsumexp=log_norm)
+
+
+def _chunk_sizes(device: torch.device, chunk_size: int | None, vocab_chunk_size: int | None) -> tuple[int, int]:
+    """``(chunk_size, vocab_chunk_size)``, checked, with the device's defaults for ``None``."""
+    default_chunks = _DEFAULT_CHUNKS["cpu" if device.type == "cpu" else "accelerator"]
+    chunk_size = check_int("chunk_size", default_chunks[0] if chunk_size is None else chunk_size, lo=1)
+    vocab_chunk_size = check_int("vocab_chunk_size", default_chunks[1] if vocab_chunk_size is None
+                                 else vocab_chunk_size, lo=1)
+    return chunk_size, vocab_chunk_size
+
+
 class _LogitStats(torch.autograd.Function):
     """Per-token statistics of ``logits = hidden @ weight.T`` over the vocabulary, in blocks.
 
-    Inputs ``hidden [n, H]``, ``weight [V, H]``, ``x, z [n]``, ``lam [n]`` (compute dtype).
-    Outputs ``[n]`` each: ``LSE`` (non-mask states), ``l_x``, ``l_z``, ``l_m`` (0 without a
-    mask), ``T``.  Saves ``LSE`` and ``R`` for the backward pass, which recomputes the logits.
+    Inputs ``hidden [n, H]``, ``weight [V, H]``, ``x, z [n]``, ``lam [n]`` (compute dtype),
+    the ``kernel`` and the excluded (mask) id ``mask_id``.  ``kernel=None`` (a plain
+    cross-entropy) takes ``z=None`` and ``lam=None`` and skips the noise pass.  Outputs ``[n]``
+    each: ``LSE`` (every state but ``mask_id``), ``l_x``, ``l_z`` (0 without ``z``), ``l_m`` (0
+    without a mask), ``T`` (0 without noise).  Saves ``LSE`` and ``R`` for the backward pass,
+    which recomputes the logits.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, x, z, lam, kernel, chunk_size, vocab_chunk_size):
+    def forward(ctx, hidden, weight, x, z, lam, kernel, mask_id, chunk_size, vocab_chunk_size):
         n, V = hidden.shape[0], weight.shape[0]
         dtype = compute_dtype(hidden, weight)
-        blocks = _Blocks(kernel, hidden, weight, lam, dtype)
+        blocks = _Blocks(kernel, mask_id, hidden, weight, lam, dtype)
         tokens, vocab = _ranges(n, chunk_size), _ranges(V, vocab_chunk_size)
-        noise = not isinstance(kernel, Masked)  # pure masked noise: c_j = 0 off the mask, T = R = 0
+        noise = _has_noise(kernel)
         lse = torch.full((n,), -math.inf, dtype=dtype, device=hidden.device)
         logit_x, logit_z, logit_m, noise_sum, mass = (torch.zeros_like(lse) for _ in range(5))
         for t0, t1 in tokens:
@@ -187,10 +292,11 @@ class _LogitStats(torch.autograd.Function):
             for v0, v1 in vocab:  # pass 1: logsumexp over the non-mask states, and the gathers
                 block = blocks.logits(rows, v0, v1)
                 _pick(block, x[rows], v0, v1, logit_x[rows])
-                _pick(block, z[rows], v0, v1, logit_z[rows])
-                if kernel.mask_id is not None and v0 <= kernel.mask_id < v1:
-                    logit_m[rows] = block[:, kernel.mask_id - v0]
-                    block[:, kernel.mask_id - v0] = -math.inf
+                if z is not None:
+                    _pick(block, z[rows], v0, v1, logit_z[rows])
+                if mask_id is not None and v0 <= mask_id < v1:
+                    logit_m[rows] = block[:, mask_id - v0]
+                    block[:, mask_id - v0] = -math.inf
                 lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(block, dim=1))
                 kept = block if len(vocab) == 1 else None
             if not noise:
@@ -201,29 +307,31 @@ class _LogitStats(torch.autograd.Function):
                 noise_sum[rows] += _row_dot(c, F.softplus(y, threshold=_SOFTPLUS_THRESHOLD))
                 mass[rows] += _row_dot(c, torch.sigmoid(y))
         ctx.save_for_backward(hidden, weight, x, z, lam, lse, mass)
-        ctx.kernel, ctx.chunks = kernel, (chunk_size, vocab_chunk_size)
+        ctx.kernel, ctx.mask_id, ctx.chunks = kernel, mask_id, (chunk_size, vocab_chunk_size)
         ctx.set_materialize_grads(False)
-        if kernel.mask_id is None:
-            ctx.mark_non_differentiable(logit_m)
+        constant = [t for t, used in ((logit_z, z is not None), (logit_m, mask_id is not None), (noise_sum, noise))
+                    if not used]
+        if constant:
+            ctx.mark_non_differentiable(*constant)
         return lse, logit_x, logit_z, logit_m, noise_sum
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_lse, g_x, g_z, g_m, g_t):
         hidden, weight, x, z, lam, lse, mass = ctx.saved_tensors
-        kernel, (chunk_size, vocab_chunk_size) = ctx.kernel, ctx.chunks
+        kernel, mask_id, (chunk_size, vocab_chunk_size) = ctx.kernel, ctx.mask_id, ctx.chunks
         need_h, need_w = ctx.needs_input_grad[:2]
         n, V = hidden.shape[0], weight.shape[0]
         dtype = compute_dtype(hidden, weight)
         zeros = torch.zeros(n, dtype=dtype, device=hidden.device)
         g_lse, g_x, g_z, g_m = (zeros if g is None else g for g in (g_lse, g_x, g_z, g_m))
-        if kernel.mask_id is None:
+        if mask_id is None:
             g_m = zeros
-        if isinstance(kernel, Masked):
+        if not _has_noise(kernel):
             g_t = None
         # dLSE/dl_k = x_hat_k and dT/dl_k = c_k rho_k - x_hat_k R: x_hat_k takes g_lse - g_T R
         coef = g_lse if g_t is None else g_lse - g_t * mass
-        blocks = _Blocks(kernel, hidden, weight, lam, dtype)
+        blocks = _Blocks(kernel, mask_id, hidden, weight, lam, dtype)
         grad_h = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
         for v0, v1 in _ranges(V, vocab_chunk_size):
@@ -239,9 +347,10 @@ class _LogitStats(torch.autograd.Function):
                     c, y = blocks.noise(block, rows, v0, v1, lse[rows], inplace=True)
                     grad.add_(y.sigmoid_().mul_(c * g_t[rows, None]))  # g_T c_k rho_k
                 _add_at(grad, x[rows], v0, v1, g_x[rows])
-                _add_at(grad, z[rows], v0, v1, g_z[rows])
-                if kernel.mask_id is not None and v0 <= kernel.mask_id < v1:
-                    grad[:, kernel.mask_id - v0] += g_m[rows]
+                if z is not None:
+                    _add_at(grad, z[rows], v0, v1, g_z[rows])
+                if mask_id is not None and v0 <= mask_id < v1:
+                    grad[:, mask_id - v0] += g_m[rows]
                 grad = grad.to(weight.dtype)  # the matmuls run in the inputs' dtype
                 if need_h:
                     grad_h[rows] += grad @ w_block
@@ -250,20 +359,30 @@ class _LogitStats(torch.autograd.Function):
             if need_w and not direct:
                 grad_w[v0:v1] = acc
         grad_h = None if grad_h is None else grad_h.to(hidden.dtype)
-        return grad_h, grad_w, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None
+
+
+def _has_noise(kernel: Kernel | None) -> bool:
+    """Whether ``T`` and ``R`` need the noise pass: not without a kernel (a plain cross-entropy),
+    nor for pure masked noise (``c_j = 0`` off the mask, so ``T = R = 0``)."""
+    return kernel is not None and not isinstance(kernel, Masked)
 
 
 class _Blocks:
-    """Blocks of logits and of the noise terms, for one call (forward or backward)."""
+    """Blocks of logits and of the noise terms, for one call (forward or backward); ``kernel``
+    and ``lam`` are ``None`` for a plain cross-entropy (no noise terms)."""
 
-    def __init__(self, kernel: Kernel, hidden: Tensor, weight: Tensor, lam: Tensor, dtype: torch.dtype) -> None:
-        self.kernel, self.hidden, self.weight, self.lam, self.dtype = kernel, hidden, weight, lam, dtype
-        self.log_alpha, self.log_beta = F.logsigmoid(lam), F.logsigmoid(-lam)
+    def __init__(self, kernel: Kernel | None, mask_id: int | None, hidden: Tensor, weight: Tensor,
+                 lam: Tensor | None, dtype: torch.dtype) -> None:
+        self.kernel, self.mask_id, self.hidden, self.weight, self.lam, self.dtype = \
+            kernel, mask_id, hidden, weight, lam, dtype
+        if lam is not None:
+            self.log_alpha, self.log_beta = F.logsigmoid(lam), F.logsigmoid(-lam)
 
     def logits(self, rows: slice, v0: int, v1: int, *, mask_out: bool = False) -> Tensor:
         """``hidden[rows] @ weight[v0:v1].T`` in the compute dtype; ``-inf`` at the mask id if asked."""
         block = (self.hidden[rows] @ self.weight[v0:v1].t()).to(self.dtype)
-        m = self.kernel.mask_id
+        m = self.mask_id
         if mask_out and m is not None and v0 <= m < v1:
             block[:, m - v0] = -math.inf
         return block
@@ -312,7 +431,9 @@ def _add_at(grad: Tensor, ids: Tensor, v0: int, v1: int, values: Tensor) -> None
     grad.scatter_add_(1, local, torch.where(inside, values, torch.zeros_like(values)).unsqueeze(-1))
 
 
-def _check_hidden(hidden: Tensor, head_weight: Tensor, vocab_size: int, positions: torch.Size) -> None:
+def _check_hidden(hidden: Tensor, head_weight: Tensor, vocab_size: int | None, positions: torch.Size) -> None:
+    """``hidden [*positions, H]`` and ``head_weight [V, H]`` floating, same dtype and device;
+    ``V = vocab_size`` unless that is ``None``."""
     for name, t in (("hidden", hidden), ("head_weight", head_weight)):
         if not isinstance(t, Tensor) or not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got "
@@ -321,12 +442,13 @@ def _check_hidden(hidden: Tensor, head_weight: Tensor, vocab_size: int, position
         raise TypeError(f"hidden ({hidden.dtype}) and head_weight ({head_weight.dtype}) must have the same dtype")
     if hidden.device != head_weight.device:
         raise ValueError(f"hidden ({hidden.device}) and head_weight ({head_weight.device}) are on different devices")
-    if head_weight.dim() != 2 or head_weight.shape[0] != vocab_size:
-        raise ValueError(f"head_weight must have shape ({vocab_size}, hidden), got {tuple(head_weight.shape)}")
+    if head_weight.dim() != 2 or (vocab_size is not None and head_weight.shape[0] != vocab_size):
+        rows = "vocab" if vocab_size is None else vocab_size
+        raise ValueError(f"head_weight must have shape ({rows}, hidden), got {tuple(head_weight.shape)}")
     if hidden.shape[:-1] != positions or hidden.dim() != len(positions) + 1 \
             or hidden.shape[-1] != head_weight.shape[1]:
         raise ValueError(f"hidden must have shape {tuple(positions) + (head_weight.shape[1],)} "
                          f"(the tokens' shape, then head_weight's hidden size), got {tuple(hidden.shape)}")
 
 
-__all__ = ["gidd_from_hidden", "FusedLossOutput"]
+__all__ = ["gidd_from_hidden", "FusedLossOutput", "cross_entropy_from_hidden", "CrossEntropyOutput"]

@@ -12,6 +12,13 @@ from sumi._checks import check_int, check_number
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash")
 """The accepted values of ``ModelConfig.attention_backend`` (see :mod:`sumi.model.attention`)."""
+OBJECTIVES = ("uniform", "masked", "masked-ce", "hybrid", "ar")
+"""The model families (``ModelConfig.objective``, ``sumi train --objective``): ``uniform`` (Sumi),
+``masked`` (the MDLM ELBO), ``masked-ce`` (masked noise, plain cross-entropy), ``hybrid`` (GIDD's
+log-SNR hybrid of uniform and mask noise) and ``ar`` (causal attention, next-token prediction).
+The discdiff objects they stand for are built in :mod:`sumi.family`."""
+MASK_OBJECTIVES = ("masked", "masked-ce", "hybrid")
+"""The families whose noise has a mask state: their vocabulary holds one more id, ``mask_token_id``."""
 # The fields holding special token ids (each in [0, vocab_size)).
 _SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -23,6 +30,14 @@ class ModelConfig:
     ``head_dim`` defaults to ``hidden_size // num_attention_heads``.  ``attention_backend``:
     ``"eager"`` (exact reference), ``"sdpa"`` (torch SDPA, the default) or ``"flash"``
     (flash-attn on CUDA, when installed).
+
+    The family (docs/training.md, "Families"): ``objective`` is one of :data:`OBJECTIVES`
+    (``"uniform"``, the released Sumi, by default).  The families of :data:`MASK_OBJECTIVES` need
+    ``mask_token_id``, an id of their own (no other family may have one); ``sumi train`` adds it
+    as the last id of the vocabulary (``vocab_size`` grows by one).  ``hybrid_shift`` and
+    ``hybrid_scale`` are the hybrid kernel's ``b`` and ``a`` (``pi = s u + (1 - s) e_m``,
+    ``s = sigmoid(a lambda + b)``; ``a`` in ``[0, 1]``), unused by the other families.  ``"ar"``
+    makes attention causal (:attr:`causal`).
     """
 
     vocab_size: int = 100_278
@@ -40,6 +55,10 @@ class ModelConfig:
     eos_token_id: int = 100_257
     pad_token_id: int = 100_277
     attention_backend: str = "sdpa"
+    objective: str = "uniform"
+    mask_token_id: int | None = None
+    hybrid_shift: float = 0.0
+    hybrid_scale: float = 1.0
 
     def __post_init__(self) -> None:
         ints = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -63,10 +82,55 @@ class ModelConfig:
             raise ValueError(f"vocab_size={self.vocab_size} is too small for the special token ids ({ids}), which "
                              f"must all be below it: set vocab_size to at least {max(specials.values()) + 1}, or "
                              "set bos_token_id, eos_token_id and pad_token_id below vocab_size as well")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective in MASK_OBJECTIVES:
+            if self.mask_token_id is None:
+                raise ValueError(f"objective {self.objective!r} needs mask_token_id (an id of its own, below "
+                                 f"vocab_size={self.vocab_size})")
+            check_int("mask_token_id", self.mask_token_id, 0, self.vocab_size - 1)
+            if self.mask_token_id in specials.values():
+                raise ValueError(f"mask_token_id={self.mask_token_id} is also a special token id ({specials}); the "
+                                 "mask needs an id of its own")
+        elif self.mask_token_id is not None:
+            raise ValueError(f"objective {self.objective!r} has no mask state, but mask_token_id="
+                             f"{self.mask_token_id} is set (only {', '.join(MASK_OBJECTIVES)} use one)")
+        object.__setattr__(self, "hybrid_shift", check_number("hybrid_shift", self.hybrid_shift))
+        object.__setattr__(self, "hybrid_scale", check_number("hybrid_scale", self.hybrid_scale, 0.0, 1.0))
+        if self.objective != "hybrid" and (self.hybrid_shift, self.hybrid_scale) != (0.0, 1.0):
+            raise ValueError(f"hybrid_shift and hybrid_scale configure objective 'hybrid', not {self.objective!r}: "
+                             "leave them at 0 and 1")
         for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
             check_number(name, getattr(self, name), 0.0, open_lo=True)
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
+
+    @property
+    def causal(self) -> bool:
+        """Whether attention is causal (the ``"ar"`` family); every diffusion family is bidirectional."""
+        return self.objective == "ar"
+
+    def for_objective(self, objective: str) -> ModelConfig:
+        """This configuration for ``objective``: the vocabulary gains ``mask_token_id`` as its last
+        id (``vocab_size + 1``) when the family needs a mask and has none, and loses it again when
+        a family without a mask replaces one that had it; leaving ``"hybrid"`` resets its
+        parameters.  An unchanged family is returned as is."""
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if objective == self.objective:
+            return self
+        changes: dict = {"objective": objective}
+        if objective != "hybrid":
+            changes.update(hybrid_shift=0.0, hybrid_scale=1.0)
+        needs, has = objective in MASK_OBJECTIVES, self.mask_token_id is not None
+        if needs and not has:
+            changes.update(vocab_size=self.vocab_size + 1, mask_token_id=self.vocab_size)
+        elif has and not needs:
+            if self.mask_token_id != self.vocab_size - 1:
+                raise ValueError(f"cannot drop mask_token_id={self.mask_token_id} for objective {objective!r}: it is "
+                                 f"not the last id of the vocabulary ({self.vocab_size})")
+            changes.update(vocab_size=self.vocab_size - 1, mask_token_id=None)
+        return self.replace(**changes)
 
     @property
     def num_key_value_groups(self) -> int:

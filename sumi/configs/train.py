@@ -58,8 +58,11 @@ class TrainConfig:
     phase: str = "pretrain"
     mixture: dict[str, float] | None = field(default=None)  # source name -> weight (--data NAME=DIR)
     init_from: str | None = None    # a model directory (HF layout) to start from: the previous phase
+    objective: str = "uniform"      # the family (sumi.configs.model.OBJECTIVES); the model follows it
 
     def __post_init__(self) -> None:
+        # the model's family is the objective's: mask families get their mask id (vocab_size + 1)
+        object.__setattr__(self, "model", self.model.for_objective(self.objective))
         positive = ("seq_len", "global_batch_size", "micro_batch_size", "steps", "checkpoint_every", "keep_last",
                     "log_every")
         for name in positive:
@@ -131,6 +134,8 @@ class TrainConfig:
                 value = raw
             if key.startswith("model."):
                 name = key[len("model."):]
+                if name == "objective":
+                    raise ValueError("set the family with objective=NAME (or --objective): the model follows it")
                 if name not in known_model:
                     raise ValueError(f"unknown model config key {name!r}; known: {', '.join(sorted(known_model))}")
                 model[name] = value
@@ -139,7 +144,8 @@ class TrainConfig:
             else:
                 raise ValueError(f"unknown config key {key!r}; known: {', '.join(sorted(set(known) - {'model'}))} "
                                  "or model.<key>")
-        new_model = self.model.replace(**model) if model else self.model
+        base = self.model.for_objective(top["objective"]) if "objective" in top else self.model
+        new_model = base.replace(**model) if model else base
         return dataclasses.replace(self, model=new_model, **top)
 
     def to_dict(self) -> dict:

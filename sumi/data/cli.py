@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a .txt/.md/.py file (one document), a .jsonl file (one document per line), "
                         "a directory or a glob; repeat for more")
     p.add_argument("--stdlib", action="store_true",
-                   help="add the running Python's standard library .py files (a corpus every install has)")
+                   help="add the training split of the running Python's standard library .py files (a corpus "
+                        "every install has; the held-out split, stdlib:heldout, stays out: --source "
+                        "stdlib:heldout adds it)")
     p.add_argument("--out", required=True, help="the directory to write (must not exist or be empty); it gets the "
                                                 "shards, manifest.json (with their sha256) and tokenizer.json")
     p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
@@ -44,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown action {args.data_command!r}")
     sources: list = list(args.source)
     if args.stdlib:
-        from sumi.data.sources import stdlib_files
+        from sumi.data.sources import stdlib_split
 
-        sources += stdlib_files()
+        sources += stdlib_split("train")  # the held-out files are never trained on
     if not sources:
         raise UsageError("no data: give --source PATH_OR_GLOB (repeatable) and/or --stdlib")
     if args.seq_len < 2:

@@ -7,6 +7,9 @@ Conventions:
 - A directory stands for every supported file under it (recursively); a glob (``*``, ``?``, ``[``,
   ``**``) for every supported file it matches.  Files are read in sorted order, so the same
   inputs always give the same documents in the same order.
+- ``stdlib:train`` and ``stdlib:heldout`` stand for the files of a split of the running Python's
+  standard library (:func:`stdlib_split`): the embedded default trains on ``stdlib:train`` and
+  never sees ``stdlib:heldout``.
 - Empty documents (``""``) are skipped: they would pack to a bare ``BOS EOS``.
 - Missing or empty inputs are errors that name the path (``FileNotFoundError`` / ``ValueError``),
   raised when :func:`iter_documents` is called, before any document is read.
@@ -15,6 +18,7 @@ Conventions:
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import sysconfig
@@ -25,24 +29,79 @@ TEXT_SUFFIXES = (".txt", ".md", ".py")
 JSONL_SUFFIXES = (".jsonl",)
 SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+STDLIB_SPLITS = ("train", "heldout")
+"""The splits of the standard-library corpus, named ``stdlib:train`` and ``stdlib:heldout`` as data."""
+STDLIB_PREFIX = "stdlib:"
+HELDOUT_ONE_IN = 50
+"""One standard-library file in 50 (2%) is held out (:func:`is_heldout`)."""
+
+
+def stdlib_root() -> Path:
+    """The running Python's standard library: ``sysconfig.get_paths()["stdlib"]``."""
+    return Path(sysconfig.get_paths()["stdlib"])
 
 
 def stdlib_files() -> list[Path]:
     """The ``.py`` files of the running Python's standard library, sorted (a corpus every install has).
 
-    Found under ``sysconfig.get_paths()["stdlib"]``; third-party packages (``site-packages``) and
-    test suites (``test``/``tests``/``idle_test`` directories) are left out.
+    Found under :func:`stdlib_root`; third-party packages (``site-packages``) and test suites
+    (``test``/``tests``/``idle_test`` directories) are left out.
     """
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if p.is_file() and not _STDLIB_SKIP & set(p.relative_to(root).parts[:-1]))
+    root = stdlib_root()
+    found = []
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories[:] = [d for d in subdirectories if d not in _STDLIB_SKIP]  # never walk site-packages
+        found += [Path(directory, name) for name in names if name.endswith(".py")]
+    files = sorted(p for p in found if p.is_file())
     if not files:
         raise FileNotFoundError(f"no standard-library .py files under {root}")
     return files
 
 
+def is_heldout(relative_path: str) -> bool:
+    """Whether the standard-library file at ``relative_path`` (POSIX form, relative to
+    :func:`stdlib_root`, e.g. ``"email/utils.py"``) belongs to the held-out split: the BLAKE2b
+    digest (8 bytes, big-endian) of the path's UTF-8 bytes is a multiple of
+    :data:`HELDOUT_ONE_IN`.  A file's split depends on its path only, so it is the same on every
+    call, machine and Python version that has the file."""
+    digest = hashlib.blake2b(relative_path.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % HELDOUT_ONE_IN == 0
+
+
+def stdlib_split(name: str) -> list[Path]:
+    """The files of the split ``name`` (``"train"`` or ``"heldout"``) of :func:`stdlib_files`,
+    sorted: the held-out split is every file for which :func:`is_heldout` holds (about 2%), the
+    training split the others.  The two are disjoint and together are :func:`stdlib_files`."""
+    if name not in STDLIB_SPLITS:
+        raise _unknown_split(name)
+    root = stdlib_root()
+    held = name == "heldout"
+    files = [p for p in stdlib_files() if is_heldout(p.relative_to(root).as_posix()) == held]
+    if not files:
+        raise FileNotFoundError(f"the standard-library split {STDLIB_PREFIX}{name} holds no files (under {root})")
+    return files
+
+
+def stdlib_split_name(source: str | os.PathLike) -> str | None:
+    """The split that ``source`` names (``"stdlib:train"`` -> ``"train"``), or ``None`` when it is
+    no ``stdlib:`` name; an unknown split is a ``ValueError``."""
+    text = str(source)
+    if not text.startswith(STDLIB_PREFIX):
+        return None
+    name = text[len(STDLIB_PREFIX):]
+    if name not in STDLIB_SPLITS:
+        raise _unknown_split(name)
+    return name
+
+
+def _unknown_split(name: str) -> ValueError:
+    names = " or ".join(STDLIB_PREFIX + split for split in STDLIB_SPLITS)
+    return ValueError(f"unknown standard-library split {STDLIB_PREFIX}{name}: use {names}")
+
+
 def resolve_files(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """The files that ``paths_or_globs`` names, in order (each entry's files sorted), duplicates kept once."""
+    """The files that ``paths_or_globs`` names, in order (each entry's files sorted), duplicates kept once;
+    ``stdlib:train`` and ``stdlib:heldout`` name the files of :func:`stdlib_split`."""
     entries = [paths_or_globs] if isinstance(paths_or_globs, (str, os.PathLike)) else list(paths_or_globs)
     if not entries:
         raise ValueError("no data sources given: pass at least one file, directory or glob")
@@ -51,7 +110,10 @@ def resolve_files(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike
         if not isinstance(entry, (str, os.PathLike)) or not str(entry):
             raise ValueError(f"a data source must be a non-empty path or glob, got {entry!r}")
         text = str(entry)
-        if any(c in text for c in "*?["):
+        split = stdlib_split_name(text)
+        if split is not None:
+            found = stdlib_split(split)
+        elif any(c in text for c in "*?["):
             matched = sorted(Path(m) for m in glob.glob(text, recursive=True))
             found = [p for p in matched if p.is_file() and p.suffix in SUFFIXES]
             if not found:

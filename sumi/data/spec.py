@@ -1,9 +1,13 @@
-"""What a run trains on: one prepared directory, or named directories mixed by weight.
+"""What a run trains on: one prepared directory, named directories mixed by weight, or a split
+of the embedded standard-library corpus.
 
 ``--data DIR`` trains on one directory written by ``sumi data prepare``.  ``--data NAME=DIR``
 (repeated) names the sources of a :class:`~sumi.data.Mixture` whose weights come from the
 config's ``mixture`` (the ``mid`` and ``long`` phases of the released recipe mix code, math,
 general and reasoning data; ``--set mixture='{"code": 0.5, ...}'`` sets any other).
+``--data stdlib:train`` (the embedded default's data) or ``--data stdlib:heldout`` (the files it
+never trains on) names a split of the standard library (:func:`sumi.data.sources.stdlib_split`),
+prepared and cached with the embedded tokenizer (:func:`stdlib_split_arg`).
 """
 
 from __future__ import annotations
@@ -13,14 +17,29 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sumi.data.dataset import Mixture, PackedDataset
+from sumi.data.sources import STDLIB_PREFIX, stdlib_split_name
 
 DataSpec = str | os.PathLike | Mapping[str, str | os.PathLike]
 
 
+def stdlib_split_arg(items: list[str]) -> str | None:
+    """The split that ``--data stdlib:NAME`` names (``["stdlib:heldout"]`` -> ``"heldout"``), or
+    ``None`` when ``items`` name no split; a split must be the only ``--data`` (``ValueError``)."""
+    names = [stdlib_split_name(item) for item in items]  # checks the split names
+    if all(name is None for name in names):
+        return None
+    if len(items) > 1:
+        raise ValueError(f"--data {STDLIB_PREFIX}NAME is a whole corpus: give it alone, got {items}")
+    return names[0]
+
+
 def parse_data_args(items: list[str]) -> Path | dict[str, Path]:
-    """``["DIR"]`` -> ``Path(DIR)``; ``["a=DIR1", "b=DIR2"]`` -> ``{"a": Path(DIR1), "b": Path(DIR2)}``."""
+    """``["DIR"]`` -> ``Path(DIR)``; ``["a=DIR1", "b=DIR2"]`` -> ``{"a": Path(DIR1), "b": Path(DIR2)}``
+    (a ``stdlib:`` split is not a directory: see :func:`stdlib_split_arg`)."""
     if not items:
         raise ValueError("no --data given")
+    if stdlib_split_arg(items) is not None:
+        raise ValueError(f"--data {items[0]} names a standard-library split, not a prepared directory")
     named = ["=" in item for item in items]
     if not any(named):
         if len(items) > 1:

@@ -9,9 +9,12 @@
 
 from importlib.util import find_spec
 
-from sumi.evaluate.likelihood import NelboReport, Row, Scorer, continuation_row, document_rows, nelbo_texts
+from sumi.evaluate.compressors import compressor_bits_per_byte
+from sumi.evaluate.likelihood import (NelboReport, Row, Scorer, continuation_row, document_rows, nelbo_texts,
+                                      text_rows)
 
-__all__ = ["NelboReport", "Row", "Scorer", "continuation_row", "document_rows", "nelbo_texts"]
+__all__ = ["NelboReport", "Row", "Scorer", "continuation_row", "document_rows", "nelbo_texts", "text_rows",
+           "compressor_bits_per_byte"]
 
 
 

@@ -1,5 +1,6 @@
-"""``sumi eval``: ``nelbo`` (NELBO per token and bits per byte of local text) and ``harness``
-(the lm-eval command line with the ``sumi`` model registered).
+"""``sumi eval``: ``nelbo`` (NELBO per token and bits per byte of local text, or the exact NLL of
+an ``ar`` model, next to the bits per byte of gzip, bz2 and xz) and ``harness`` (the lm-eval
+command line with the ``sumi`` model registered).
 
 ``sumi eval harness ARGS...`` passes ``ARGS`` to lm-eval verbatim: :func:`sumi.cli.main` hands it
 everything after ``eval harness`` (argparse alone cannot: its ``REMAINDER`` stops at a leading
@@ -17,18 +18,22 @@ from sumi.evaluate.likelihood import DEFAULT_CANVAS, DEFAULT_POINTS, default_tok
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
-    p = sub.add_parser("nelbo", help="NELBO per token and bits per byte of local text",
-                       description="NELBO per token and bits per byte of local text files under a Sumi model "
-                                   "(each file one document; .jsonl: one per line).")
+    p = sub.add_parser("nelbo", help="NELBO (exact NLL for ar) per token and bits per byte of local text",
+                       description="NELBO per token and bits per byte of local text files under a Sumi model of any "
+                                   "family (each file one document; .jsonl: one per line): diffusion families report "
+                                   "their NELBO (an upper bound), ar its exact NLL; gzip, bz2 and xz on the same "
+                                   "documents are the baselines.")
     add_model_arguments(p)
     p.add_argument("--data", nargs="+", required=True, metavar="PATH_OR_GLOB",
-                   help=".txt/.md/.py files (one document each), .jsonl (one per line), directories or globs")
+                   help=".txt/.md/.py files (one document each), .jsonl (one per line), directories or globs; "
+                        "stdlib:heldout (the standard-library files the embedded default never trains on) or "
+                        "stdlib:train (those it trains on)")
     p.add_argument("--text-field", default="text", help="the JSONL field holding the text (default 'text')")
     p.add_argument("--canvas-length", type=int, default=None,
                    help="tokens per canvas row; longer documents are scored in windows (default: "
                         f"min({DEFAULT_CANVAS}, the model's max_position_embeddings))")
     p.add_argument("--points", type=int, default=DEFAULT_POINTS,
-                   help=f"time points of the linear-alpha grid (default {DEFAULT_POINTS})")
+                   help=f"time points of the linear-alpha grid (default {DEFAULT_POINTS}; unused for ar)")
     p.add_argument("--effective-snr", action="store_true", help="evaluate each point at the realized clean fraction")
     p.add_argument("--batch-size", type=int, default=4,
                    help="canvas rows scored together, sharing the noise draws of a seed (default 4)")
@@ -77,8 +82,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
-        print(f"documents        {report.documents}\ntokens           {report.tokens}\nbytes            {report.bytes}\n"
-              f"NELBO per token  {report.nelbo_per_token:.4f} nats\nbits per byte    {report.bits_per_byte:.4f}")
-        print(f"(canvas {report.canvas_length}, {report.points} points, effective SNR {report.effective_snr}, "
-              f"seed {report.seed})", file=sys.stderr)
+        print(human_report(report))
+        noise = f", {report.points} points, effective SNR {report.effective_snr}, seed {report.seed}"
+        print(f"(canvas {report.canvas_length}{noise if report.bound else ''})", file=sys.stderr)
     return 0
+
+
+def human_report(report) -> str:
+    """The lines ``sumi eval nelbo`` prints for a :class:`~sumi.evaluate.NelboReport`: what was
+    measured (``NELBO (upper bound)`` or ``NLL (exact)``), the totals, and the model's bits per
+    byte next to the compressors'."""
+    kind, name = ("NELBO (upper bound)", "NELBO") if report.bound else ("NLL (exact)", "NLL")
+    baselines = ", ".join(f"{compressor} {bits:.4f}" for compressor, bits in report.baselines.items())
+    return (f"objective        {report.objective}: {kind}\n"
+            f"documents        {report.documents}\ntokens           {report.tokens}\nbytes            {report.bytes}\n"
+            f"{name + ' per token':<17}{report.nelbo_per_token:.4f} nats\n"
+            f"bits per byte    {report.bits_per_byte:.4f} (model; {baselines})")

@@ -8,14 +8,22 @@ Protocol (the released evaluation, docs/math.md "Sumi recipe facts"; canvas rule
 :mod:`sumi.evaluate.likelihood`):
 
 - ``loglikelihood(context, continuation)``: ``-NELBO`` of the continuation given the clean
-  context (canvas 2048, or the model's positions when fewer; 128 time points, effective SNR).
-  It lower-bounds the log-likelihood.
-  ``is_greedy``: whether one denoising pass from pure noise on the continuation positions
-  (context clean) puts the continuation's tokens at every argmax;
-- ``loglikelihood_rolling(text)``: ``-NELBO`` of the whole text (windows of the canvas);
+  context (canvas 2048, or the model's positions when fewer; 128 time points, effective SNR)
+  under the family's kernel (:func:`sumi.family.kernel_for`).  It lower-bounds the
+  log-likelihood.  For an ``ar`` model: the exact ``log p(continuation | context)``.
+  ``is_greedy``: whether one denoising pass from pure noise (the kernel's prior: uniform ids,
+  the mask, or their mix) on the continuation positions (context clean) puts the
+  continuation's tokens at every argmax (the mask is never a prediction); for ``ar``, whether
+  the argmax at every continuation position given the true prefix is the continuation's token
+  (teacher forcing);
+- ``loglikelihood_rolling(text)``: ``-NELBO`` of the whole text (windows of the canvas; for
+  ``ar``: the exact log-likelihood, windows overlapping by one token);
 - ``generate_until(context, gen_kwargs)``: :func:`sumi.generate` with the adaptive
-  sampler, 256 steps and 256 new tokens by default (``max_gen_toks`` overrides), temperature
-  from ``gen_kwargs`` (0, the argmax, unless ``do_sample``), cut at the first ``until`` string.
+  sampler for ``uniform`` (the release's), ``ancestral`` for the families with a mask state (its
+  last step unmasks every position, where one token per step could not cover the canvas) and for
+  ``ar`` (left-to-right decoding), 256 steps and 256 new tokens by
+  default (``max_gen_toks`` overrides), temperature from ``gen_kwargs`` (0, the argmax, unless
+  ``do_sample``), cut at the first ``until`` string.
 
 Model arguments (``--model_args key=value,...``): ``pretrained`` (a model directory, required),
 ``tokenizer`` (default ``pretrained/tokenizer.json``), ``device``, ``dtype``, ``batch_size``,
@@ -37,8 +45,7 @@ from tqdm.auto import tqdm
 
 from sumi._checks import check_int
 from sumi.cli_common import UsageError, resolve_device
-from sumi.evaluate.likelihood import (DEFAULT_CANVAS, DEFAULT_POINTS, Row, Scorer, continuation_row,
-                                     document_rows, pad_rows)
+from sumi.evaluate.likelihood import DEFAULT_CANVAS, DEFAULT_POINTS, Row, Scorer, continuation_row, pad_rows, text_rows
 from sumi.generation import canvas_length_for
 from sumi.model import Sumi
 
@@ -104,7 +111,7 @@ class SumiLM(LM):
     def __init__(self, pretrained: str | None = None, tokenizer: str | None = None, device: str | None = None,
                  dtype: str | None = None, batch_size: int | str = 4, max_batch_size: int | None = None,
                  canvas_length: int | str | None = None, points: int = DEFAULT_POINTS, effective_snr: bool = True,
-                 steps: int = 256, max_gen_toks: int = 256, sampler: str = "adaptive", tokens_per_step: int = 1,
+                 steps: int = 256, max_gen_toks: int = 256, sampler: str | None = None, tokens_per_step: int = 1,
                  seed: int = 0, tokens_per_pass: int | str | None = None, *, model=None,
                  tokenizer_object=None) -> None:
         super().__init__()
@@ -125,7 +132,9 @@ class SumiLM(LM):
             self.steps = _int_arg("steps", steps, 1)
             self.max_gen_toks = _int_arg("max_gen_toks", max_gen_toks, 1)
             self.tokens_per_step = _int_arg("tokens_per_step", tokens_per_step, 1)
-            self.sampler = str(sampler)
+            # the family's default: adaptive denoising, or left-to-right draws for ar
+            self.sampler = str(sampler) if sampler is not None else \
+                "adaptive" if config.objective == "uniform" else "ancestral"
             self.seed = _int_arg("seed", seed, 0)
             if tokens_per_pass is not None:
                 tokens_per_pass = _int_arg("tokens_per_pass", tokens_per_pass, 1)
@@ -159,11 +168,9 @@ class SumiLM(LM):
         rows, owner = [], []
         for i, request in enumerate(requests):
             (text,) = request.args[:1]
-            for row in document_rows(self.tokenizer.encode(text, add_bos=False), self.canvas_length,
-                                     config.bos_token_id, config.eos_token_id):
-                if any(row.scored):
-                    rows.append(row)
-                    owner.append(i)
+            for row in text_rows(self.tokenizer.encode(text, add_bos=False), self.canvas_length, config):
+                rows.append(row)
+                owner.append(i)
         totals = [0.0] * len(requests)
         for i, n in zip(owner, self.scorer.nelbo(rows, progress=not disable_tqdm)):
             totals[i] -= n
@@ -173,9 +180,13 @@ class SumiLM(LM):
 
     @torch.no_grad()
     def _is_greedy(self, rows: list[Row]) -> list[bool]:
-        """One pass from pure uniform noise on the scored positions: does the argmax give them back?"""
+        """Does the argmax give every scored token back?  Diffusion: in one pass from the
+        kernel's prior (pure noise) on the scored positions, the mask never a prediction.
+        ``ar``: at each scored position given the true tokens before it (read one position
+        earlier)."""
         generator = torch.Generator(self._device).manual_seed(self.seed + 1)
-        pad, vocab = self.model.config.pad_token_id, self.model.config.vocab_size
+        kernel = self.scorer.kernel
+        pad = self.model.config.pad_token_id
         out = []
         was_training = self.model.training
         self.model.eval()
@@ -183,16 +194,20 @@ class SumiLM(LM):
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start:start + self.batch_size]
                 x, scored, present = pad_rows(chunk, pad, self._device)
-                noise = torch.randint(0, vocab, x.shape, generator=generator, device=self._device)
-                z = torch.where(scored, noise, x)
-                if isinstance(self.model, Sumi):
-                    # the head only on the scored positions: never [batch, canvas, V] logits
-                    hidden = self.model(z, attention_mask=present.long(), return_hidden=True)
-                    wrong = torch.zeros_like(scored)
-                    wrong[scored] = self.model.lm_head(hidden[scored]).argmax(-1) != x[scored]
+                if kernel is None:  # teacher forcing: the prediction of position i is read at i - 1
+                    z, read = x, torch.roll(scored, -1, dims=1)
                 else:
-                    best = self.model(z, attention_mask=present.long()).argmax(-1)
-                    wrong = (best != x) & scored
+                    noise = kernel.sample_prior(x.shape, generator, self._device)
+                    z, read = torch.where(scored, noise, x), scored
+                if isinstance(self.model, Sumi):
+                    # the head only where a prediction is read: never [batch, canvas, V] logits
+                    logits = self.model.lm_head(self.model(z, attention_mask=present.long(), return_hidden=True)[read])
+                else:
+                    logits = self.model(z, attention_mask=present.long())[read]
+                if kernel is not None and kernel.mask_id is not None:
+                    logits[:, kernel.mask_id] = float("-inf")
+                wrong = torch.zeros_like(scored)
+                wrong[scored] = logits.argmax(-1) != x[scored]
                 out += (~wrong.any(-1)).tolist()
         finally:
             self.model.train(was_training)

@@ -60,7 +60,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=64, help="denoising steps of the generation (default 64)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
                         help="the generation's sampler (default ancestral: every position is denoised at every step)")
-    parser.add_argument("--tokens-per-step", type=int, default=1, help="positions committed per step (adaptive)")
+    parser.add_argument("--tokens-per-step", type=int, default=None,
+                        help="positions committed per step (adaptive: default 1; confidence: default the share a "
+                             "masked-diffusion step unmasks)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
 
@@ -173,12 +175,13 @@ def _parse_budgets(text: str) -> list[int]:
 def _note_unwritten_positions(args: argparse.Namespace, canvas_length: int, shortest_prompt: int) -> None:
     """Adaptive writes at most ``steps * tokens_per_step`` positions: with fewer than the canvas
     has to denoise, part of the answer stays noise and its statistics describe noise."""
-    if args.sampler != "adaptive" or args.steps < 1 or args.tokens_per_step < 1:
+    tokens_per_step = 1 if args.tokens_per_step is None else args.tokens_per_step  # adaptive's default
+    if args.sampler != "adaptive" or args.steps < 1 or tokens_per_step < 1:
         return  # the probes reject bad values with a clearer message
     free = canvas_length - shortest_prompt - 2  # answer + tail; EOS/BOS are pinned
-    if args.steps * args.tokens_per_step < free:
+    if args.steps * tokens_per_step < free:
         print(f"sumi probe: note: adaptive writes at most steps x tokens-per-step = "
-              f"{args.steps * args.tokens_per_step} positions but up to {free} are noise at the start; positions "
+              f"{args.steps * tokens_per_step} positions but up to {free} are noise at the start; positions "
               f"never written stay noise (raise --steps or --tokens-per-step)", file=sys.stderr)
 
 

@@ -14,6 +14,9 @@ uniform diffusion, measured on a model's own generations.
 Both read the :class:`~discdiff.samplers.Trace` of :func:`sumi.generate` and count only
 answer positions ``P_i .. P_i + max_new_tokens - 1`` of row ``i`` (the prompt, the pinned EOS/BOS
 and the tail are left out).  The statistics are the Trace's own; nothing is re-implemented here.
+Both need a diffusion model (every family but ``"ar"``, which has no denoising steps to trace),
+and sample with the model's own kernel (:func:`sumi.family.kernel_for`): under masked noise a
+token, once unmasked, is never revisited, so a masked model's revision budget rewrites nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 
 from discdiff.samplers import Trace, sample
 from sumi._checks import check_int
+from sumi.family import is_diffusion, kernel_for
 from sumi.generation import Canvas, GenerationOutput, answers, canvas_length_for, generate, make_sampler, step_grid
 
 Checker = Callable[[int, list[int]], bool]
@@ -134,26 +138,32 @@ class CommitmentReport:
 # -- the probes -------------------------------------------------------------------------------
 def revision_probe(model: nn.Module, prompts: list[list[int]], *, budgets: Iterable[int], max_new_tokens: int = 64,
                    canvas_length: int | None = None, steps: int = 64, sampler: str = "ancestral",
-                   tokens_per_step: int = 1, revision_tokens_per_step: int = 1, seed: int = 0,
+                   tokens_per_step: int | None = None, revision_tokens_per_step: int = 1, seed: int = 0,
                    checker: Checker | None = None, progress: bool = False) -> RevisionReport:
     """How much a model rewrites its own answer when given extra steps, and whether it helps.
 
     First pass: :func:`sumi.generate` (``steps`` steps of ``sampler``, linear grid,
     temperature 1, the tail denoised as released; ``seed`` seeds it).  Then one revision run of
     ``max(budgets)`` :class:`~discdiff.samplers.Adaptive` steps (``revision_tokens_per_step``
-    positions each) on the grid ``[lambda_end] * (max(budgets) + 1)``, ``lambda_end`` the first
-    pass's final log-SNR, from the first pass's final canvas with its frozen and attention masks.
+    positions each) on the grid ``[lambda_end] * (max(budgets) + 1)``, ``lambda_end`` the last
+    log-SNR of the released linear grid (the first pass's final one for the uniform family; a
+    family with a mask state ends its first pass at ``+inf``, :func:`sumi.generation.step_grid`,
+    and Adaptive's prior weight does not depend on lambda), from the first pass's final canvas
+    with its frozen and attention masks.
     Adaptive rewrites the positions where the model most prefers another token regardless of
     lambda, so these are pure revision steps; like the first pass they may spend themselves on the
     tail after the pinned EOS/BOS, which is part of what is measured.  Budget ``b`` is the first
     ``b`` steps of that one run (so budgets are nested: a larger budget continues a smaller one).
     The revision run's generator is seeded from ``seed`` but distinct from the first pass's.
+    Adaptive's weight is the model's kernel's prior (:func:`sumi.family.kernel_for`), so under
+    masked noise (and hybrid noise with an all-mask prior) an unmasked token is never rewritten.
 
     ``checker(prompt_index, answer_ids) -> bool`` (optional) judges each answer (cut at the first
     EOS, as :func:`~sumi.generation.answers`); its mean is each budget's accuracy.
     ``canvas_length``: default ``min(256, max_position_embeddings)`` of the model (an explicit
     value beyond the model's positions is a ``ValueError``); the report's settings hold the value used.
     """
+    _check_diffusion(model, "revision")
     canvas_length = canvas_length_for(model.config, canvas_length, PROBE_CANVAS)
     budgets = _check_budgets(budgets)
     revision_tokens_per_step = check_int("revision_tokens_per_step", revision_tokens_per_step, 1)
@@ -193,7 +203,7 @@ def revision_probe(model: nn.Module, prompts: list[list[int]], *, budgets: Itera
 
 def commitment_probe(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int = 64,
                      canvas_length: int | None = None, steps: int = 64, sampler: str = "ancestral",
-                     tokens_per_step: int = 1, seed: int = 0, progress: bool = False) -> CommitmentReport:
+                     tokens_per_step: int | None = None, seed: int = 0, progress: bool = False) -> CommitmentReport:
     """In what order answer positions commit to their final token, and how the ink spreads.
 
     One :func:`sumi.generate` run (linear grid, temperature 1, ``seed``) with its trace.
@@ -204,6 +214,7 @@ def commitment_probe(model: nn.Module, prompts: list[list[int]], *, max_new_toke
     hold its final token early by chance and lose it again; from its commitment step on it is
     inked for good.  ``canvas_length``: as in :func:`revision_probe`.
     """
+    _check_diffusion(model, "commitment")
     canvas_length = canvas_length_for(model.config, canvas_length, PROBE_CANVAS)
     seed = check_int("seed", seed, 0)
     out = generate(model, prompts, max_new_tokens, canvas_length=canvas_length, steps=steps, sampler=sampler,
@@ -223,6 +234,12 @@ def commitment_probe(model: nn.Module, prompts: list[list[int]], *, max_new_toke
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _check_diffusion(model: nn.Module, probe: str) -> None:
+    if not is_diffusion(model.config):
+        raise ValueError(f"the {probe} probe needs a diffusion model (it traces denoising steps); this model's family "
+                         f"is {model.config.objective!r}, which decodes left to right")
+
+
 def _check_budgets(budgets: Iterable[int]) -> tuple[int, ...]:
     """Distinct non-negative ints, returned ascending."""
     if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Iterable):
@@ -283,7 +300,7 @@ def _revise(model: nn.Module, first: GenerationOutput, budget: int, tokens_per_s
     def denoiser(z: Tensor) -> Tensor:
         return model(z) if mask is None else model(z, attention_mask=mask)
 
-    rule = make_sampler("adaptive", model.config.vocab_size, tokens_per_step=tokens_per_step)
+    rule = make_sampler("adaptive", kernel_for(model.config), tokens_per_step=tokens_per_step)
     grid = torch.full((budget + 1,), lam_end, dtype=torch.float64)  # lambda stays put: revision only
     generator = torch.Generator(device=canvas.device).manual_seed(seed)
     bar = None

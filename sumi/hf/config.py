@@ -44,7 +44,6 @@ _ARCHITECTURE_FLAGS: dict[str, tuple[Any, Any]] = {
     "tie_word_embeddings": (False, False),
     "pretraining_tp": (1, 1),
     "attention_dropout": (0.0, 0.0),
-    "is_causal": (False, False),
     "partial_rotary_factor": (1.0, 1.0),
     "sliding_window": (None, None),
     "rope_scaling": (None, None),
@@ -109,6 +108,8 @@ def config_from_hf(d: Mapping[str, Any], *, attention_backend: str | None = None
     or a key that would change the architecture (``attention_bias``/``add_qkv_bias``/``mlp_bias``
     true, ``rope_type`` other than ``"default"``, ``hidden_act`` other than ``"silu"``,
     ``tie_word_embeddings`` true, ``pretraining_tp`` != 1, ``attention_dropout`` != 0, ...).
+    The family: ``objective`` (``{"name": ..., "shift": ..., "scale": ...}``; absent: the released
+    uniform model), ``mask_token_id`` and ``is_causal`` (true for ``"ar"`` only).
     Bookkeeping keys (``dtype``, ``transformers_version``, ``use_cache``, ``auto_map``, the
     ``uniform_diffusion_*`` training values, ...) are ignored; ``auto_map`` is never followed.
     """
@@ -132,6 +133,7 @@ def config_from_hf(d: Mapping[str, Any], *, attention_backend: str | None = None
             raise ValueError(f"{CONFIG_NAME}: {key}={value!r} changes the architecture and is not supported "
                              f"(Sumi has {key}={json.dumps(sumi_value)})")
     fields: dict[str, Any] = {key: _int(d, key) for key in _REQUIRED_INTS}
+    fields.update(_family(d))
     if d.get("head_dim") is not None:
         fields["head_dim"] = _int(d, "head_dim")
     fields["rms_norm_eps"] = _float(d, "rms_norm_eps")
@@ -144,6 +146,30 @@ def config_from_hf(d: Mapping[str, Any], *, attention_backend: str | None = None
         return ModelConfig(**fields)
     except ValueError as e:
         raise ValueError(f"{CONFIG_NAME} describes an invalid Sumi model: {e}") from e
+
+
+def _family(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The family fields of :class:`ModelConfig` from ``objective`` (absent: the released uniform
+    model), ``mask_token_id`` and ``is_causal`` (true exactly for ``"ar"``)."""
+    entry = d.get("objective", {"name": "uniform"})
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+        raise ValueError(f"{CONFIG_NAME}: 'objective' must be an object with a 'name', got {entry!r}")
+    known = {"name", "shift", "scale"} if entry["name"] == "hybrid" else {"name"}
+    if set(entry) - known:
+        raise ValueError(f"{CONFIG_NAME}: objective {entry['name']!r} has no parameters "
+                         f"{sorted(set(entry) - known)} (it takes {sorted(known - {'name'}) or 'none'})")
+    fields: dict[str, Any] = {"objective": entry["name"]}
+    if "shift" in entry:
+        fields["hybrid_shift"] = check_number(f"{CONFIG_NAME}: objective.shift", entry["shift"])
+    if "scale" in entry:
+        fields["hybrid_scale"] = check_number(f"{CONFIG_NAME}: objective.scale", entry["scale"])
+    if d.get("mask_token_id") is not None:
+        fields["mask_token_id"] = _int(d, "mask_token_id")
+    causal = d.get("is_causal", False)
+    if causal is not (entry["name"] == "ar"):
+        raise ValueError(f"{CONFIG_NAME}: is_causal={json.dumps(causal)} does not fit objective {entry['name']!r} "
+                         "(causal attention is the 'ar' family's, and only its)")
+    return fields
 
 
 def config_to_hf(c: ModelConfig, dtype: str | torch.dtype) -> dict[str, Any]:
@@ -178,8 +204,22 @@ def config_to_hf(c: ModelConfig, dtype: str | torch.dtype) -> dict[str, Any]:
         "bos_token_id": c.bos_token_id,
         "eos_token_id": c.eos_token_id,
         "pad_token_id": c.pad_token_id,
-        "uniform_diffusion_beta_is": UNIFORM_DIFFUSION_BETA_IS,
-        "uniform_diffusion_z_loss_strength": UNIFORM_DIFFUSION_Z_LOSS_STRENGTH,
+        **_family_entries(c),
         "dtype": dtype_name(dtype),
         "transformers_version": TRANSFORMERS_VERSION,
     }
+
+
+def _family_entries(c: ModelConfig) -> dict[str, Any]:
+    """The released uniform model's bookkeeping keys, or the ``objective`` entry (with the hybrid
+    kernel's parameters), ``mask_token_id`` and ``is_causal`` of another family."""
+    if c.objective == "uniform":
+        return {"uniform_diffusion_beta_is": UNIFORM_DIFFUSION_BETA_IS,
+                "uniform_diffusion_z_loss_strength": UNIFORM_DIFFUSION_Z_LOSS_STRENGTH}
+    entry: dict[str, Any] = {"name": c.objective}
+    if c.objective == "hybrid":
+        entry.update(shift=c.hybrid_shift, scale=c.hybrid_scale)
+    out: dict[str, Any] = {"objective": entry, "is_causal": c.causal}
+    if c.mask_token_id is not None:
+        out["mask_token_id"] = c.mask_token_id
+    return out

@@ -1,4 +1,4 @@
-"""Bidirectional attention with the off-by-one ("sink") softmax, in three backends.
+"""Attention with the off-by-one ("sink") softmax, bidirectional or causal, in three backends.
 
 ``softmax_1(s)_j = exp(s_j) / (1 + sum_k exp(s_k))`` (Sumi, arXiv 2606.19005; "attention is off
 by one"; docs/math.md, "Sumi recipe facts"): exactly an extra key whose logit is always 0 and
@@ -33,6 +33,23 @@ CUDA and the flash-attn package): call it where a backend is chosen, before any 
 Masks: ``key_mask`` (bool ``[batch, seq]``, True = real token) and ``document_ids`` (``[batch, seq]``:
 a query sees only keys of its own document).  Outputs at padded query positions are not
 meaningful and differ between backends (``flash`` writes 0 there).
+
+Causal attention (``causal=True``; the ``"ar"`` family, docs/training.md, "Families"): query ``i``
+also sees only keys ``j <= i``, and always the sink, so a row with every key masked still
+outputs 0.  The backends build it once per forward in ``prepare``:
+
+- ``eager``: the lower-triangular mask AND the others;
+- ``sdpa``: on the CPU, with nothing else masked, the CPU kernel's own ``is_causal`` (forward and
+  backward; the ``sigmoid(lse)`` scaling holds for any set of allowed keys), else the triangle
+  enters the additive bias; elsewhere a boolean ``[1 or batch, 1, seq, seq + 1]`` mask whose
+  last column (the appended sink) is allowed for every query;
+- ``flash``: flash-attn's causal mask is aligned to the bottom right when a segment has more
+  keys than queries, so the sink goes FIRST in each causal segment: query ``i`` then sees the
+  sink and the keys of tokens ``<= i``.
+
+A decoding step with a KV cache (:class:`sumi.model.KVCache`) has queries that are the last
+``n`` of its keys: :func:`cached_mask` builds its mask (eager's or sdpa's form; ``flash`` runs
+such steps through ``sdpa``, which computes the same attention).
 """
 
 from __future__ import annotations
@@ -91,11 +108,24 @@ def allowed_keys(key_mask: Tensor | None, document_ids: Tensor | None) -> Tensor
     return allowed
 
 
+def causal_allowed(allowed: Tensor | None, queries: int, keys: int, device: torch.device) -> Tensor:
+    """``allowed`` (a mask of :func:`allowed_keys`; ``None``: all keys) AND causality, as a bool
+    ``[batch or 1, 1, queries, keys]``.
+
+    The queries are the last ``queries`` of the ``keys`` positions (all of them in a forward
+    pass; the new tokens of a cached decoding step): query ``i`` sits at key slot
+    ``keys - queries + i`` and sees the keys ``j <= keys - queries + i``."""
+    causal = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+    return causal[None, None] if allowed is None else allowed & causal
+
+
 # -- eager: the reference ----------------------------------------------------------------------
 def eager_mask(key_mask: Tensor | None, document_ids: Tensor | None, batch: int, seq: int,
-               device: torch.device) -> Tensor | None:
-    """The eager backend's mask: :func:`allowed_keys` (``batch``, ``seq``, ``device``: unused)."""
-    return allowed_keys(key_mask, document_ids)
+               device: torch.device, causal: bool = False) -> Tensor | None:
+    """The eager backend's mask: :func:`allowed_keys`, and with ``causal`` the lower triangle too
+    (:func:`causal_allowed`; ``batch``: unused)."""
+    allowed = allowed_keys(key_mask, document_ids)
+    return causal_allowed(allowed, seq, seq, device) if causal else allowed
 
 
 def eager_attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
@@ -114,10 +144,11 @@ def eager_attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Ten
 
 
 def eager_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None,
-                    document_ids: Tensor | None = None) -> Tensor:
+                    document_ids: Tensor | None = None, causal: bool = False) -> Tensor:
     """``q``: ``[batch, heads, seq, d]``; ``k``, ``v``: ``[batch, kv_heads, seq, d]``; KV head ``j``
-    serves query heads ``j*rep .. j*rep + rep - 1``.  Softmax in float32."""
-    return eager_attend(q, k, v, allowed_keys(key_mask, document_ids))
+    serves query heads ``j*rep .. j*rep + rep - 1``.  Softmax in float32; ``causal``: query ``i``
+    sees keys ``j <= i`` only."""
+    return eager_attend(q, k, v, eager_mask(key_mask, document_ids, q.shape[0], q.shape[2], q.device, causal))
 
 
 # -- sdpa ----------------------------------------------------------------------------------------
@@ -138,30 +169,51 @@ class _ScaledBySigmoidLse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-        o, lse = _flash_cpu(q, k, v, attn_mask=bias)
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool) -> Tensor:
+        o, lse = _flash_cpu(q, k, v, 0.0, is_causal, attn_mask=bias)
         out = (o * torch.sigmoid(lse).unsqueeze(-1)).to(o.dtype)
         ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.is_causal = is_causal
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         q, k, v, bias, out, lse = ctx.saved_tensors
         scaled = (grad * torch.sigmoid(lse).unsqueeze(-1)).to(q.dtype)
-        dq, dk, dv = _flash_cpu_backward(scaled, q, k, v, out, lse, 0.0, False, attn_mask=bias)
-        return dq, dk, dv, None
+        dq, dk, dv = _flash_cpu_backward(scaled, q, k, v, out, lse, 0.0, ctx.is_causal, attn_mask=bias)
+        return dq, dk, dv, None, None
+
+
+class _CausalOnly:
+    """sdpa's prepared mask on the CPU for causal attention with nothing else masked: the CPU
+    kernel's own ``is_causal`` (no mask tensor; blocks above the diagonal are skipped)."""
+
+    def __repr__(self) -> str:
+        return "CAUSAL"
+
+
+CAUSAL = _CausalOnly()
 
 
 def sdpa_mask(key_mask: Tensor | None, document_ids: Tensor | None, batch: int, seq: int,
-              device: torch.device) -> Tensor | None:
-    """The sdpa backend's mask, built once per forward.  On the CPU an additive float32 bias
-    (0 allowed, ``-inf`` masked; ``[batch, 1, 1 or seq, seq]``, what the CPU kernel takes); on
-    other devices a boolean ``[batch, 1, 1 or seq, seq + 1]`` whose last column, the sink, is
-    always allowed."""
+              device: torch.device, causal: bool = False) -> Tensor | _CausalOnly | None:
+    """The sdpa backend's mask, built once per forward: :func:`sdpa_form` of the allowed keys
+    (with ``causal``, of :func:`causal_allowed`), except for causal attention with nothing else
+    masked on the CPU, which is :data:`CAUSAL` (the kernel's ``is_causal``).  ``batch``: unused."""
     allowed = allowed_keys(key_mask, document_ids)
-    if allowed is None:
-        return None
-    if torch.device(device).type == "cpu":
+    if causal:
+        if allowed is None and torch.device(device).type == "cpu":
+            return CAUSAL
+        allowed = causal_allowed(allowed, seq, seq, device)
+    return None if allowed is None else sdpa_form(allowed)
+
+
+def sdpa_form(allowed: Tensor) -> Tensor:
+    """A bool ``[batch or 1, 1, queries, keys]`` mask (True: allowed) in the form sdpa takes: on
+    the CPU an additive float32 bias (0 allowed, ``-inf`` masked, what the CPU kernel takes); on
+    other devices a boolean ``[..., keys + 1]`` whose last column, the appended sink, is always
+    allowed."""
+    if allowed.device.type == "cpu":
         return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, -math.inf)
     return torch.cat([allowed, allowed.new_ones(*allowed.shape[:-1], 1)], dim=-1)
 
@@ -172,20 +224,23 @@ def _with_sink(x: Tensor, dim: int) -> Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
-def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | _CausalOnly | None) -> Tensor:
     """``softmax_1`` attention with the mask of :func:`sdpa_mask` (see the module docstring for the
     two forms); GQA natively (the CPU kernel maps query head ``h`` to KV head ``h // rep``)."""
     if q.device.type == "cpu":
+        if mask is CAUSAL:
+            return _ScaledBySigmoidLse.apply(q, k, v, None, True)
         bias = mask if mask is None or mask.dtype == q.dtype else mask.to(q.dtype)
-        return _ScaledBySigmoidLse.apply(q, k, v, bias)
+        return _ScaledBySigmoidLse.apply(q, k, v, bias, False)
     k, v = _with_sink(k, 2), _with_sink(v, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None,
-                   document_ids: Tensor | None = None) -> Tensor:
-    """Off-by-one attention through torch's SDPA kernels (shapes as :func:`eager_attention`)."""
-    return sdpa_attend(q, k, v, sdpa_mask(key_mask, document_ids, q.shape[0], q.shape[2], q.device))
+                   document_ids: Tensor | None = None, causal: bool = False) -> Tensor:
+    """Off-by-one attention through torch's SDPA kernels (shapes and ``causal`` as
+    :func:`eager_attention`)."""
+    return sdpa_attend(q, k, v, sdpa_mask(key_mask, document_ids, q.shape[0], q.shape[2], q.device, causal))
 
 
 # -- flash -------------------------------------------------------------------------------------
@@ -195,8 +250,10 @@ class FlashLayout:
 
     The ``tokens`` real tokens (all ``batch * seq`` of them, or those selected by ``token_index``,
     flat indices into ``batch * seq``) are packed in (batch, position) order into the queries;
-    each segment's keys are its tokens followed by one zero key (the sink), so token ``i`` lands
-    at key slot ``key_slot[i]``.  ``cu_q`` / ``cu_k`` (int32, ``segments + 1``) are the segment
+    each segment's keys are its tokens and one zero key (the sink): after them, or with
+    ``causal`` before them (flash-attn aligns its causal mask to the bottom right, so query ``i``
+    of a segment then sees the sink and the keys of tokens ``<= i``).  Token ``i`` lands at key
+    slot ``key_slot[i]``.  ``cu_q`` / ``cu_k`` (int32, ``segments + 1``) are the segment
     offsets, ``max_len`` the longest segment."""
 
     token_index: Tensor | None
@@ -205,19 +262,21 @@ class FlashLayout:
     cu_k: Tensor
     keys: int
     max_len: int
+    causal: bool = False
 
 
 def flash_layout(key_mask: Tensor | None, document_ids: Tensor | None, batch: int, seq: int,
-                 device: torch.device) -> FlashLayout:
+                 device: torch.device, causal: bool = False) -> FlashLayout:
     """The segment layout of :class:`FlashLayout`: one segment per sequence, split wherever the
-    document changes; padding (``key_mask`` False) is left out.  Without masks it is static (no
-    host sync); with masks the token and segment counts and the longest segment are read here, once per
-    forward, never per layer."""
+    document changes; padding (``key_mask`` False) is left out; ``causal``: the sink first in
+    each segment.  Without masks it is static (no host sync); with masks the token and segment
+    counts and the longest segment are read here, once per forward, never per layer."""
+    first = int(causal)  # the sink's place: key slot 0 of a causal segment, after its tokens otherwise
     if key_mask is None and document_ids is None:
         rows = torch.arange(batch + 1, device=device, dtype=torch.int32)
         flat = torch.arange(batch * seq, device=device)
-        return FlashLayout(token_index=None, key_slot=flat + flat // seq, cu_q=rows * seq, cu_k=rows * (seq + 1),
-                           keys=batch * (seq + 1), max_len=seq)
+        return FlashLayout(token_index=None, key_slot=flat + flat // seq + first, cu_q=rows * seq,
+                           cu_k=rows * (seq + 1), keys=batch * (seq + 1), max_len=seq, causal=causal)
     valid = (torch.ones(batch, seq, dtype=torch.bool, device=device) if key_mask is None
              else key_mask.bool()).reshape(-1)
     token_index = torch.nonzero(valid).squeeze(1)                      # syncs: the token count
@@ -231,8 +290,8 @@ def flash_layout(key_mask: Tensor | None, document_ids: Tensor | None, batch: in
     segments, tokens = lengths.numel(), token_index.numel()
     cu_q = F.pad(lengths.cumsum(0), (1, 0)).int()
     cu_k = cu_q + torch.arange(segments + 1, device=device, dtype=torch.int32)
-    return FlashLayout(token_index=token_index, key_slot=torch.arange(tokens, device=device) + segment, cu_q=cu_q,
-                       cu_k=cu_k, keys=tokens + segments, max_len=int(lengths.max()))
+    return FlashLayout(token_index=token_index, key_slot=torch.arange(tokens, device=device) + segment + first,
+                       cu_q=cu_q, cu_k=cu_k, keys=tokens + segments, max_len=int(lengths.max()), causal=causal)
 
 
 def flash_attend(q: Tensor, k: Tensor, v: Tensor, layout: FlashLayout) -> Tensor:
@@ -250,25 +309,26 @@ def flash_attend(q: Tensor, k: Tensor, v: Tensor, layout: FlashLayout) -> Tensor
     k_packed = k_tokens.new_zeros(layout.keys, *k_tokens.shape[1:]).index_copy_(0, layout.key_slot, k_tokens)
     v_packed = v_tokens.new_zeros(layout.keys, *v_tokens.shape[1:]).index_copy_(0, layout.key_slot, v_tokens)
     out = flash_attn_varlen_func(q_tokens.contiguous(), k_packed, v_packed, layout.cu_q, layout.cu_k, layout.max_len,
-                                 layout.max_len + 1, softmax_scale=1.0 / math.sqrt(d), causal=False)
+                                 layout.max_len + 1, softmax_scale=1.0 / math.sqrt(d), causal=layout.causal)
     if layout.token_index is not None:
         out = out.new_zeros(batch * seq, heads, d).index_copy_(0, layout.token_index, out)
     return out.reshape(batch, seq, heads, d).transpose(1, 2)
 
 
 def flash_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None,
-                    document_ids: Tensor | None = None) -> Tensor:
+                    document_ids: Tensor | None = None, causal: bool = False) -> Tensor:
     """flash-attn varlen: every (sequence, document) segment of real tokens gets its own zero
-    key/value at its end.  Needs CUDA and fp16/bf16 inputs; padded query positions return 0."""
-    return flash_attend(q, k, v, flash_layout(key_mask, document_ids, q.shape[0], q.shape[2], q.device))
+    key/value (at its end; with ``causal`` at its start).  Needs CUDA and fp16/bf16 inputs;
+    padded query positions return 0."""
+    return flash_attend(q, k, v, flash_layout(key_mask, document_ids, q.shape[0], q.shape[2], q.device, causal))
 
 
 class AttentionBackend(NamedTuple):
-    """One attention implementation.  ``prepare(key_mask, document_ids, batch, seq, device)``
+    """One attention implementation.  ``prepare(key_mask, document_ids, batch, seq, device, causal)``
     builds its mask once per forward pass (``None`` when nothing is masked, for eager and sdpa);
     ``attend(q, k, v, mask)`` runs one layer with it."""
 
-    prepare: Callable[[Tensor | None, Tensor | None, int, int, torch.device], Any]
+    prepare: Callable[[Tensor | None, Tensor | None, int, int, torch.device, bool], Any]
     attend: Callable[[Tensor, Tensor, Tensor, Any], Tensor]
 
 
@@ -276,3 +336,18 @@ BACKENDS = {"eager": AttentionBackend(eager_mask, eager_attend), "sdpa": Attenti
             "flash": AttentionBackend(flash_layout, flash_attend)}
 """Attention implementations by name (``ModelConfig.attention_backend``); all compute the same
 off-by-one softmax attention."""
+
+
+def cached_mask(backend: str, key_mask: Tensor, queries: int) -> tuple[str, Tensor]:
+    """The backend that runs a cached decoding step, and its mask.
+
+    The step's ``queries`` new tokens are the last ``queries`` of the keys ``key_mask`` (bool
+    ``[batch, keys]``: the cached tokens and the new ones, True = real) describes; query ``i``
+    sees the real keys ``j <= keys - queries + i`` (:func:`causal_allowed`), and the sink.
+    ``"eager"`` gets its boolean mask, ``"sdpa"`` :func:`sdpa_form`'s; ``"flash"`` runs the step
+    through ``"sdpa"`` (the same attention: flash-attn's varlen layout would be rebuilt for a
+    cache that grows every step)."""
+    allowed = causal_allowed(key_mask.bool()[:, None, None, :], queries, key_mask.shape[1], key_mask.device)
+    if backend == "eager":
+        return backend, allowed
+    return "sdpa", sdpa_form(allowed)

@@ -2,9 +2,10 @@
 Face keys (``model.layers.{i}.self_attn.q_proj.weight``, ..., ``lm_head.weight``).
 
 Bidirectional, no time input, RMSNorm in float32, rotate-half RoPE, GQA, SwiGLU, untied head,
-no biases, off-by-one attention (:mod:`sumi.model.attention`).  Build it on the meta device and
-call :meth:`Sumi.init_weights` after moving it (``to_empty``): a 7B model is then described
-without allocating it.
+no biases, off-by-one attention (:mod:`sumi.model.attention`).  The ``"ar"`` family
+(``config.causal``) is the same network with causal attention, and decodes with a
+:class:`~sumi.model.KVCache`.  Build it on the meta device and call :meth:`Sumi.init_weights`
+after moving it (``to_empty``): a 7B model is then described without allocating it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from sumi.configs.model import ModelConfig
-from sumi.model.attention import BACKENDS, check_backend
+from sumi.model.attention import BACKENDS, cached_mask, check_backend
+from sumi.model.cache import KVCache, LayerCache
 from sumi.model.layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
 from sumi.model.params import normal_
 
@@ -31,19 +33,23 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(h, config.num_key_value_heads * d, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * d, h, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, backend: str) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, backend: str,
+                cache: LayerCache | None = None) -> Tensor:
         batch, seq, _ = x.shape
         c = self.config
         q = self.q_proj(x).view(batch, seq, c.num_attention_heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # attend to every cached token and these
+            k, v = cache.append(k, v)
         out = BACKENDS[backend].attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block; ``mask`` is the backend's prepared mask (:class:`ForwardPlan`)."""
+    """One pre-norm transformer block; ``mask`` is the backend's prepared mask (:class:`ForwardPlan`),
+    ``cache`` this layer's part of a :class:`~sumi.model.KVCache` (decoding) or ``None``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -52,8 +58,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, backend: str) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, backend)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, backend: str,
+                cache: LayerCache | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, backend, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -101,6 +108,15 @@ class Sumi(nn.Module):
     :meth:`prepare`; ``plan=model.prepare(ids, mask, ...)`` passes them in instead, so many
     forwards over one shape (the steps of :func:`sumi.generate`) build them once.
 
+    ``config.causal`` (the ``"ar"`` family): position ``i`` attends to positions ``<= i`` only
+    (and the sink), in every backend.  ``cache`` (a :class:`~sumi.model.KVCache`, causal models
+    only): ``input_ids`` are the next ``n`` tokens after the ``cache.length`` tokens it holds;
+    their keys and values are appended to it and they attend to every cached real token and to
+    the new ones before them.  ``attention_mask`` then marks which new tokens are real (padding
+    is never attended to, now or later), ``position_ids`` (``[n]`` or ``[batch, n]``) default to
+    ``cache.length .. cache.length + n - 1``; ``document_ids`` and ``plan`` are not taken.  Such
+    steps run ``eager`` or ``sdpa`` (``flash`` runs them through ``sdpa``).
+
     ``input_ids`` must be ``torch.long`` or ``torch.int32``.  An id outside ``[0, vocab_size)`` is
     a ``ValueError`` naming it on the CPU; on CUDA the embedding kernel's device-side assertion
     fires instead (reported asynchronously, and the CUDA context is unusable afterwards), because
@@ -122,32 +138,63 @@ class Sumi(nn.Module):
         position_ids=..., backend=...)``: the arguments are checked and the RoPE tables and the
         backend's mask are built here, once, for any number of forwards over tokens of
         ``input_ids``'s shape (only its shape, dtype and device are read)."""
-        backend = check_backend(backend or self.config.attention_backend, input_ids.device)
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must hold integer token ids (torch.long or torch.int32), got "
-                             f"{input_ids.dtype}")
+        backend = self._check_inputs(input_ids, attention_mask, backend)
         batch, seq = input_ids.shape
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
                              f"({self.config.max_position_embeddings})")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
         if document_ids is not None and document_ids.shape != input_ids.shape:
             raise ValueError(f"document_ids must have shape {tuple(input_ids.shape)}, got {tuple(document_ids.shape)}")
         if position_ids is None:
             position_ids = torch.arange(seq, device=input_ids.device)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         key_mask = None if attention_mask is None else attention_mask.bool()
-        mask = BACKENDS[backend].prepare(key_mask, document_ids, batch, seq, input_ids.device)
+        mask = BACKENDS[backend].prepare(key_mask, document_ids, batch, seq, input_ids.device, self.config.causal)
         return ForwardPlan(batch=batch, seq=seq, backend=backend, cos=cos, sin=sin, mask=mask)
+
+    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, backend: str | None) -> str:
+        """Check the token ids' shape and dtype and the mask's shape; the backend to run."""
+        backend = check_backend(backend or self.config.attention_backend, input_ids.device)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must hold integer token ids (torch.long or torch.int32), got "
+                             f"{input_ids.dtype}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+        return backend
+
+    def _cached_plan(self, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None,
+                     backend: str | None, cache: KVCache) -> ForwardPlan:
+        """The plan of a step with ``cache`` (see the class docstring): RoPE tables at the new
+        tokens' positions and the mask over the cached and new keys; the new tokens' entries of
+        ``cache.key_mask`` are written here."""
+        if not self.config.causal:
+            raise ValueError(f"cache= needs a causal model (objective 'ar'), not objective {self.config.objective!r}")
+        backend = self._check_inputs(input_ids, attention_mask, backend)
+        batch, n = input_ids.shape
+        start, stop = cache.length, cache.length + n
+        if batch != cache.batch:
+            raise ValueError(f"input_ids have {batch} rows but the cache holds {cache.batch}")
+        if stop > cache.capacity:
+            raise ValueError(f"{n} more tokens do not fit in the cache: {start} of its {cache.capacity} slots are "
+                             "used (make a larger KVCache)")
+        if position_ids is None:
+            position_ids = torch.arange(start, stop, device=input_ids.device)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        cache.key_mask[:, start:stop] = True if attention_mask is None else attention_mask.bool()
+        backend, mask = cached_mask(backend, cache.key_mask[:, :stop], n)
+        return ForwardPlan(batch=batch, seq=n, backend=backend, cos=cos, sin=sin, mask=mask)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 document_ids: Tensor | None = None, position_ids: Tensor | None = None,
                 return_hidden: bool = False, backend: str | None = None, plan: ForwardPlan | None = None,
-                output_index: Tensor | None = None) -> Tensor:
-        if plan is None:
+                output_index: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        if cache is not None:
+            if plan is not None or document_ids is not None:
+                raise ValueError("cache= takes no plan= and no document_ids= (a decoding step builds its own mask)")
+            plan = self._cached_plan(input_ids, attention_mask, position_ids, backend, cache)
+        elif plan is None:
             plan = self.prepare(input_ids, attention_mask, document_ids=document_ids, position_ids=position_ids,
                                 backend=backend)
         else:
@@ -158,8 +205,10 @@ class Sumi(nn.Module):
                 raise ValueError(f"input_ids have shape {tuple(input_ids.shape)} but the plan was prepared for "
                                  f"{(plan.batch, plan.seq)}")
         x = self._embed(input_ids)
-        for layer in self.model.layers:
-            x = layer(x, plan.cos, plan.sin, plan.mask, plan.backend)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, plan.cos, plan.sin, plan.mask, plan.backend, None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.length += plan.seq
         if output_index is not None:
             # the head (V columns per position) only where the caller reads it; the final norm
             # is per position, so gathering before it changes no value

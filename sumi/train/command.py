@@ -1,8 +1,10 @@
 """``sumi train``: the recipe from the command line (single process, or under torchrun).
 
 ``sumi train --preset tiny --out DIR`` is the embedded default (the main job): the Python
-standard library as corpus, a cached byte-level tokenizer, a tiny Sumi, samples and a loss
-curve in DIR.  Other presets need ``--data`` (a directory written by ``sumi data prepare``).
+standard library's training split as corpus (``--data stdlib:train``, the same thing said
+explicitly; ``--data stdlib:heldout`` trains on the held-out files instead), a cached byte-level
+tokenizer, a tiny Sumi, samples and a loss curve in DIR.  Other presets need ``--data`` (a
+directory written by ``sumi data prepare``).
 
 Exit status: 0 when done, 2 for a mistake in the input (one line on stderr), 1 when the run
 diverged (non-finite loss), 130 on Ctrl-C (one line saying where it stopped and how to resume).
@@ -14,6 +16,7 @@ import argparse
 import sys
 
 from sumi.cli_common import UsageError, add_threads_argument, apply_threads, writable_dir
+from sumi.configs.model import OBJECTIVES
 from sumi.configs.train import PHASES, TRAIN_PRESETS, train_sumi_7b
 
 
@@ -21,11 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, choices=sorted(TRAIN_PRESETS),
                         help="tiny (CPU, embedded corpus), sumi_150m, sumi_1b, sumi_7b")
     parser.add_argument("--out", required=True, help="output directory (metrics, checkpoints, model, samples)")
-    parser.add_argument("--data", action="append", default=[], metavar="DIR | NAME=DIR",
+    parser.add_argument("--data", action="append", default=[], metavar="DIR | NAME=DIR | stdlib:SPLIT",
                         help="packed data from `sumi data prepare`; NAME=DIR (repeatable) names the sources "
                              "of a mixture weighted by the config's `mixture` (sumi_7b --phase mid/long: "
-                             "code, math, general, reasoning).  Default for tiny: the Python standard "
-                             "library, prepared and cached")
+                             "code, math, general, reasoning); stdlib:train or stdlib:heldout (tiny only): a "
+                             "split of the Python standard library, prepared and cached with the embedded "
+                             "tokenizer.  Default for tiny: stdlib:train")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=None,
+                        help="the family: uniform (Sumi, the default), masked (MDLM ELBO), masked-ce (masked noise, "
+                             "plain cross-entropy), hybrid (GIDD hybrid noise; --set model.hybrid_shift=, "
+                             "model.hybrid_scale=) or ar (causal, next-token); mask families add one id, the mask, "
+                             "at the end of the vocabulary")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
@@ -44,27 +53,32 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from sumi._fs import LockedError, StorageError
-    from sumi.data.spec import parse_data_args
+    from sumi.data.spec import parse_data_args, stdlib_split_arg
     from sumi.distributed.checkpoint import CheckpointCorrupt
     from sumi.train import embedded
     from sumi.train.loop import TrainingDiverged, TrainingInterrupted, train
 
     apply_threads(args)
     tokenizer = None
-    flags = {"steps": args.steps, "seed": args.seed, "checkpoint_every": args.checkpoint_every}
+    flags = {"objective": args.objective, "steps": args.steps, "seed": args.seed,
+             "checkpoint_every": args.checkpoint_every}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.assignments
     try:
         if args.phase is not None and args.preset != "sumi_7b":
             raise UsageError(f"--phase applies to the sumi_7b recipe, not to preset {args.preset}")
+        split = stdlib_split_arg(args.data) if args.data else "train"  # a split: the embedded corpus
         if args.preset != "tiny" and not args.data:
             raise UsageError(f"--data is required for preset {args.preset} (prepare it with `sumi data prepare`)")
+        if args.preset != "tiny" and split is not None:
+            raise UsageError(f"--data {args.data[0]} is tokenized with the embedded 512-id tokenizer and trains "
+                             f"--preset tiny only, not {args.preset}")
         writable_dir(args.out)  # before any data is prepared or a model built
-        if args.data:
+        if split is None:
             data_dir = parse_data_args(args.data)
             config = train_sumi_7b(args.phase or "pretrain") if args.preset == "sumi_7b" else TRAIN_PRESETS[args.preset]()
         else:  # the embedded corpus, prepared (and cached) at the sequence length asked for
             seq_len = TRAIN_PRESETS["tiny"]().override(overrides).seq_len  # also checks --set before the work
-            data_dir, tokenizer = embedded.prepare_embedded(seq_len, progress=args.progress)
+            data_dir, tokenizer = embedded.prepare_embedded(seq_len, split=split, progress=args.progress)
             config = embedded.embedded_config(tokenizer)
         config = config.override(overrides)
         result = train(config, data_dir, args.out, resume=args.resume, allow_config_change=args.allow_config_change,

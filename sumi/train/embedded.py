@@ -1,8 +1,13 @@
 """The embedded default ("main job"): train a tiny Sumi on the Python standard library's own
 source files, found at run time, so nothing is downloaded beyond package installs.
 
+The corpus is the training split of the standard library (``stdlib:train``,
+:func:`sumi.data.sources.stdlib_split`): one file in 50 (``stdlib:heldout``, chosen by a hash of
+its path) is never trained on, neither by the model nor by the tokenizer, so it can measure
+held-out bits per byte (``sumi eval nelbo --data stdlib:heldout``).
+
 Prepared data and the tokenizer are cached under ``$SUMI_CACHE`` (default ``~/.cache/sumi``),
-keyed by the Python version and the corpus size; a second run starts training at once.
+keyed by the Python version, the corpus size and the split; a second run starts training at once.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from pathlib import Path
 
 from sumi._fs import exclusive_lock
 from sumi.configs.train import TrainConfig, train_tiny
-from sumi.data import prepare, stdlib_files
+from sumi.data import prepare
+from sumi.data.sources import HELDOUT_ONE_IN, STDLIB_SPLITS, stdlib_split
 from sumi.tokenizer import SumiTokenizer
 
 CORPUS_BYTES = 12_000_000   # enough text for a 512-id BPE and thousands of training rows
@@ -27,9 +33,11 @@ def cache_dir() -> Path:
 
 
 def corpus_files(limit_bytes: int = CORPUS_BYTES) -> list[Path]:
-    """A deterministic subset of the standard library's .py files, up to ``limit_bytes``."""
+    """What the embedded default trains on (model and tokenizer): the files of ``stdlib:train``
+    in sorted order, each taken when it still fits in ``limit_bytes`` (on CPython 3.11 all 714,
+    11.8 MB, fit); never a file of ``stdlib:heldout``."""
     chosen, total = [], 0
-    for path in stdlib_files():
+    for path in stdlib_split("train"):
         size = path.stat().st_size
         if total + size > limit_bytes:
             continue
@@ -40,8 +48,19 @@ def corpus_files(limit_bytes: int = CORPUS_BYTES) -> list[Path]:
     return chosen
 
 
+def split_files(split: str) -> list[Path]:
+    """The files of ``--data stdlib:SPLIT``: :func:`corpus_files` for ``"train"`` (the embedded
+    default's data), every held-out file for ``"heldout"``."""
+    if split not in STDLIB_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(STDLIB_SPLITS)}, got {split!r}")
+    return corpus_files() if split == "train" else stdlib_split(split)
+
+
 def _root() -> Path:
-    return cache_dir() / f"stdlib-py{sys.version_info.major}{sys.version_info.minor}-{CORPUS_BYTES}"
+    # the held-out share is in the key: a cache built before the split (or with another share)
+    # trained its tokenizer on files that are now held out, so it is never reused
+    version = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return cache_dir() / f"stdlib-{version}-{CORPUS_BYTES}-heldout1in{HELDOUT_ONE_IN}"
 
 
 def tokenizer_path() -> Path:
@@ -62,16 +81,19 @@ def tokenizer(*, progress: bool = True) -> SumiTokenizer:
     return SumiTokenizer.from_file(tok_path)
 
 
-def prepare_embedded(seq_len: int, *, progress: bool = True) -> tuple[Path, SumiTokenizer]:
+def prepare_embedded(seq_len: int, *, split: str = "train", progress: bool = True) -> tuple[Path, SumiTokenizer]:
     """The cached tokenizer and packed data (rows of ``seq_len`` tokens) of the embedded default,
-    built on first use for each ``seq_len``.  Processes that start together (the ranks of a
-    torchrun job) take turns: the first builds, the others wait and then read the cache."""
+    built on first use for each ``seq_len``.  ``split``: ``"train"`` (the default's data,
+    :func:`corpus_files`) or ``"heldout"`` (the held-out files, ``--data stdlib:heldout``; the
+    tokenizer is the same, trained on ``"train"`` only).  Processes that start together (the
+    ranks of a torchrun job) take turns: the first builds, the others wait and then read the cache."""
+    files = split_files(split)
     _root().mkdir(parents=True, exist_ok=True)
     with exclusive_lock(_root() / ".build.lock", f"the cache {_root()}", wait=True):
         tok = tokenizer(progress=progress)
-        data_dir = _root() / f"data-{seq_len}"
+        data_dir = _root() / (f"data-{seq_len}" if split == "train" else f"data-{split}-{seq_len}")
         if not (data_dir / "manifest.json").exists():
-            prepare([str(p) for p in corpus_files()], tok, data_dir, seq_len, overwrite=True, progress=progress)
+            prepare([str(p) for p in files], tok, data_dir, seq_len, overwrite=True, progress=progress)
     return data_dir, tok
 
 
@@ -82,7 +104,8 @@ def embedded_config(tokenizer: SumiTokenizer, **overrides) -> TrainConfig:
 
 
 def write_report(out_dir: Path, tokenizer: SumiTokenizer, *, seed: int = 0) -> None:
-    """``samples.txt`` from the exported model and ``loss.png`` from ``metrics.jsonl``."""
+    """``samples.txt`` from the exported model (any family, through :func:`sumi.generate`) and
+    ``loss.png`` from ``metrics.jsonl``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,8 +131,8 @@ def write_report(out_dir: Path, tokenizer: SumiTokenizer, *, seed: int = 0) -> N
     ax.plot(steps, smooth, lw=1.6, label="moving average (EMA 0.98)")
     ax.legend(loc="upper right")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token, GIDD surrogate)")
-    ax.set_title("sumi tiny on the Python standard library")
+    ax.set_ylabel(f"loss (nats per token, {model.config.objective} objective)")
+    ax.set_title(f"sumi tiny ({model.config.objective}) on the Python standard library")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / "loss.png")

@@ -1,10 +1,12 @@
 """The training loop: one function, the same code on one CPU process or many GPUs under torchrun.
 
 Per step: the global batch (``global_batch_size`` sequences, :class:`sumi.data.Loader`) split
-into ``grad_accumulation`` micro-batches per rank, each noised by the objective with draws that
+into ``grad_accumulation`` micro-batches per rank, each noised by the family's objective
+(:func:`sumi.train.objective.build_objective`; docs/training.md, "Families") with draws that
 depend only on (seed, step, row of the global batch), the loss summed over tokens and divided by
-the GLOBAL token count of the step (so every rank and micro-batch weighs tokens equally), one
-clipped AdamW step with the WSD learning rate.  A step therefore computes the same thing on any
+the GLOBAL count of counted tokens of the step (``seq_len`` per row, ``seq_len - 1`` for ``ar``:
+a number known from the config, so every rank and micro-batch weighs tokens equally without a
+host sync), one clipped AdamW step with the WSD learning rate.  A step therefore computes the same thing on any
 number of processes, up to the order of floating-point sums.
 
 Output directory ``OUT`` (rank 0 holds an exclusive lock on it for the whole run):
@@ -49,7 +51,7 @@ from sumi.distributed import checkpoint as ckpt
 from sumi.distributed import gather_objects, init_distributed, on_rank0, parallelize, single_process_group
 from sumi.hf import load_weights
 from sumi.model import Sumi, check_backend, flops_per_token
-from sumi.train.objective import Objective
+from sumi.train.objective import TrainingObjective, build_objective
 from sumi.train.optim import WSD, build_optimizer, clip_grad_norm
 
 # Dense bf16 tensor-core peak per GPU (vendor datasheets, no sparsity); the first name contained in
@@ -288,8 +290,7 @@ def _train(config: TrainConfig, data: DataSpec, out_dir: Path, info, *, resume: 
     optimizer = build_optimizer(model, lr=config.peak_lr, betas=(config.beta1, config.beta2),
                                 weight_decay=config.weight_decay)
     schedule = WSD(config.peak_lr, config.floor_lr, config.effective_warmup_steps, config.steps, config.decay_fraction)
-    objective = Objective(config.model.vocab_size, per_token_share=config.per_token_share, z_loss=config.z_loss,
-                          fused=config.fused_loss)
+    objective = build_objective(config)
     loader = Loader(dataset, config.micro_batch_size, seed=config.seed, rank=info.rank, world_size=info.world_size,
                     global_batch=config.global_batch_size, vocab_size=config.model.vocab_size)
 
@@ -332,10 +333,11 @@ def _verify(dataset, info) -> None:
         raise errors[0]
 
 
-def _loop(model, optimizer, schedule: WSD, objective: Objective, loader: Loader, config: TrainConfig, info,
+def _loop(model, optimizer, schedule: WSD, objective: TrainingObjective, loader: Loader, config: TrainConfig, info,
           out_dir: Path, start: int, end: int, progress: bool) -> list[float]:
     ckpt_dir, metrics_path = out_dir / "checkpoints", out_dir / "metrics.jsonl"
-    global_tokens = config.global_batch_size * config.seq_len
+    global_tokens = config.global_batch_size * config.seq_len  # the tokens the model reads: tokens/s, MFU
+    counted_tokens = config.global_batch_size * objective.counted_per_row(config.seq_len)  # the loss divisor
     feed = StepFeed(loader, info.device)  # on CUDA: pinned, non-blocking, one step read ahead
     flops = flops_per_token(config.model, config.seq_len)
     peak = peak_flops(info.device)
@@ -357,7 +359,7 @@ def _loop(model, optimizer, schedule: WSD, objective: Objective, loader: Loader,
             batches = feed.next_step()
             # validate=False: the loader checked every id on the host; nothing here waits for the device
             sums, grad_norm = train_step(model, optimizer, objective, batches, noise, noise_seed(config.seed, step),
-                                         global_batch=config.global_batch_size, global_tokens=global_tokens,
+                                         global_batch=config.global_batch_size, global_tokens=counted_tokens,
                                          grad_clip=config.grad_clip, world_size=info.world_size, validate=False)
             finite = torch.isfinite(sums[0]) & torch.isfinite(grad_norm)
             first = (bad_step == 0) & ~finite
@@ -431,18 +433,20 @@ def _tokenizer_file(dataset, tokenizer_file: str | Path | None) -> Path | None:
     return found
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, batches,
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, objective: TrainingObjective, batches,
                noise: torch.Generator, seed: int, *, global_batch: int, global_tokens: int, grad_clip: float,
                world_size: int, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over ``batches``, this rank's micro-batches as ``(token ids, offset in
     the global batch)`` on the model's device, at the learning rate already set in ``optimizer``.
 
     Each micro-batch is noised with ``noise`` seeded with ``seed`` and drawn for the whole global
-    batch of ``global_batch`` sequences (:meth:`Objective.add_noise`), so a row's noise depends
-    only on ``seed`` and its offset.  Its summed loss is divided by ``global_tokens`` (the step's
-    token count over all ranks) before backward, so the accumulated gradient is the global token
-    mean whatever the world size.  Returns the step's global means of (loss, KL, IS divergence,
-    z-loss) as a float64 ``[4]`` tensor, all-reduced over ranks, and the gradient norm before
+    batch of ``global_batch`` sequences (:meth:`TrainingObjective.add_noise`), so a row's noise
+    depends only on ``seed`` and its offset.  Its summed loss is divided by ``global_tokens`` (the
+    step's count of counted tokens over all ranks: ``global_batch *
+    objective.counted_per_row(seq_len)``) before backward, so the accumulated gradient is the
+    global token mean whatever the world size.  Returns the step's global means of (loss, KL, IS
+    divergence, z-loss) as a float64 ``[4]`` tensor, all-reduced over ranks (what the parts hold
+    per family: :class:`sumi.train.objective.ObjectiveTerms`), and the gradient norm before
     clipping.  ``benchmarks/train_step.py`` times exactly this function.
 
     ``validate``: check each micro-batch's ids against the vocabulary (a host sync per

@@ -1,49 +1,66 @@
-"""Sumi's training objective in one place: noise sampling and the loss terms.
+"""The training objective of every family in one place: noise sampling and the loss terms.
 
-Sources: docs/math.md, "Loss" and "Sumi recipe facts"; the Sumi paper (arXiv 2606.19005); von Rütte et al.,
-"Scaling Behavior of Discrete Diffusion Language Models" (arXiv 2512.10858), Eqs. 1-5.
+Sources: docs/math.md, "Loss", "Family objectives" and "Sumi recipe facts"; the Sumi paper (arXiv
+2606.19005); von Rütte et al., "Scaling Behavior of Discrete Diffusion Language Models" (arXiv
+2512.10858), Eqs. 1-5; MDLM (Sahoo et al. 2024, arXiv 2406.07524, Eq. 10); Sahoo et al. 2026
+("Scaling Beyond Masked Diffusion Language Models", arXiv 2602.15014).  The families are those of
+docs/training.md, "Families"; :func:`build_objective` turns a :class:`~sumi.configs.TrainConfig`
+into its objective, with the kernel from :func:`sumi.family.kernel_for`.
 
-- Forward process: pure uniform noise over the **full** vocabulary (``discdiff.kernels.Uniform``,
-  ``N = V``: every id, specials included, can be drawn as noise).
-- Time: ``t ~ U(0, 1)`` with ``alpha = 1 - t``, so ``lambda = logit(1 - t)`` clamped to
-  ``[-9, 9]`` (``discdiff.schedules.LinearAlpha``).  One ``t`` per sequence, except for a share of
-  sequences that draw one ``t`` per token.
-- Loss per token: the GIDD "unweighted ELBO" surrogate ``w KL + beta_IS w IS`` (``beta_IS = 1``)
-  plus a z-loss ``1e-5 * logsumexp(logits)^2``, averaged over all non-ignored tokens (clean ones
-  included: their ELBO weight handles them).
-- Two ways to compute it, equal up to rounding: from the logits (:meth:`Objective.loss`), or
-  fused with the output projection from the final hidden states
-  (:meth:`Objective.loss_from_hidden`, ``discdiff.losses.gidd_from_hidden``), which never holds
-  the ``[batch, seq, V]`` logits (nor the several float32 copies the loss would make of them).
-  :meth:`Objective.model_loss` runs the model and picks the path set by ``fused``.
+- :class:`Objective` (``uniform``, ``masked``, ``hybrid``): diffusion noise (the family's kernel;
+  Sumi's is pure uniform noise over the **full** vocabulary) and the GIDD surrogate
+  ``w KL + beta_IS w IS`` (``beta_IS = 1``).  For the ``Masked`` kernel this is MDLM's ELBO per
+  unit log-SNR, ``alpha CE`` on masked tokens.
+- :class:`MaskedCEObjective` (``masked-ce``): the same masked noise, the plain cross-entropy
+  ``[z = m] (-log x_hat_x)`` without a weight.
+- :class:`AutoregressiveObjective` (``ar``): no noise; next-token cross-entropy of a causal model
+  (position ``i`` predicts ``x[i + 1]``: ``seq_len - 1`` counted tokens per row).
 
-:meth:`Objective.loss` returns **sums** over the counted tokens and their count, never means, so
-that a data-parallel caller can all-reduce both and divide by the *global* token count (a mean
-of per-rank means is wrong whenever ranks count different numbers of tokens).
+Every diffusion family draws its noise levels alike (:class:`DiffusionObjective`): ``t ~ U(0, 1)``
+with ``alpha = 1 - t``, so ``lambda = logit(1 - t)`` clamped to ``[-9, 9]``
+(``discdiff.schedules.LinearAlpha``); one ``t`` per sequence, except for a share of sequences
+that draw one ``t`` per token.  Every family adds the z-loss ``z_loss * logsumexp(logits)^2``
+(over all ``V`` logits) on every counted token.
+
+Two ways to compute each loss, equal up to rounding: from the logits (``loss``), or fused with
+the output projection from the final hidden states (``loss_from_hidden``:
+``discdiff.losses.gidd_from_hidden`` and ``discdiff.losses.cross_entropy_from_hidden``), which
+never holds the ``[batch, seq, V]`` logits.  ``model_loss`` runs the model and picks the path set
+by ``fused``.
+
+The losses return **sums** over the counted tokens and their count (:class:`ObjectiveTerms`), never
+means, so that a data-parallel caller can all-reduce both and divide by the *global* token count
+(a mean of per-rank means is wrong whenever ranks count different numbers of tokens).
 """
 
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from discdiff.kernels import Uniform
-from discdiff.losses import LossOutput, gidd, gidd_from_hidden
+from discdiff._checks import check_tokens
+from discdiff.kernels import Kernel, Masked, Uniform
+from discdiff.losses import cross_entropy_from_hidden, gidd, gidd_from_hidden, masked_ce
 from discdiff.schedules import LinearAlpha
 from sumi._checks import check_int, check_number
+from sumi.configs.train import TrainConfig
+from sumi.family import kernel_for
 
 
 @dataclass(frozen=True)
 class Noised:
     """One noising of a clean batch ``x`` (``[batch, seq]``).
 
-    - ``z``: noisy tokens ``z ~ q_lambda(. | x)``, same shape and dtype as ``x``.
+    - ``z``: noisy tokens ``z ~ q_lambda(. | x)``, same shape and dtype as ``x`` (``x`` itself
+      for the autoregressive family, which has no noise).
     - ``lam``: log-SNR per token, ``[batch, seq]`` float32 (constant along a row for sequences
-      that drew one ``t``).
-    - ``t``: the diffusion time per token, ``[batch, seq]`` float32 (``alpha = 1 - t`` before the clamp).
+      that drew one ``t``; ``+inf``, clean, for the autoregressive family).
+    - ``t``: the diffusion time per token, ``[batch, seq]`` float32 (``alpha = 1 - t`` before the
+      clamp; 0 for the autoregressive family).
     - ``per_token``: bool ``[batch]``, the sequences that drew one ``t`` per token.
     """
 
@@ -55,12 +72,17 @@ class Noised:
 
 @dataclass(frozen=True)
 class ObjectiveTerms:
-    """Sums over the counted tokens (``mask``), in float32 or wider, and their count.
+    """Sums over the counted tokens (``mask``), in float32 or wider, and their count; the same
+    shape for every family (what the parts hold per family: docs/training.md, "Families").
 
-    - ``loss_sum``: ``sum (w KL + beta_is w IS + z_loss * logsumexp(logits)^2)``; carries the graph.
-      Divide by the (global) ``num_tokens`` before ``backward``.
-    - ``kl_sum``: ``sum w KL``; ``is_sum``: ``sum w IS`` (not scaled by ``beta_is``);
-      ``z_loss_sum``: ``sum z_loss * logsumexp(logits)^2``.  These three are detached (metrics):
+    - ``loss_sum``: the summed training loss, the z-loss included; carries the graph.  Divide by
+      the (global) ``num_tokens`` before ``backward``.
+    - ``kl_sum``: the data term: ``sum w KL`` for the GIDD families, the summed cross-entropy for
+      ``masked-ce`` (0 on unmasked tokens) and ``ar``.
+    - ``is_sum``: ``sum w IS`` for the GIDD families (not scaled by ``beta_is``); 0 for the
+      cross-entropy families.
+    - ``z_loss_sum``: ``sum z_loss * logsumexp(logits)^2``.
+      ``kl_sum``, ``is_sum`` and ``z_loss_sum`` are detached (metrics):
       ``loss_sum = kl_sum + beta_is * is_sum + z_loss_sum`` up to rounding.
     - ``num_tokens``: int64 scalar, the number of counted tokens.
     """
@@ -72,15 +94,101 @@ class ObjectiveTerms:
     num_tokens: Tensor
 
 
-class Objective:
-    """Sumi's training objective (docs/math.md "Loss" / "Sumi recipe facts"; arXiv 2606.19005).
+class TrainingObjective(ABC):
+    """What the training loop asks of a family's objective (:func:`build_objective` builds one).
+
+    - :meth:`add_noise` turns a clean batch into the model's input (:class:`Noised`);
+    - :meth:`model_loss` runs the model on it and returns the :class:`ObjectiveTerms`;
+    - :meth:`counted_per_row` is the number of tokens a row of ``seq_len`` counts, so that the
+      loop divides by the global count without reading it from the device.
 
     Args:
-        vocab_size: ``V``; the uniform kernel covers all ``V`` ids.
+        vocab_size: ``V``, the model's vocabulary.
+        z_loss: coefficient of ``logsumexp(logits)^2`` per counted token (Sumi: ``1e-5``).
+        fused: :meth:`model_loss` computes the loss from the model's hidden states and its
+            ``lm_head.weight`` instead of from its logits (no ``[batch, seq, V]`` tensor).
+    """
+
+    def __init__(self, vocab_size: int, *, z_loss: float, fused: bool) -> None:
+        self.vocab_size = check_int("vocab_size", vocab_size, 2)
+        self.z_loss = check_number("z_loss", z_loss, 0.0)
+        if not isinstance(fused, bool):
+            raise ValueError(f"fused must be a bool, got {fused!r}")
+        self.fused = fused
+
+    @abstractmethod
+    def add_noise(self, x: Tensor, generator: torch.Generator, *, offset: int = 0,
+                  global_batch: int | None = None, validate: bool = True) -> Noised:
+        """The model's input for the clean rows ``x`` (``[batch, seq]``), rows ``offset ..
+        offset + batch - 1`` of a global batch of ``global_batch`` sequences."""
+
+    @abstractmethod
+    def model_loss(self, model, x: Tensor, noised: Noised, mask: Tensor | None = None, *,
+                   validate: bool = True) -> ObjectiveTerms:
+        """Run ``model`` on ``noised`` and return the loss terms of the clean batch ``x``."""
+
+    def counted_per_row(self, seq_len: int) -> int:
+        """Tokens counted in a row of ``seq_len`` tokens without a mask: all of them."""
+        return check_int("seq_len", seq_len, 1)
+
+    @staticmethod
+    def _check_args(generator: torch.Generator, x: Tensor, offset: int, global_batch: int | None) -> int:
+        """Check :meth:`add_noise`'s arguments; the global batch size."""
+        if not isinstance(generator, torch.Generator):
+            raise TypeError("generator must be a torch.Generator (the caller owns the noise RNG), got "
+                            f"{type(generator).__name__}")
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise ValueError(f"x must be a [batch, seq] tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        batch = x.shape[0]
+        total = batch if global_batch is None else check_int("global_batch", global_batch, 1)
+        check_int("offset", offset, 0, total - batch)
+        return total
+
+    @staticmethod
+    def _check_mask(mask: Tensor | None, x: Tensor) -> Tensor:
+        """``mask`` checked against ``x``, or all True."""
+        if mask is None:
+            return torch.ones_like(x, dtype=torch.bool)
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError("mask must be a bool tensor (True = counted)")
+        if mask.shape != x.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but x has shape {tuple(x.shape)}")
+        return mask
+
+    def _z_term(self, log_norm: Tensor | None, counted: Tensor, dtype: torch.dtype) -> Tensor:
+        """``z_loss * logsumexp(logits)^2`` per counted token (0 elsewhere), differentiable."""
+        if self.z_loss == 0:
+            return torch.zeros(counted.shape, dtype=dtype, device=counted.device)
+        return torch.where(counted, self.z_loss * log_norm.to(dtype).square(), 0.0)
+
+    def _ce_terms(self, ce: Tensor, lse: Tensor | None, counted: Tensor) -> ObjectiveTerms:
+        """The terms of a cross-entropy family: the loss ``ce + z-loss`` per counted token, the
+        metric ``kl`` the cross-entropy itself, no IS term."""
+        z_term = self._z_term(lse, counted, ce.dtype)
+        return self._terms(torch.where(counted, ce, 0.0) + z_term, ce, None, z_term, counted)
+
+    @staticmethod
+    def _terms(per_token: Tensor, kl: Tensor, is_div: Tensor | None, z_term: Tensor, counted: Tensor) -> ObjectiveTerms:
+        """Sums over the counted tokens: the loss (with its graph), and the detached parts
+        ``kl`` and ``is_div`` (per token, already weighted; ``None``: 0) and ``z_term``."""
+        dtype = per_token.dtype
+        zero = torch.zeros((), dtype=dtype, device=per_token.device)
+        with torch.no_grad():
+            kl_sum = torch.where(counted, kl.to(dtype), zero).sum()
+            is_sum = zero if is_div is None else torch.where(counted, is_div.to(dtype), zero).sum()
+        num_tokens = counted.sum().to(torch.int64)
+        return ObjectiveTerms(loss_sum=per_token.sum(), kl_sum=kl_sum, is_sum=is_sum,
+                              z_loss_sum=z_term.detach().sum(), num_tokens=num_tokens)
+
+
+class DiffusionObjective(TrainingObjective):
+    """The noise every diffusion family shares: ``kernel`` with Sumi's time sampling.
+
+    Args:
+        kernel: the forward process (``discdiff.kernels``); its ``vocab_size`` is ``V``.
         per_token_share: probability that a sequence draws one ``t`` per token instead of one
             per sequence (a Bernoulli draw per sequence).
         z_loss: coefficient of ``logsumexp(logits)^2`` per token (Sumi: ``1e-5``).
-        beta_is: weight of the Itakura-Saito term (``1`` gives the ELBO integrand).
         log_snr_min: the lower clamp of ``lambda`` (Sumi and GIDD-scaling: ``-9``).
         log_snr_max: the upper clamp of ``lambda`` (Sumi and GIDD-scaling: ``9``).
         fused: :meth:`model_loss` computes the loss from the model's hidden states and its
@@ -93,41 +201,24 @@ class Objective:
     of ranks, draws exactly the noise the uninterrupted one would have drawn.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        *,
-        per_token_share: float = 0.5,
-        z_loss: float = 1e-5,
-        beta_is: float = 1.0,
-        log_snr_min: float = -9.0,
-        log_snr_max: float = 9.0,
-        fused: bool = False,
-    ) -> None:
-        self.kernel = Uniform(vocab_size)
-        self.vocab_size = self.kernel.vocab_size
+    def __init__(self, kernel: Kernel, *, per_token_share: float = 0.5, z_loss: float = 1e-5,
+                 log_snr_min: float = -9.0, log_snr_max: float = 9.0, fused: bool = False) -> None:
+        if not isinstance(kernel, Kernel):
+            raise TypeError(f"kernel must be a discdiff Kernel, got {type(kernel).__name__}")
+        super().__init__(kernel.vocab_size, z_loss=z_loss, fused=fused)
+        self.kernel = kernel
         self.per_token_share = check_number("per_token_share", per_token_share, 0.0, 1.0)
-        self.z_loss = check_number("z_loss", z_loss, 0.0)
-        self.beta_is = check_number("beta_is", beta_is, 0.0)
         log_snr_min = check_number("log_snr_min", log_snr_min)
         log_snr_max = check_number("log_snr_max", log_snr_max)
         if not log_snr_min < log_snr_max:
             raise ValueError(f"log_snr_min ({log_snr_min}) must be smaller than log_snr_max ({log_snr_max})")
         self.schedule = LinearAlpha(log_snr_min=log_snr_min, log_snr_max=log_snr_max)
-        if not isinstance(fused, bool):
-            raise ValueError(f"fused must be a bool, got {fused!r}")
-        self.fused = fused
-
-    def __repr__(self) -> str:
-        s = self.schedule
-        return (f"Objective(vocab_size={self.vocab_size}, per_token_share={self.per_token_share}, "
-                f"z_loss={self.z_loss}, beta_is={self.beta_is}, log_snr_min={s.log_snr_min}, "
-                f"log_snr_max={s.log_snr_max}, fused={self.fused})")
 
     # -- noise ---------------------------------------------------------------------------------
     def add_noise(self, x: Tensor, generator: torch.Generator, *, offset: int = 0,
                   global_batch: int | None = None, validate: bool = True) -> Noised:
-        """Noise a clean batch ``x`` (``[batch, seq]`` ids in ``[0, V)``): the forward process.
+        """Noise a clean batch ``x`` (``[batch, seq]`` ids in ``[0, V)``, never the mask id): the
+        forward process.
 
         ``t ~ U(0, 1)`` per sequence; a Bernoulli(``per_token_share``) draw per sequence picks
         the sequences that use an independent ``t ~ U(0, 1)`` per token instead.  Then
@@ -150,14 +241,9 @@ class Objective:
         from :class:`sumi.data.Loader`, which checks every id on the host where it is read.  Either
         way nothing else syncs: the drawn ``t`` is in ``[0, 1)`` by construction.
         """
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator (the caller owns the noise RNG), got {type(generator).__name__}")
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            raise ValueError(f"x must be a [batch, seq] tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        total = self._check_args(generator, x, offset, global_batch)
         self.kernel.check_clean(x, validate=validate)
         batch, seq = x.shape
-        total = batch if global_batch is None else check_int("global_batch", global_batch, 1)
-        check_int("offset", offset, 0, total - batch)
         device = x.device
         t_seq = torch.rand(total, generator=generator, device=device, dtype=torch.float64)
         t_tok = torch.rand(total, seq, generator=generator, device=device, dtype=torch.float64)
@@ -192,6 +278,71 @@ class Objective:
                                          validate=validate)
         return self.loss(model(noised.z), x, noised.z, noised.lam, mask, validate=validate)
 
+    @abstractmethod
+    def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
+             validate: bool = True) -> ObjectiveTerms:
+        """Sums of the per-token loss terms of ``logits`` (``[batch, seq, V]``, from ``model(z)``)
+        over the tokens selected by ``mask`` (bool ``[batch, seq]``; ``None`` counts all)."""
+
+    @abstractmethod
+    def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, z: Tensor, lam: Tensor,
+                         mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
+        """:meth:`loss` of the logits ``hidden @ head_weight.T`` without materializing them."""
+
+
+class Objective(DiffusionObjective):
+    """Sumi's training objective (docs/math.md "Loss" / "Sumi recipe facts"; arXiv 2606.19005):
+    the GIDD surrogate on the noise of ``kernel`` (default: ``Uniform(vocab_size)``, Sumi's).
+
+    The ``uniform``, ``masked`` and ``hybrid`` families (docs/training.md, "Families") are this
+    objective with the kernel of :func:`sumi.family.kernel_for`; with a ``Masked`` kernel it is
+    MDLM's ELBO per unit log-SNR (docs/math.md, "Reductions to known objectives").
+
+    Args:
+        vocab_size: ``V``; the uniform kernel covers all ``V`` ids.
+        kernel: the forward process (its ``vocab_size`` must be ``vocab_size``); default
+            ``discdiff.kernels.Uniform(vocab_size)``.
+        per_token_share: probability that a sequence draws one ``t`` per token instead of one
+            per sequence (a Bernoulli draw per sequence).
+        z_loss: coefficient of ``logsumexp(logits)^2`` per token (Sumi: ``1e-5``).
+        beta_is: weight of the Itakura-Saito term (``1`` gives the ELBO integrand).
+        log_snr_min: the lower clamp of ``lambda`` (Sumi and GIDD-scaling: ``-9``).
+        log_snr_max: the upper clamp of ``lambda`` (Sumi and GIDD-scaling: ``9``).
+        fused: :meth:`model_loss` computes the loss from the model's hidden states and its
+            ``lm_head.weight`` (:meth:`loss_from_hidden`) instead of from its logits.
+
+    Noise and randomness: :class:`DiffusionObjective`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        kernel: Kernel | None = None,
+        per_token_share: float = 0.5,
+        z_loss: float = 1e-5,
+        beta_is: float = 1.0,
+        log_snr_min: float = -9.0,
+        log_snr_max: float = 9.0,
+        fused: bool = False,
+    ) -> None:
+        if kernel is None:
+            kernel = Uniform(vocab_size)
+        elif not isinstance(kernel, Kernel):
+            raise TypeError(f"kernel must be a discdiff Kernel, got {type(kernel).__name__}")
+        elif kernel.vocab_size != vocab_size:
+            raise ValueError(f"kernel {kernel!r} has {kernel.vocab_size} states, vocab_size is {vocab_size}")
+        super().__init__(kernel, per_token_share=per_token_share, z_loss=z_loss, log_snr_min=log_snr_min,
+                         log_snr_max=log_snr_max, fused=fused)
+        self.beta_is = check_number("beta_is", beta_is, 0.0)
+
+    def __repr__(self) -> str:
+        s = self.schedule
+        kernel = "" if isinstance(self.kernel, Uniform) else f"kernel={self.kernel!r}, "
+        return (f"Objective(vocab_size={self.vocab_size}, {kernel}per_token_share={self.per_token_share}, "
+                f"z_loss={self.z_loss}, beta_is={self.beta_is}, log_snr_min={s.log_snr_min}, "
+                f"log_snr_max={s.log_snr_max}, fused={self.fused})")
+
     def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
              validate: bool = True) -> ObjectiveTerms:
         """Sums of the per-token loss terms over the tokens selected by ``mask`` (bool
@@ -205,17 +356,12 @@ class Objective:
         ``validate``: check the ids of ``x`` and ``z`` and that ``lam`` is finite (host syncs);
         ``False`` where they come from :meth:`add_noise` of checked data.
         """
-        self._check_mask(mask, x)
+        counted = self._check_mask(mask, x)
         out = gidd(self.kernel, logits, x, z, lam, self.beta_is, reduction="none", mask=mask, validate=validate)
-        per_token = out.loss  # zero where not counted
-        counted = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
-        if self.z_loss > 0:
-            lse = torch.logsumexp(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-            z_term = torch.where(counted, self.z_loss * lse.to(per_token.dtype).square(), 0.0)
-            per_token = per_token + z_term
-        else:
-            z_term = torch.zeros_like(per_token)
-        return self._terms(out, per_token, z_term, counted, x)
+        lse = torch.logsumexp(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1) \
+            if self.z_loss > 0 else None
+        z_term = self._z_term(lse, counted, out.loss.dtype)
+        return self._gidd_terms(out, out.loss + z_term, z_term, counted)
 
     def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, z: Tensor, lam: Tensor,
                          mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
@@ -227,36 +373,169 @@ class Objective:
         accumulation; docs/math.md, "Memory-light form of the KL"); gradients reach ``hidden`` and ``head_weight``.
         ``validate``: as in :meth:`loss`.
         """
-        self._check_mask(mask, x)
+        counted = self._check_mask(mask, x)
         out = gidd_from_hidden(self.kernel, hidden, head_weight, x, z, lam, self.beta_is, reduction="none",
                                mask=mask, z_loss=self.z_loss, validate=validate)
-        per_token = out.loss  # the z-loss included; zero where not counted
-        counted = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask
-        if self.z_loss > 0:
-            z_term = torch.where(counted, self.z_loss * out.logsumexp.detach().square(), 0.0)
-        else:
-            z_term = torch.zeros_like(per_token)
-        return self._terms(out, per_token, z_term, counted, x)
+        # out.loss holds the z-loss already (zero where not counted); the metric reads it detached
+        return self._gidd_terms(out, out.loss, self._z_term(out.logsumexp.detach(), counted, out.loss.dtype), counted)
 
-    @staticmethod
-    def _check_mask(mask: Tensor | None, x: Tensor) -> None:
-        if mask is not None:
-            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-                raise TypeError("mask must be a bool tensor (True = counted)")
-            if mask.shape != x.shape:
-                raise ValueError(f"mask has shape {tuple(mask.shape)} but x has shape {tuple(x.shape)}")
-
-    @staticmethod
-    def _terms(out: LossOutput, per_token: Tensor, z_term: Tensor, counted: Tensor, x: Tensor) -> ObjectiveTerms:
-        dtype = per_token.dtype
-        zero = torch.zeros((), dtype=dtype, device=per_token.device)
+    def _gidd_terms(self, out, per_token: Tensor, z_term: Tensor, counted: Tensor) -> ObjectiveTerms:
+        """The terms of a GIDD loss output: the loss ``per_token`` (the z-loss ``z_term``
+        included) and the metrics ``w KL`` and ``w IS``."""
         with torch.no_grad():
-            w = out.weight.to(dtype)
-            kl_sum = torch.where(counted, w * out.kl, zero).sum()
-            is_sum = torch.where(counted, w * out.is_div, zero).sum()
-        num_tokens = torch.as_tensor(counted.sum(), dtype=torch.int64, device=x.device)
-        return ObjectiveTerms(loss_sum=per_token.sum(), kl_sum=kl_sum, is_sum=is_sum,
-                              z_loss_sum=z_term.detach().sum(), num_tokens=num_tokens)
+            w = out.weight.to(per_token.dtype)
+            kl, is_div = w * out.kl, w * out.is_div
+        return self._terms(per_token, kl, is_div, z_term, counted)
 
 
-__all__ = ["Objective", "Noised", "ObjectiveTerms"]
+class MaskedCEObjective(DiffusionObjective):
+    """The ``masked-ce`` family: masked noise and the plain cross-entropy of Sahoo et al. 2026
+    (arXiv 2602.15014; docs/math.md, "Family objectives").
+
+    Per token ``[z = m] (-log x_hat_x) + z_loss * logsumexp(logits)^2``: the cross-entropy of the
+    denoiser (softmax over every state but the mask) on masked tokens, 0 on the others, no
+    ELBO weight.  Noise as :class:`DiffusionObjective` (the same time sampling as Sumi).
+
+    Args:
+        kernel: a ``discdiff.kernels.Masked`` kernel (``V`` states, mask id ``m``).
+        per_token_share: as in :class:`Objective`.
+        z_loss: as in :class:`Objective`.
+        log_snr_min: as in :class:`Objective`.
+        log_snr_max: as in :class:`Objective`.
+        fused: as in :class:`Objective`.
+    """
+
+    def __init__(self, kernel: Masked, *, per_token_share: float = 0.5, z_loss: float = 1e-5,
+                 log_snr_min: float = -9.0, log_snr_max: float = 9.0, fused: bool = False) -> None:
+        if not isinstance(kernel, Masked):
+            raise TypeError(f"the masked cross-entropy needs a Masked kernel, got {kernel!r}")
+        super().__init__(kernel, per_token_share=per_token_share, z_loss=z_loss, log_snr_min=log_snr_min,
+                         log_snr_max=log_snr_max, fused=fused)
+
+    def __repr__(self) -> str:
+        s = self.schedule
+        return (f"MaskedCEObjective(kernel={self.kernel!r}, per_token_share={self.per_token_share}, "
+                f"z_loss={self.z_loss}, log_snr_min={s.log_snr_min}, log_snr_max={s.log_snr_max}, "
+                f"fused={self.fused})")
+
+    def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
+             validate: bool = True) -> ObjectiveTerms:
+        """Sums of ``[z = m] CE + z_loss * logsumexp(logits)^2`` over the tokens ``mask`` selects
+        (``discdiff.losses.masked_ce``).  ``lam`` is not used (the plain cross-entropy has no
+        weight); it is taken so that every diffusion objective scores the same arguments."""
+        counted = self._check_mask(mask, x)
+        ce = masked_ce(self.kernel, logits, x, z, reduction="none", validate=validate)  # 0 on unmasked tokens
+        lse = torch.logsumexp(logits.to(ce.dtype), dim=-1) if self.z_loss > 0 else None
+        return self._ce_terms(ce, lse, counted)
+
+    def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, z: Tensor, lam: Tensor,
+                         mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
+        """:meth:`loss` of the logits ``hidden @ head_weight.T`` without materializing them
+        (``discdiff.losses.cross_entropy_from_hidden`` with the mask id excluded)."""
+        counted = self._check_mask(mask, x)
+        self.kernel.check_pair(x, z, validate=validate)
+        out = cross_entropy_from_hidden(hidden, head_weight, x, exclude_id=self.kernel.mask_id, validate=False)
+        ce = torch.where(z == self.kernel.mask_id, out.cross_entropy, 0.0)
+        return self._ce_terms(ce, out.logsumexp, counted)
+
+
+class AutoregressiveObjective(TrainingObjective):
+    """The ``ar`` family: next-token cross-entropy of a causal model (docs/math.md, "Family
+    objectives"; docs/training.md, "Families").
+
+    No noise: the model reads the clean rows and position ``i`` predicts ``x[i + 1]``, so a row
+    of ``seq_len`` tokens counts ``seq_len - 1`` (its first token is never a target).  Per
+    counted token ``-log softmax(l_i)_{x[i+1]} + z_loss * logsumexp(l_i)^2``.  ``mask`` selects
+    targets: ``mask[b, i]`` says whether ``x[b, i]`` counts as the prediction of position
+    ``i - 1`` (``mask[:, 0]`` is not read).
+
+    Args:
+        vocab_size: ``V``.
+        z_loss: coefficient of ``logsumexp(logits)^2`` per counted token.
+        fused: :meth:`model_loss` computes the loss from the model's hidden states and its
+            ``lm_head.weight`` (:meth:`loss_from_hidden`) instead of from its logits.
+    """
+
+    def __init__(self, vocab_size: int, *, z_loss: float = 1e-5, fused: bool = False) -> None:
+        super().__init__(vocab_size, z_loss=z_loss, fused=fused)
+
+    def __repr__(self) -> str:
+        return f"AutoregressiveObjective(vocab_size={self.vocab_size}, z_loss={self.z_loss}, fused={self.fused})"
+
+    def counted_per_row(self, seq_len: int) -> int:
+        """``seq_len - 1``: the last position of a row has no next token to predict."""
+        return check_int("seq_len", seq_len, 2) - 1
+
+    def add_noise(self, x: Tensor, generator: torch.Generator, *, offset: int = 0,
+                  global_batch: int | None = None, validate: bool = True) -> Noised:
+        """No noise: ``z = x``, ``lambda = +inf`` (clean), ``t = 0``; nothing is drawn from
+        ``generator``.  The arguments are checked as for the diffusion families (``validate``:
+        the ids of ``x``, a host sync)."""
+        self._check_args(generator, x, offset, global_batch)
+        check_tokens("x", x, self.vocab_size, validate=validate)
+        batch, seq = x.shape
+        lam = torch.full((batch, seq), float("inf"), dtype=torch.float32, device=x.device)
+        return Noised(z=x, lam=lam, t=torch.zeros_like(lam),
+                      per_token=torch.zeros(batch, dtype=torch.bool, device=x.device))
+
+    def model_loss(self, model, x: Tensor, noised: Noised, mask: Tensor | None = None, *,
+                   validate: bool = True) -> ObjectiveTerms:
+        """Run the causal ``model`` on ``x`` (``noised.z``) and return :meth:`loss_from_hidden`
+        (``fused=True``) or :meth:`loss` of its logits.  A bidirectional model is refused: it would
+        see the token it predicts and learn to copy it."""
+        config = getattr(model, "config", None)
+        if config is not None and not config.causal:
+            raise ValueError(f"the autoregressive objective needs a causal model (objective 'ar'), got one of "
+                             f"objective {config.objective!r}, which attends in both directions")
+        if self.fused:
+            hidden = model(noised.z, return_hidden=True)
+            return self.loss_from_hidden(hidden, model.lm_head.weight, x, mask, validate=validate)
+        return self.loss(model(noised.z), x, mask, validate=validate)
+
+    def loss(self, logits: Tensor, x: Tensor, mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
+        """Sums of the next-token cross-entropy (plus the z-loss) of ``logits`` (``[batch, seq,
+        V]`` from the causal ``model(x)``) over the targets ``x[:, 1:]`` that ``mask`` selects;
+        computed in float32 or wider.  ``validate``: check the ids of ``x`` (a host sync)."""
+        counted = self._check_mask(mask, x)[:, 1:]
+        check_tokens("x", x, self.vocab_size, validate=validate)
+        if logits.shape != (*x.shape, self.vocab_size):
+            raise ValueError(f"logits must have shape {(*x.shape, self.vocab_size)}, got {tuple(logits.shape)}")
+        pred = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+        lse = torch.logsumexp(pred, dim=-1)
+        ce = lse - pred.gather(-1, x[:, 1:].long().unsqueeze(-1)).squeeze(-1)
+        return self._ce_terms(ce, lse, counted)
+
+    def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, mask: Tensor | None = None, *,
+                         validate: bool = True) -> ObjectiveTerms:
+        """:meth:`loss` of the logits ``hidden @ head_weight.T`` without materializing them
+        (``discdiff.losses.cross_entropy_from_hidden`` of ``hidden[:, :-1]`` at ``x[:, 1:]``)."""
+        counted = self._check_mask(mask, x)[:, 1:]
+        check_tokens("x", x, self.vocab_size, validate=validate)
+        if not isinstance(hidden, Tensor) or hidden.shape[:-1] != x.shape:
+            raise ValueError(f"hidden must have shape {(*x.shape, 'hidden')} (x's shape, then the hidden size), "
+                             f"got {tuple(getattr(hidden, 'shape', ()))}")
+        out = cross_entropy_from_hidden(hidden[:, :-1], head_weight, x[:, 1:], validate=False)
+        return self._ce_terms(out.cross_entropy, out.logsumexp, counted)
+
+
+def build_objective(config: TrainConfig) -> TrainingObjective:
+    """The objective of ``config``'s family (``config.objective``; docs/training.md, "Families"),
+    with ``config.per_token_share``, ``config.z_loss`` and ``config.fused_loss``:
+
+    - ``uniform``, ``masked``, ``hybrid``: :class:`Objective` (the GIDD surrogate) on the kernel of
+      :func:`sumi.family.kernel_for` (``Uniform(V)``, ``Masked(V, m)``, ``Hybrid(V, m, shift, scale)``);
+    - ``masked-ce``: :class:`MaskedCEObjective` on ``Masked(V, m)``;
+    - ``ar``: :class:`AutoregressiveObjective` (no kernel).
+    """
+    model = config.model
+    kernel = kernel_for(model)
+    if kernel is None:
+        return AutoregressiveObjective(model.vocab_size, z_loss=config.z_loss, fused=config.fused_loss)
+    noise = dict(per_token_share=config.per_token_share, z_loss=config.z_loss, fused=config.fused_loss)
+    if model.objective == "masked-ce":
+        return MaskedCEObjective(kernel, **noise)
+    return Objective(model.vocab_size, kernel=kernel, **noise)
+
+
+__all__ = ["build_objective", "TrainingObjective", "DiffusionObjective", "Objective", "MaskedCEObjective",
+           "AutoregressiveObjective", "Noised", "ObjectiveTerms"]

@@ -7,6 +7,8 @@ random weights (``--model tiny``) or saved by ``sumi.save_pretrained``."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -127,3 +129,65 @@ def test_eval_harness_passes_lm_evals_options_through():
     assert args.harness_args == argv[2:]
     assert parse_args(["eval", "harness"]).harness_args == []
     assert parse_args(["eval", "harness", "run", "--tasks", "t"]).harness_args == ["run", "--tasks", "t"]
+
+
+# -- the standard-library splits as data -----------------------------------------------------------
+def test_eval_nelbo_scores_the_heldout_split(tmp_path, capsys, monkeypatch):
+    """``--data stdlib:heldout`` scores exactly the held-out files (the library cut to a few files,
+    two of each split, to keep the test fast)."""
+    from sumi.data import sources
+
+    heldout, train = sources.stdlib_split("heldout")[:2], sources.stdlib_split("train")[:2]
+    monkeypatch.setattr(sources, "stdlib_files", lambda: sorted(heldout + train))
+    base = ["eval", "nelbo", "--model", "tiny", "--points", "1", "--json", *SMALL]
+    for split, files in (("heldout", heldout), ("train", train)):
+        capsys.readouterr()
+        assert main([*base, "--data", f"stdlib:{split}"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["documents"] == len(files) and report["bytes"] == sum(p.stat().st_size for p in files)
+    assert "unknown standard-library split stdlib:valid" in _one_line_error(capsys, [*base, "--data", "stdlib:valid"])
+
+
+def test_train_data_names_a_stdlib_split(tmp_path, capsys, monkeypatch):
+    """``sumi train --preset tiny`` trains on stdlib:train, ``--data stdlib:heldout`` on the
+    held-out files (the preparation is stopped at once: only which split it was asked for matters)."""
+    from sumi.train import embedded
+
+    asked = []
+
+    def prepare(seq_len, *, split, progress):
+        asked.append(split)
+        raise ValueError("stopped before preparing")
+
+    monkeypatch.setattr(embedded, "prepare_embedded", prepare)
+    base = ["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--no-progress"]
+    for data, split in (([], "train"), (["--data", "stdlib:train"], "train"), (["--data", "stdlib:heldout"], "heldout")):
+        assert "stopped before preparing" in _one_line_error(capsys, [*base, *data])
+        assert asked[-1] == split
+    for data, message in ((["--data", "stdlib:test"], "unknown standard-library split stdlib:test"),
+                          (["--data", "stdlib:train", "--data", "x"], "give it alone"),
+                          (["--preset", "sumi_150m", "--data", "stdlib:heldout"], "--preset tiny only")):
+        assert message in _one_line_error(capsys, [*base, *data])
+    assert len(asked) == 3
+
+
+# -- sumi generate: samplers per family ------------------------------------------------------------
+def test_confidence_on_a_uniform_model_is_a_one_line_error(capsys):
+    """Confidence only unmasks: the uniform family (``--model tiny``) has no mask state."""
+    line = _one_line_error(capsys, ["generate", "--model", "tiny", "--prompt", "def", "--sampler", "confidence",
+                                    *GENERATION])
+    assert "sampler 'confidence' only unmasks" in line and "Uniform(vocab_size=512)" in line
+
+
+def test_train_on_the_heldout_split_packs_only_its_files(tmp_path, monkeypatch, capsys):
+    """A real (2-step) run on ``--data stdlib:heldout``: its packed data holds exactly the held-out
+    files, in a cache directory of its own beside the training split's."""
+    from sumi.data.sources import stdlib_split
+
+    monkeypatch.setenv("SUMI_CACHE", str(tmp_path / "cache"))
+    argv = ["train", "--preset", "tiny", "--data", "stdlib:heldout", "--out", str(tmp_path / "run"), "--steps", "2",
+            "--no-progress", "--set", "seq_len=64", "--set", "global_batch_size=4", "--set", "micro_batch_size=4"]
+    assert main(argv) == 0
+    (manifest,) = (tmp_path / "cache").rglob("data-heldout-64/manifest.json")
+    assert json.loads(manifest.read_text())["sources"] == [str(p) for p in stdlib_split("heldout")]
+    assert not list((tmp_path / "cache").rglob("data-64"))  # the training split was not prepared

@@ -469,11 +469,18 @@ def test_cli_prepare(tmp_path, capsys):
 
 
 def test_cli_stdlib(tmp_path, monkeypatch):
-    few = stdlib_files()[:3]  # the real corpus, cut short to keep the test fast
+    """--stdlib packs the training split: a held-out file among the sources stays out."""
+    from sumi.data.sources import is_heldout, stdlib_root
+
+    root = stdlib_root()
+    held = [f for f in stdlib_files() if is_heldout(f.relative_to(root).as_posix())][:1]
+    train = [f for f in stdlib_files() if not is_heldout(f.relative_to(root).as_posix())][:3]
+    assert held and train
+    few = sorted(held + train)  # the real corpus, cut short to keep the test fast
     monkeypatch.setattr("sumi.data.sources.stdlib_files", lambda: few)
     assert _cli(["prepare", "--stdlib", "--out", str(tmp_path / "out"), "--seq-len", "64"]) == 0
     ds = PackedDataset(tmp_path / "out")
-    assert ds.manifest.sources == [str(f) for f in few] and len(ds) > 0
+    assert ds.manifest.sources == [str(f) for f in sorted(train)] and len(ds) > 0
     ds.check_ids()
 
 

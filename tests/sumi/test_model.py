@@ -1,7 +1,8 @@
 """The Sumi transformer: presets and counts, the off-by-one attention in every backend against
-an independent float64 oracle (values and gradients; flash's segment layout against an emulated
-varlen kernel on the CPU), masks and RoPE tables built once per forward or once per plan, the
-head on selected positions, RoPE and RMSNorm conventions, meta-device construction."""
+an independent float64 oracle, bidirectional and causal (values and gradients; flash's segment
+layout against an emulated varlen kernel on the CPU), masks and RoPE tables built once per
+forward or once per plan, the head on selected positions, RoPE and RMSNorm conventions,
+meta-device construction.  The causal model and its KV cache: tests/sumi/test_causal.py."""
 
 from __future__ import annotations
 
@@ -126,9 +127,10 @@ def _oracle_attention(q, k, v, allowed):
     return out
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("masking", ["none", "padding", "documents", "both"])
 @pytest.mark.parametrize("backend", [eager_attention, sdpa_attention], ids=["eager", "sdpa"])
-def test_attention_matches_the_off_by_one_oracle(backend, masking):
+def test_attention_matches_the_off_by_one_oracle(backend, masking, causal):
     g = _gen(0)
     B, H, KV, S, D = 2, 4, 2, 6, 8
     q, k, v = (3 * torch.randn(B, n, S, D, generator=g) for n in (H, KV, KV))
@@ -139,9 +141,10 @@ def test_attention_matches_the_off_by_one_oracle(backend, masking):
     if masking in ("documents", "both"):
         docs[0, 3:] = 1
         docs[1, 2:] = 1
-    allowed = [[[bool(key_mask[b, j]) and bool(docs[b, i] == docs[b, j]) for j in range(S)] for i in range(S)] for b in range(B)]
+    allowed = [[[bool(key_mask[b, j]) and bool(docs[b, i] == docs[b, j]) and (j <= i or not causal)
+                 for j in range(S)] for i in range(S)] for b in range(B)]
     got = backend(q, k, v, key_mask if masking in ("padding", "both") else None,
-                  docs if masking in ("documents", "both") else None)
+                  docs if masking in ("documents", "both") else None, causal=causal)
     want = _oracle_attention(q, k, v, allowed)
     valid = key_mask[:, None, :, None].expand_as(got)
     torch.testing.assert_close(got.double()[valid], want[valid], atol=2e-6, rtol=1e-5)
@@ -171,9 +174,9 @@ def _masks(B, S, masking):
             docs if masking in ("documents", "both") else None)
 
 
-def _dense_oracle(q, k, v, key_mask, docs):
+def _dense_oracle(q, k, v, key_mask, docs, causal=False):
     """Vectorized float64 ``softmax_1`` (scores with a zero column appended), differentiable: the
-    gradient oracle for the backends' backward passes."""
+    gradient oracle for the backends' backward passes (``causal``: key ``j`` only for query ``i >= j``)."""
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
@@ -182,16 +185,20 @@ def _dense_oracle(q, k, v, key_mask, docs):
         allowed &= key_mask[:, None, None, :]
     if docs is not None:
         allowed &= (docs[:, :, None] == docs[:, None, :])[:, None]
+    if causal:
+        allowed &= torch.arange(s.shape[-1])[None, :] <= torch.arange(s.shape[-2])[:, None]
     s = s.masked_fill(~allowed, -math.inf)
     return torch.softmax(torch.cat([s, torch.zeros(*s.shape[:-1], 1, dtype=s.dtype)], -1), -1)[..., :-1] @ v
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("masking", ["none", "padding", "documents", "both"])
-def test_sdpa_gradients_match_the_oracle(masking):
+def test_sdpa_gradients_match_the_oracle(masking, causal):
     """sdpa on the CPU is plain attention scaled by sigmoid(lse), with a hand-written backward
     (the kernel's lse has no gradient): its gradients against autograd through the dense float64
     oracle, and against finite differences (gradcheck), padding, documents and a row with
-    every key masked included."""
+    every key masked included.  Causal without other masks runs the kernel's own ``is_causal``
+    (forward and backward), with masks the triangle in the bias."""
     g = _gen(11)
     B, H, KV, S, D = 2, 4, 2, 7, 8
     key_mask, docs = _masks(B, S, masking)
@@ -199,9 +206,9 @@ def test_sdpa_gradients_match_the_oracle(masking):
         key_mask[0] = False  # row 0: every key masked, the output is 0 and so is its gradient
     leaves = [torch.randn(B, n, S, D, generator=g, dtype=F64, requires_grad=True) for n in (H, KV, KV)]
     weights = torch.randn(B, H, S, D, generator=g, dtype=F64)
-    got = sdpa_attention(*leaves, key_mask, docs)
+    got = sdpa_attention(*leaves, key_mask, docs, causal=causal)
     grads = torch.autograd.grad((got * weights).sum(), leaves)
-    want = _dense_oracle(*leaves, key_mask, docs)
+    want = _dense_oracle(*leaves, key_mask, docs, causal)
     want_grads = torch.autograd.grad((want * weights).sum(), leaves)
     valid = (torch.ones(B, S, dtype=torch.bool) if key_mask is None else key_mask)[:, None, :, None].expand_as(got)
     torch.testing.assert_close(got[valid], want[valid], atol=1e-12, rtol=1e-12)
@@ -209,17 +216,20 @@ def test_sdpa_gradients_match_the_oracle(masking):
         assert torch.equal(got[0], torch.zeros_like(got[0]))
     for a, b in zip(grads, want_grads):
         torch.testing.assert_close(a, b.nan_to_num(0.0), atol=1e-12, rtol=1e-12)
-    assert torch.autograd.gradcheck(lambda q, k, v: sdpa_attention(q, k, v, key_mask, docs), leaves)
+    assert torch.autograd.gradcheck(lambda q, k, v: sdpa_attention(q, k, v, key_mask, docs, causal), leaves)
 
 
 def _emulated_flash_attn(calls):
     """A CPU stand-in for ``flash_attn.flash_attn_varlen_func``: plain softmax attention of each
     query segment ``cu_q[i]:cu_q[i+1]`` over its key segment ``cu_k[i]:cu_k[i+1]`` (GQA by head
-    groups), float64 inside; it records the arguments."""
+    groups), float64 inside; it records the arguments.  ``causal`` as flash-attn documents it
+    (>= 2.1): aligned to the bottom right, so with ``n_q`` queries and ``n_k`` keys query ``i``
+    sees keys ``j <= i + n_k - n_q``."""
 
     def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal):
-        calls.append(dict(cu_q=cu_q.tolist(), cu_k=cu_k.tolist(), max_q=max_q, max_k=max_k, keys=k.shape[0]))
-        assert not causal and cu_q.dtype == cu_k.dtype == torch.int32
+        calls.append(dict(cu_q=cu_q.tolist(), cu_k=cu_k.tolist(), max_q=max_q, max_k=max_k, keys=k.shape[0],
+                          causal=causal))
+        assert cu_q.dtype == cu_k.dtype == torch.int32
         rep = q.shape[1] // k.shape[1]
         out = torch.zeros_like(q)
         for i in range(cu_q.numel() - 1):
@@ -227,25 +237,32 @@ def _emulated_flash_attn(calls):
             ks = k[cu_k[i]:cu_k[i + 1]].double().transpose(0, 1).repeat_interleave(rep, 0)
             vs = v[cu_k[i]:cu_k[i + 1]].double().transpose(0, 1).repeat_interleave(rep, 0)
             assert qs.shape[1] <= max_q and ks.shape[1] <= max_k
-            out[cu_q[i]:cu_q[i + 1]] = (torch.softmax(qs @ ks.transpose(1, 2) * softmax_scale, -1) @ vs).transpose(0, 1).to(q.dtype)
+            s = qs @ ks.transpose(1, 2) * softmax_scale
+            if causal:
+                n_q, n_k = qs.shape[1], ks.shape[1]
+                s = s.masked_fill(torch.arange(n_k)[None, :] > torch.arange(n_q)[:, None] + (n_k - n_q), -math.inf)
+            out[cu_q[i]:cu_q[i + 1]] = (torch.softmax(s, -1) @ vs).transpose(0, 1).to(q.dtype)
         return out
 
     return types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("masking", ["none", "padding", "documents", "both"])
-def test_flash_layout_on_an_emulated_kernel(monkeypatch, masking):
+def test_flash_layout_on_an_emulated_kernel(monkeypatch, masking, causal):
     """The flash path's packing, sinks and unpacking, on the CPU: with the varlen kernel emulated
     exactly, flash_attention equals the eager reference on real query positions and writes 0 at
-    padded ones.  Without masks the layout is static (one segment per sequence)."""
+    padded ones.  Without masks the layout is static (one segment per sequence).  Causal: the
+    sink first in each segment, so the kernel's bottom-right causal mask gives query ``i`` the
+    sink and keys ``<= i`` (with the sink last it would also see key ``i + 1``)."""
     calls = []
     monkeypatch.setitem(sys.modules, "flash_attn", _emulated_flash_attn(calls))
     g = _gen(12)
     B, H, KV, S, D = 2, 4, 2, 8, 8
     q, k, v = (torch.randn(B, n, S, D, generator=g) for n in (H, KV, KV))
     key_mask, docs = _masks(B, S, masking)
-    got = flash_attention(q, k, v, key_mask, docs)
-    want = eager_attention(q, k, v, key_mask, docs)
+    got = flash_attention(q, k, v, key_mask, docs, causal)
+    want = eager_attention(q, k, v, key_mask, docs, causal)
     valid = (torch.ones(B, S, dtype=torch.bool) if key_mask is None else key_mask)[:, None, :, None].expand_as(got)
     torch.testing.assert_close(got[valid], want[valid], atol=1e-6, rtol=1e-5)
     assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))
@@ -259,7 +276,7 @@ def test_flash_layout_on_an_emulated_kernel(monkeypatch, masking):
             runs[-1] += 1
     cu_q = [sum(runs[:i]) for i in range(len(runs) + 1)]
     assert calls == [dict(cu_q=cu_q, cu_k=[c + i for i, c in enumerate(cu_q)], max_q=max(runs), max_k=max(runs) + 1,
-                          keys=cu_q[-1] + len(runs))]
+                          keys=cu_q[-1] + len(runs), causal=causal)]
 
 
 def test_model_builds_the_mask_and_rope_tables_once_per_forward(model, mask_and_rope_builds):
@@ -311,7 +328,8 @@ def test_output_index_runs_the_head_on_the_selected_positions_only(model, return
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not flash_available(), reason="flash-attn with CUDA not available")
-def test_flash_backend_matches_eager_on_cuda():
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_flash_backend_matches_eager_on_cuda(causal):
     g = torch.Generator(device="cuda").manual_seed(0)
     B, H, KV, S, D = 2, 8, 2, 64, 64
     q, k, v = (torch.randn(B, n, S, D, generator=g, device="cuda", dtype=torch.bfloat16) for n in (H, KV, KV))
@@ -319,17 +337,19 @@ def test_flash_backend_matches_eager_on_cuda():
     key_mask[1, 40:] = False
     docs = torch.zeros(B, S, dtype=torch.long, device="cuda")
     docs[0, 20:] = 1
-    got = flash_attention(q, k, v, key_mask, docs).float()
-    want = eager_attention(q.float(), k.float(), v.float(), key_mask, docs)
+    got = flash_attention(q, k, v, key_mask, docs, causal).float()
+    want = eager_attention(q.float(), k.float(), v.float(), key_mask, docs, causal)
     valid = key_mask[:, None, :, None].expand_as(got)
     torch.testing.assert_close(got[valid], want[valid], atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("objective", ["uniform", "ar"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_sdpa_bf16_matches_eager_fp32(device):
-    """The whole model in bf16 with SDPA against float32 eager: within bf16 rounding (2^-8
-    relative) accumulated over 2 layers (measured on the CPU: 4.4e-3 at logits up to 0.67)."""
-    config = tiny()
+def test_sdpa_bf16_matches_eager_fp32(device, objective):
+    """The whole model in bf16 with SDPA against float32 eager, bidirectional and causal (on CUDA
+    the causal mask allows the appended sink column): within bf16 rounding (2^-8 relative)
+    accumulated over 2 layers (measured on the CPU: 4.4e-3 at logits up to 0.67)."""
+    config = tiny().for_objective(objective)
     model = sumi.Sumi.initialized(config, generator=_gen(0)).to(device)
     ids = torch.randint(config.vocab_size, (2, 64), generator=_gen(1)).to(device)
     with torch.no_grad():

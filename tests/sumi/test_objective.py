@@ -2,7 +2,10 @@
 independent float64 recomputation (``discdiff.losses.gidd`` + the z-loss written out), the WSD
 schedule in closed form, the optimizer's parameter groups, clipping, and a learning test: a tiny
 model trained on a Markov chain the test knows exactly reaches a NELBO near the chain's entropy
-and samples with the chain's statistics.  All randomness goes through seeded generators.
+and samples with the chain's statistics.  Every family's objective (:func:`sumi.train.build_objective`):
+its kernel, its noise, its loss against an independent float64 recomputation (MDLM's ELBO for
+``masked``, the masked cross-entropy, next-token ``F.cross_entropy`` for ``ar``) and its fused path
+against its logits path.  All randomness goes through seeded generators.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import sumi
-from discdiff.kernels import Uniform
+from discdiff.kernels import Hybrid, Masked, Uniform
 from discdiff.likelihood import nelbo
-from discdiff.losses import gidd
+from discdiff.losses import gidd, mdlm
 from discdiff.samplers import Ancestral, linear_alpha_grid, sample
 from discdiff.schedules import LinearAlpha
-from sumi.configs import tiny
-from sumi.train import WSD, Noised, Objective, ObjectiveTerms, build_optimizer, clip_grad_norm, param_groups
+from sumi.configs import tiny, train_tiny
+from sumi.train import (
+    WSD, AutoregressiveObjective, MaskedCEObjective, Noised, Objective, ObjectiveTerms, TrainingObjective,
+    build_objective, build_optimizer, clip_grad_norm, count_host_syncs, param_groups,
+)
 
 F64 = torch.float64
 
@@ -489,3 +496,186 @@ def test_tiny_model_learns_a_markov_chain():
     conditional = counts / counts.sum(1, keepdim=True).clamp_min(1)
     bigram_tv = float((pi * 0.5 * (conditional - P).abs().sum(1)).sum())
     assert bigram_tv < 0.25, bigram_tv
+
+
+# -- every family: build_objective and the per-family losses -----------------------------------
+def _family_objective(objective: str, vocab_size: int = 12, **train):
+    config = train_tiny(vocab_size, objective=objective, seq_len=16, **train)
+    return config, build_objective(config)
+
+
+def test_build_objective_gives_each_family_its_kernel_and_loss():
+    expected = {"uniform": (Objective, Uniform(12)), "masked": (Objective, Masked(13, 12)),
+                "masked-ce": (MaskedCEObjective, Masked(13, 12)), "hybrid": (Objective, Hybrid(13, 12)),
+                "ar": (AutoregressiveObjective, None)}
+    for name, (cls, kernel) in expected.items():
+        config, obj = _family_objective(name, z_loss=1e-3, per_token_share=0.25, fused_loss=False)
+        assert type(obj) is cls and isinstance(obj, TrainingObjective), name
+        assert obj.vocab_size == config.model.vocab_size and obj.z_loss == 1e-3 and obj.fused is False
+        if kernel is not None:
+            assert repr(obj.kernel) == repr(kernel) and obj.per_token_share == 0.25
+            assert obj.counted_per_row(16) == 16
+        else:
+            assert obj.counted_per_row(16) == 15
+    # the hybrid kernel's parameters come from the config (--set model.hybrid_shift=...)
+    config = _family_objective("hybrid")[0].override(["model.hybrid_shift=-2", "model.hybrid_scale=0.5"])
+    assert repr(build_objective(config).kernel) == repr(Hybrid(13, 12, shift=-2.0, scale=0.5))
+    # the released objective is unchanged: same class, kernel and settings as Objective(V)
+    _, uniform = _family_objective("uniform")
+    assert repr(uniform) == repr(Objective(12, fused=True))
+    with pytest.raises(ValueError, match="seq_len"):
+        _family_objective("ar")[1].counted_per_row(1)  # a row of one token has nothing to predict
+
+
+def test_objective_kernel_argument_is_checked():
+    assert "kernel=Masked(vocab_size=9, mask_id=8)" in repr(Objective(9, kernel=Masked(9, 8)))
+    with pytest.raises(ValueError, match="8 states, vocab_size is 9"):
+        Objective(9, kernel=Uniform(8))
+    with pytest.raises(TypeError, match="Kernel"):
+        Objective(9, kernel="masked")
+    with pytest.raises(TypeError, match="Masked kernel"):
+        MaskedCEObjective(Uniform(9))
+
+
+def test_masked_noise_keeps_or_masks_each_token_with_probability_t(gen):
+    """Masked(V, m) noise with Sumi's time sampling: every z is x or m, never another id, and the
+    share of masked tokens is t (``1 - alpha`` with ``alpha = 1 - t``)."""
+    _, obj = _family_objective("masked")
+    x = torch.randint(0, 12, (3000, 16), generator=gen)
+    out = obj.add_noise(x, gen)
+    assert bool(((out.z == x) | (out.z == 12)).all())
+    t = out.t.double()
+    assert abs((out.z == 12).double().mean().item() - t.mean().item()) < 0.005
+    # the same draws as the uniform objective's: only the kernel differs
+    _, uniform = _family_objective("uniform")
+    ref = uniform.add_noise(x[:20], _gen(3))
+    got = obj.add_noise(x[:20], _gen(3))
+    assert torch.equal(ref.lam, got.lam) and torch.equal(ref.per_token, got.per_token)
+
+
+def test_hybrid_noise_draws_uniform_ids_and_the_mask(gen):
+    _, obj = _family_objective("hybrid")
+    x = torch.zeros(2000, 16, dtype=torch.long)
+    z = obj.add_noise(x, gen).z
+    assert bool(((z >= 0) & (z <= 12)).all())
+    assert (z == 12).any() and ((z != 0) & (z != 12)).any()  # both kinds of noise occur
+
+
+def test_masked_family_loss_is_the_mdlm_elbo_per_unit_log_snr(gen):
+    """For the Masked kernel the GIDD surrogate is MDLM's ELBO per unit log-SNR (``alpha CE
+    [z = m]``, ``discdiff.losses.mdlm``; MDLM Eq. 10, docs/math.md, "Reductions to known
+    objectives"): the objective's sums equal mdlm's in float64, plus the z-loss written out."""
+    _, obj = _family_objective("masked", z_loss=1e-2)
+    x = torch.randint(0, 12, (6, 16), generator=gen)
+    noised = obj.add_noise(x, gen)
+    logits = 3 * torch.randn(6, 16, 13, generator=gen, dtype=F64)
+    terms = obj.loss(logits, x, noised.z, noised.lam)
+    ref = mdlm(obj.kernel, logits, x, noised.z, noised.lam.double())
+    lse = torch.log(torch.exp(logits).sum(-1))
+    torch.testing.assert_close(terms.kl_sum, ref.loss.sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms.loss_sum, ref.loss.sum() + 1e-2 * lse.square().sum(), rtol=1e-12, atol=1e-12)
+    assert float(terms.is_sum) == 0.0 and int(terms.num_tokens) == 96
+    # written out: alpha * (-log softmax over the non-mask states) at x, on masked tokens only
+    log_x0 = torch.log_softmax(logits[..., :12], -1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
+    by_hand = torch.where(noised.z == 12, -torch.sigmoid(noised.lam.double()) * log_x0, 0.0).sum()
+    torch.testing.assert_close(terms.kl_sum, by_hand, rtol=1e-12, atol=1e-12)
+
+
+def test_masked_ce_loss_against_a_float64_recomputation(gen):
+    """``masked-ce``: ``[z = m] (-log x_hat_x) + z_loss lse^2`` per counted token (Sahoo et al.
+    2026), the mask never predicted; no weight, no IS term."""
+    _, obj = _family_objective("masked-ce", z_loss=1e-2)
+    x = torch.randint(0, 12, (5, 16), generator=gen)
+    noised = obj.add_noise(x, gen)
+    logits = 3 * torch.randn(5, 16, 13, generator=gen)
+    mask = torch.rand(5, 16, generator=gen) < 0.7
+    terms = obj.loss(logits, x, noised.z, noised.lam, mask)
+    lg = logits.double()
+    ce = -torch.log_softmax(lg[..., :12], -1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
+    ce = torch.where((noised.z == 12) & mask, ce, 0.0)
+    z_term = torch.where(mask, 1e-2 * torch.logsumexp(lg, -1).square(), 0.0)
+    torch.testing.assert_close(terms.kl_sum.double(), ce.sum(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(terms.z_loss_sum.double(), z_term.sum(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(terms.loss_sum.double(), ce.sum() + z_term.sum(), rtol=1e-6, atol=1e-6)
+    assert float(terms.is_sum) == 0.0 and int(terms.num_tokens) == int(mask.sum())
+    assert (noised.z == 12).any() and ((noised.z != 12) & mask).any()  # both kinds of token were counted
+
+
+def test_ar_loss_is_next_token_cross_entropy(gen):
+    """``ar``: position i predicts x[i + 1] (``F.cross_entropy`` of ``logits[:, :-1]`` at
+    ``x[:, 1:]`` in float64); seq - 1 counted tokens per row; ``mask[b, i]`` selects the target
+    ``x[b, i]``; no noise and no draws."""
+    _, obj = _family_objective("ar", z_loss=1e-2)
+    x = torch.randint(0, 12, (4, 16), generator=gen)
+    g = _gen(1)
+    state = g.get_state()
+    noised = obj.add_noise(x, g)
+    assert torch.equal(g.get_state(), state)  # nothing drawn
+    assert noised.z is x and bool(torch.isinf(noised.lam).all()) and not noised.per_token.any()
+    logits = 3 * torch.randn(4, 16, 12, generator=gen, dtype=F64)
+    mask = torch.rand(4, 16, generator=gen) < 0.7
+    for sel in (None, mask):
+        terms = obj.loss(logits, x, sel)
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, 12), x[:, 1:].reshape(-1), reduction="none").view(4, 15)
+        z_term = 1e-2 * torch.logsumexp(logits[:, :-1], -1).square()
+        keep = torch.ones(4, 15, dtype=torch.bool) if sel is None else sel[:, 1:]
+        torch.testing.assert_close(terms.kl_sum, ce[keep].sum(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(terms.loss_sum, (ce + z_term)[keep].sum(), rtol=1e-12, atol=1e-12)
+        assert int(terms.num_tokens) == int(keep.sum()) and float(terms.is_sum) == 0.0
+    assert int(obj.loss(logits, x).num_tokens) == 4 * 15 == 4 * obj.counted_per_row(16)
+    # the last position's logits and the first token as a target never matter
+    other = logits.clone()
+    other[:, -1] = 100 * torch.randn(4, 12, generator=gen, dtype=F64)
+    assert torch.equal(obj.loss(other, x).loss_sum, obj.loss(logits, x).loss_sum)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        obj.loss(logits[..., :11], x)
+    with pytest.raises(ValueError, match="outside"):
+        obj.add_noise(x + 12, g)
+
+
+@pytest.mark.parametrize("family", ["masked", "masked-ce", "hybrid", "ar"])
+def test_fused_path_equals_the_logits_path_for_every_family(family):
+    """``fused=True`` (hidden states + ``lm_head.weight``: ``gidd_from_hidden`` or
+    ``cross_entropy_from_hidden``) against the logits path on the tiny model, float64: the same
+    sums and the same gradient for every parameter."""
+    config, plain = _family_objective(family, vocab_size=40, z_loss=1e-2, fused_loss=False)
+    fused = build_objective(config.override(["fused_loss=true"]))
+    model = sumi.Sumi.initialized(config.model.replace(max_position_embeddings=32), generator=_gen(2), dtype=F64)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    x = torch.randint(0, 40, (3, 16), generator=_gen(3))
+    mask = torch.rand(3, 16, generator=_gen(4)) < 0.8
+    noised = plain.add_noise(x, _gen(5))
+    params = [p for _, p in model.named_parameters()]
+    got = {}
+    for name, obj in (("plain", plain), ("fused", fused)):
+        t = obj.model_loss(model, x, noised, mask)
+        got[name] = (t, torch.autograd.grad(t.loss_sum / t.num_tokens, params))
+    (tp, gp), (tf, gf) = got["plain"], got["fused"]
+    for field in ("loss_sum", "kl_sum", "is_sum", "z_loss_sum"):
+        torch.testing.assert_close(getattr(tf, field), getattr(tp, field), rtol=1e-10, atol=1e-12, msg=field)
+    assert torch.equal(tf.num_tokens, tp.num_tokens) and float(tf.kl_sum) > 0 and float(tf.z_loss_sum) > 0
+    for (name, _), a, b in zip(model.named_parameters(), gf, gp):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_ar_objective_refuses_a_bidirectional_model():
+    _, obj = _family_objective("ar")
+    model = sumi.Sumi.initialized(tiny(12), generator=_gen(0))
+    x = torch.randint(0, 12, (2, 8), generator=_gen(1))
+    with pytest.raises(ValueError, match="needs a causal model"):
+        obj.model_loss(model, x, obj.add_noise(x, _gen(2)))
+
+
+@pytest.mark.parametrize("family", ["masked", "masked-ce", "hybrid", "ar"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_family_noises_and_scores_without_reading_the_device(family, fused):
+    """As for Sumi's objective: with ``validate=False`` (ids checked where they entered) a family's
+    noise and loss read no device value, so the loop's step queues its work without waiting."""
+    config, obj = _family_objective(family, vocab_size=64, fused_loss=fused)
+    model = sumi.Sumi.initialized(config.model, generator=_gen(0))
+    x = torch.randint(64, (3, 16), generator=_gen(1))
+    with count_host_syncs() as syncs:
+        terms = obj.model_loss(model, x, obj.add_noise(x, _gen(2), validate=False), validate=False)
+        terms.loss_sum.backward()
+    assert syncs.count == 0, syncs.sites

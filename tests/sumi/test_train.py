@@ -635,3 +635,79 @@ def test_cuda_training_and_generation_steps_never_wait_for_the_device(data, tmp_
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert forwards == [1, 2, 3, 4] and len(out.tokens[0]) <= 8
+
+
+# -- families (uniform, masked, masked-ce, hybrid, ar) -------------------------------------------
+FAMILIES = ("uniform", "masked", "masked-ce", "hybrid", "ar")
+
+
+@pytest.mark.parametrize("objective", FAMILIES)
+def test_every_family_trains_and_its_model_records_the_family(data, tmp_path, monkeypatch, objective):
+    """The loop builds the family's objective, divides each step's loss by the global count of
+    COUNTED tokens (4 rows x 31 next-token targets for ``ar``, 4 x 32 otherwise: a number from the
+    config, passed to every step), logs the same metrics, and exports a model whose config.json
+    records the family (no ``objective`` entry for the released uniform family)."""
+    import sumi.train.loop as loop
+
+    divisors = []
+    real_step = loop.train_step
+
+    def spy(*args, **kwargs):
+        divisors.append(kwargs["global_tokens"])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    data_dir, tok = data
+    config = _config(tok, steps=2, objective=objective)
+    train(config, data_dir, tmp_path / "run", progress=False)
+    assert divisors == [4 * (31 if objective == "ar" else 32)] * 2
+    for r in _records(tmp_path / "run"):
+        assert all(np.isfinite(r[k]) for k in ("loss", "kl", "is_div", "z_loss", "grad_norm")), r
+        assert abs(r["loss"] - (r["kl"] + r["is_div"] + r["z_loss"])) < 1e-5
+        # no IS term for the CE families, and exactly 0 under pure masked noise (docs/math.md, "Memory-light form")
+        assert (r["is_div"] == 0.0) is (objective in ("masked", "masked-ce", "ar"))
+    hf = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert hf.get("objective", {"name": "uniform"})["name"] == objective
+    assert ("objective" in hf) is (objective != "uniform")
+    model = sumi.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.replace(attention_backend=config.model.attention_backend) == config.model
+    assert model.config.vocab_size == tok.vocab_size + (objective in ("masked", "masked-ce", "hybrid"))
+
+
+def test_resuming_with_another_objective_is_refused(data, tmp_path):
+    """The family is part of the model (its vocabulary, its attention): a checkpoint of one
+    objective never resumes under another, not even with --allow-config-change."""
+    data_dir, tok = data
+    config = _config(tok, steps=4)
+    train(config, data_dir, tmp_path / "run", progress=False, stop_at_step=2)
+    for other in ("masked", "ar"):
+        with pytest.raises(ValueError, match=rf"another model or data layout \(.*model\.objective 'uniform' -> "
+                                             rf"'{other}'"):
+            train(config.override([f"objective={other}"]), data_dir, tmp_path / "run", progress=False, resume=True,
+                  allow_config_change=True)
+    masked = _config(tok, steps=4, objective="masked")
+    train(masked, data_dir, tmp_path / "masked", progress=False, stop_at_step=2)
+    with pytest.raises(ValueError, match=r"model\.objective 'masked' -> 'masked-ce'"):
+        train(masked.override(["objective=masked-ce"]), data_dir, tmp_path / "masked", progress=False, resume=True,
+              allow_config_change=True)
+    assert train(masked, data_dir, tmp_path / "masked", progress=False, resume=True).steps == 4
+
+
+@pytest.fixture(scope="module")
+def embedded_cache(tmp_path_factory):
+    """One SUMI_CACHE for the module's command-line runs: the embedded data is prepared once."""
+    return tmp_path_factory.mktemp("sumi-cache")
+
+
+@pytest.mark.parametrize("objective", FAMILIES)
+def test_cli_trains_every_family_on_the_embedded_default(tmp_path, monkeypatch, embedded_cache, objective):
+    """``sumi train --preset tiny --objective NAME --steps 20`` runs for every family and exports
+    a model whose config.json records it, with the report (samples through ``sumi.generate``)."""
+    monkeypatch.setenv("SUMI_CACHE", str(embedded_cache))
+    out = tmp_path / objective
+    assert main(["train", "--preset", "tiny", "--objective", objective, "--steps", "20", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert len(_records(out)) == 20 and (out / "samples.txt").stat().st_size > 0
+    assert json.loads((out / "config.json").read_text())["objective"] == objective
+    model = sumi.from_pretrained(out / "model")
+    assert model.config.objective == objective and model.config.causal is (objective == "ar")
