@@ -202,7 +202,10 @@ def worker(method: str, args: argparse.Namespace, root: Path) -> dict:
 
 
 def main() -> None:
-    from sumi.configs.model import OBJECTIVES
+    try:
+        from sumi.configs.model import OBJECTIVES
+    except ImportError:  # a --baseline worker's library predates the families: uniform only
+        OBJECTIVES = ("uniform",)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="model preset (random weights)")

@@ -373,10 +373,11 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from sumi.configs.model import OBJECTIVES
+    if args.worker is None:  # a --baseline worker imports a library that may predate the families
+        from sumi.configs.model import OBJECTIVES
 
-    if args.objective not in OBJECTIVES:
-        parser.error(f"--objective {args.objective}: one of {', '.join(OBJECTIVES)}")
+        if args.objective not in OBJECTIVES:
+            parser.error(f"--objective {args.objective}: one of {', '.join(OBJECTIVES)}")
     if args.fsdp is None:
         args.fsdp = args.device == "cuda"
     if args.quick:

@@ -9,8 +9,9 @@ into its objective, with the kernel from :func:`sumi.family.kernel_for`.
 
 - :class:`Objective` (``uniform``, ``masked``, ``hybrid``): diffusion noise (the family's kernel;
   Sumi's is pure uniform noise over the **full** vocabulary) and the GIDD surrogate
-  ``w KL + beta_IS w IS`` (``beta_IS = 1``).  For the ``Masked`` kernel this is MDLM's ELBO per
-  unit log-SNR, ``alpha CE`` on masked tokens.
+  ``w KL + beta_IS w IS`` (``beta_IS = 1``) per unit log-SNR; ``masked`` trains it in time
+  (``in_time=True``: times ``|d lambda/dt|``), which for the ``Masked`` kernel is MDLM's ELBO,
+  ``CE / t`` on masked tokens.
 - :class:`MaskedCEObjective` (``masked-ce``): the same masked noise, the plain cross-entropy
   ``[z = m] (-log x_hat_x)`` without a weight.
 - :class:`AutoregressiveObjective` (``ar``): no noise; next-token cross-entropy of a causal model
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from discdiff._checks import check_tokens
+from discdiff._checks import align_log_snr, check_tokens
 from discdiff.kernels import Kernel, Masked, Uniform
 from discdiff.losses import cross_entropy_from_hidden, gidd, gidd_from_hidden, masked_ce
 from discdiff.schedules import LinearAlpha
@@ -275,18 +276,20 @@ class DiffusionObjective(TrainingObjective):
         if self.fused:
             hidden = model(noised.z, return_hidden=True)
             return self.loss_from_hidden(hidden, model.lm_head.weight, x, noised.z, noised.lam, mask,
-                                         validate=validate)
-        return self.loss(model(noised.z), x, noised.z, noised.lam, mask, validate=validate)
+                                         validate=validate, t=noised.t)
+        return self.loss(model(noised.z), x, noised.z, noised.lam, mask, validate=validate, t=noised.t)
 
     @abstractmethod
     def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
-             validate: bool = True) -> ObjectiveTerms:
+             validate: bool = True, t: Tensor | None = None) -> ObjectiveTerms:
         """Sums of the per-token loss terms of ``logits`` (``[batch, seq, V]``, from ``model(z)``)
-        over the tokens selected by ``mask`` (bool ``[batch, seq]``; ``None`` counts all)."""
+        over the tokens selected by ``mask`` (bool ``[batch, seq]``; ``None`` counts all).
+        ``t``: the times that drew ``lam`` (:class:`Noised`), needed by time-form objectives."""
 
     @abstractmethod
     def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, z: Tensor, lam: Tensor,
-                         mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
+                         mask: Tensor | None = None, *, validate: bool = True,
+                         t: Tensor | None = None) -> ObjectiveTerms:
         """:meth:`loss` of the logits ``hidden @ head_weight.T`` without materializing them."""
 
 
@@ -295,8 +298,8 @@ class Objective(DiffusionObjective):
     the GIDD surrogate on the noise of ``kernel`` (default: ``Uniform(vocab_size)``, Sumi's).
 
     The ``uniform``, ``masked`` and ``hybrid`` families (docs/training.md, "Families") are this
-    objective with the kernel of :func:`sumi.family.kernel_for`; with a ``Masked`` kernel it is
-    MDLM's ELBO per unit log-SNR (docs/math.md, "Reductions to known objectives").
+    objective with the kernel of :func:`sumi.family.kernel_for` (``masked`` with ``in_time=True``:
+    then it is MDLM's ELBO in time; docs/math.md, "Family objectives").
 
     Args:
         vocab_size: ``V``; the uniform kernel covers all ``V`` ids.
@@ -310,6 +313,12 @@ class Objective(DiffusionObjective):
         log_snr_max: the upper clamp of ``lambda`` (Sumi and GIDD-scaling: ``9``).
         fused: :meth:`model_loss` computes the loss from the model's hidden states and its
             ``lm_head.weight`` (:meth:`loss_from_hidden`) instead of from its logits.
+        in_time: train on the NELBO in time, ``|d lambda/dt| (w KL + beta_is w IS)`` per token
+            (``discdiff.losses.nelbo_estimate``; 0 where ``lambda`` is clamped), instead of the
+            per-unit-log-SNR surrogate; the z-loss is added unweighted.  With a ``Masked`` kernel
+            and ``alpha = 1 - t`` this is MDLM's training objective, ``[z = m] CE / t`` (Sahoo et
+            al. 2024, arXiv 2406.07524, Eq. 10): the ``masked`` family.  Needs ``t`` in
+            :meth:`loss` (:meth:`model_loss` passes it).
 
     Noise and randomness: :class:`DiffusionObjective`.
     """
@@ -325,6 +334,7 @@ class Objective(DiffusionObjective):
         log_snr_min: float = -9.0,
         log_snr_max: float = 9.0,
         fused: bool = False,
+        in_time: bool = False,
     ) -> None:
         if kernel is None:
             kernel = Uniform(vocab_size)
@@ -335,18 +345,33 @@ class Objective(DiffusionObjective):
         super().__init__(kernel, per_token_share=per_token_share, z_loss=z_loss, log_snr_min=log_snr_min,
                          log_snr_max=log_snr_max, fused=fused)
         self.beta_is = check_number("beta_is", beta_is, 0.0)
+        if not isinstance(in_time, bool):
+            raise ValueError(f"in_time must be a bool, got {in_time!r}")
+        self.in_time = in_time
 
     def __repr__(self) -> str:
         s = self.schedule
         kernel = "" if isinstance(self.kernel, Uniform) else f"kernel={self.kernel!r}, "
+        in_time = ", in_time=True" if self.in_time else ""
         return (f"Objective(vocab_size={self.vocab_size}, {kernel}per_token_share={self.per_token_share}, "
                 f"z_loss={self.z_loss}, beta_is={self.beta_is}, log_snr_min={s.log_snr_min}, "
-                f"log_snr_max={s.log_snr_max}, fused={self.fused})")
+                f"log_snr_max={s.log_snr_max}, fused={self.fused}{in_time})")
+
+    def _time_weight(self, t: Tensor | None, x: Tensor) -> Tensor | None:
+        """``|d lambda/dt|`` per token for :attr:`in_time` (``None`` otherwise)."""
+        if not self.in_time:
+            return None
+        if t is None:
+            raise ValueError("this objective trains on the NELBO in time (in_time=True): pass t, the times that "
+                             "drew lam (Noised.t)")
+        # |d lambda/dt| (discdiff.losses.elbo_weight_in_time), unchecked: t comes from add_noise
+        return align_log_snr("t", self.schedule.dlog_snr_dt(t.double(), validate=False).abs(), x.shape)
 
     def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
-             validate: bool = True) -> ObjectiveTerms:
+             validate: bool = True, t: Tensor | None = None) -> ObjectiveTerms:
         """Sums of the per-token loss terms over the tokens selected by ``mask`` (bool
-        ``[batch, seq]``, True = counted; ``None`` counts all).
+        ``[batch, seq]``, True = counted; ``None`` counts all).  ``t``: the times that drew
+        ``lam``, required with ``in_time`` (the GIDD terms are then multiplied by ``|d lambda/dt|``).
 
         ``logits``: ``[batch, seq, V]`` from ``model(z)``; ``lam``: ``[batch]``, ``[batch, 1]`` or
         ``[batch, seq]``.  Per token: ``w KL + beta_is w IS`` (``discdiff.losses.gidd``, arXiv
@@ -361,10 +386,13 @@ class Objective(DiffusionObjective):
         lse = torch.logsumexp(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1) \
             if self.z_loss > 0 else None
         z_term = self._z_term(lse, counted, out.loss.dtype)
-        return self._gidd_terms(out, out.loss + z_term, z_term, counted)
+        weight = self._time_weight(t, x)
+        gidd_loss = out.loss if weight is None else out.loss * weight.to(out.loss.dtype)
+        return self._gidd_terms(out, gidd_loss + z_term, z_term, counted, weight)
 
     def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, z: Tensor, lam: Tensor,
-                         mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
+                         mask: Tensor | None = None, *, validate: bool = True,
+                         t: Tensor | None = None) -> ObjectiveTerms:
         """:meth:`loss` of the logits ``hidden @ head_weight.T`` without materializing them.
 
         ``hidden``: ``[batch, seq, H]`` from ``model(z, return_hidden=True)``; ``head_weight``:
@@ -374,16 +402,28 @@ class Objective(DiffusionObjective):
         ``validate``: as in :meth:`loss`.
         """
         counted = self._check_mask(mask, x)
+        weight = self._time_weight(t, x)
+        if weight is None:
+            out = gidd_from_hidden(self.kernel, hidden, head_weight, x, z, lam, self.beta_is, reduction="none",
+                                   mask=mask, z_loss=self.z_loss, validate=validate)
+            # out.loss holds the z-loss already (zero where not counted); the metric reads it detached
+            z_term = self._z_term(out.logsumexp.detach(), counted, out.loss.dtype)
+            return self._gidd_terms(out, out.loss, z_term, counted, None)
+        # in time: only the GIDD terms are weighted, so the z-loss (differentiable) is added after
         out = gidd_from_hidden(self.kernel, hidden, head_weight, x, z, lam, self.beta_is, reduction="none",
-                               mask=mask, z_loss=self.z_loss, validate=validate)
-        # out.loss holds the z-loss already (zero where not counted); the metric reads it detached
-        return self._gidd_terms(out, out.loss, self._z_term(out.logsumexp.detach(), counted, out.loss.dtype), counted)
+                               mask=mask, validate=validate)
+        z_term = self._z_term(out.logsumexp, counted, out.loss.dtype)
+        return self._gidd_terms(out, out.loss * weight.to(out.loss.dtype) + z_term, z_term, counted, weight)
 
-    def _gidd_terms(self, out, per_token: Tensor, z_term: Tensor, counted: Tensor) -> ObjectiveTerms:
+    def _gidd_terms(self, out, per_token: Tensor, z_term: Tensor, counted: Tensor,
+                    weight: Tensor | None) -> ObjectiveTerms:
         """The terms of a GIDD loss output: the loss ``per_token`` (the z-loss ``z_term``
-        included) and the metrics ``w KL`` and ``w IS``."""
+        included) and the metrics ``w KL`` and ``w IS`` (times ``weight``, the time weight, when
+        training in time)."""
         with torch.no_grad():
             w = out.weight.to(per_token.dtype)
+            if weight is not None:
+                w = w * weight.to(w.dtype)
             kl, is_div = w * out.kl, w * out.is_div
         return self._terms(per_token, kl, is_div, z_term, counted)
 
@@ -419,17 +459,18 @@ class MaskedCEObjective(DiffusionObjective):
                 f"fused={self.fused})")
 
     def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
-             validate: bool = True) -> ObjectiveTerms:
+             validate: bool = True, t: Tensor | None = None) -> ObjectiveTerms:
         """Sums of ``[z = m] CE + z_loss * logsumexp(logits)^2`` over the tokens ``mask`` selects
         (``discdiff.losses.masked_ce``).  ``lam`` is not used (the plain cross-entropy has no
-        weight); it is taken so that every diffusion objective scores the same arguments."""
+        weight), nor is ``t``; they are taken so that every diffusion objective scores the same arguments."""
         counted = self._check_mask(mask, x)
         ce = masked_ce(self.kernel, logits, x, z, reduction="none", validate=validate)  # 0 on unmasked tokens
         lse = torch.logsumexp(logits.to(ce.dtype), dim=-1) if self.z_loss > 0 else None
         return self._ce_terms(ce, lse, counted)
 
     def loss_from_hidden(self, hidden: Tensor, head_weight: Tensor, x: Tensor, z: Tensor, lam: Tensor,
-                         mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
+                         mask: Tensor | None = None, *, validate: bool = True,
+                         t: Tensor | None = None) -> ObjectiveTerms:
         """:meth:`loss` of the logits ``hidden @ head_weight.T`` without materializing them
         (``discdiff.losses.cross_entropy_from_hidden`` with the mask id excluded)."""
         counted = self._check_mask(mask, x)
@@ -522,8 +563,10 @@ def build_objective(config: TrainConfig) -> TrainingObjective:
     """The objective of ``config``'s family (``config.objective``; docs/training.md, "Families"),
     with ``config.per_token_share``, ``config.z_loss`` and ``config.fused_loss``:
 
-    - ``uniform``, ``masked``, ``hybrid``: :class:`Objective` (the GIDD surrogate) on the kernel of
-      :func:`sumi.family.kernel_for` (``Uniform(V)``, ``Masked(V, m)``, ``Hybrid(V, m, shift, scale)``);
+    - ``uniform``, ``hybrid``: :class:`Objective` (the GIDD surrogate per unit log-SNR) on the
+      kernel of :func:`sumi.family.kernel_for` (``Uniform(V)``, ``Hybrid(V, m, shift, scale)``);
+    - ``masked``: :class:`Objective` on ``Masked(V, m)`` with ``in_time=True``: MDLM's ELBO,
+      ``[z = m] CE / t`` (arXiv 2406.07524, Eq. 10);
     - ``masked-ce``: :class:`MaskedCEObjective` on ``Masked(V, m)``;
     - ``ar``: :class:`AutoregressiveObjective` (no kernel).
     """
@@ -534,7 +577,8 @@ def build_objective(config: TrainConfig) -> TrainingObjective:
     noise = dict(per_token_share=config.per_token_share, z_loss=config.z_loss, fused=config.fused_loss)
     if model.objective == "masked-ce":
         return MaskedCEObjective(kernel, **noise)
-    return Objective(model.vocab_size, kernel=kernel, **noise)
+    # masked trains MDLM's ELBO in time (CE / t); uniform and hybrid the surrogate per unit log-SNR
+    return Objective(model.vocab_size, kernel=kernel, in_time=model.objective == "masked", **noise)
 
 
 __all__ = ["build_objective", "TrainingObjective", "DiffusionObjective", "Objective", "MaskedCEObjective",

@@ -561,24 +561,32 @@ def test_hybrid_noise_draws_uniform_ids_and_the_mask(gen):
     assert (z == 12).any() and ((z != 0) & (z != 12)).any()  # both kinds of noise occur
 
 
-def test_masked_family_loss_is_the_mdlm_elbo_per_unit_log_snr(gen):
-    """For the Masked kernel the GIDD surrogate is MDLM's ELBO per unit log-SNR (``alpha CE
-    [z = m]``, ``discdiff.losses.mdlm``; MDLM Eq. 10, docs/math.md, "Reductions to known
-    objectives"): the objective's sums equal mdlm's in float64, plus the z-loss written out."""
+def test_masked_family_loss_is_the_mdlm_elbo_in_time(gen):
+    """The ``masked`` family trains MDLM's objective (Sahoo et al. 2024, Eq. 10): with
+    ``alpha = 1 - t``, ``[z = m] CE / t`` per token (0 where ``lambda`` is clamped, as the
+    clamped schedule's ``d lambda/dt`` is), i.e. ``discdiff.losses.mdlm`` (per unit log-SNR) times
+    ``1 / (t (1 - t))``, plus the z-loss unweighted: recomputed by hand in float64."""
     _, obj = _family_objective("masked", z_loss=1e-2)
     x = torch.randint(0, 12, (6, 16), generator=gen)
     noised = obj.add_noise(x, gen)
     logits = 3 * torch.randn(6, 16, 13, generator=gen, dtype=F64)
-    terms = obj.loss(logits, x, noised.z, noised.lam)
+    terms = obj.loss(logits, x, noised.z, noised.lam, t=noised.t)
+    t = noised.t.double()
+    inside = torch.logit(1 - t).abs() < 9  # lambda = logit(1 - t) is not clamped
+    speed = torch.where(inside, 1 / (t * (1 - t)), 0.0)
     ref = mdlm(obj.kernel, logits, x, noised.z, noised.lam.double())
     lse = torch.log(torch.exp(logits).sum(-1))
-    torch.testing.assert_close(terms.kl_sum, ref.loss.sum(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(terms.loss_sum, ref.loss.sum() + 1e-2 * lse.square().sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms.kl_sum, (ref.loss * speed).sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms.loss_sum, (ref.loss * speed).sum() + 1e-2 * lse.square().sum(),
+                               rtol=1e-12, atol=1e-12)
     assert float(terms.is_sum) == 0.0 and int(terms.num_tokens) == 96
-    # written out: alpha * (-log softmax over the non-mask states) at x, on masked tokens only
+    # written out: -log softmax over the non-mask states at x, divided by t, on masked tokens only
+    # (to float32 rounding: alpha comes from Noised.lam, stored in float32, not from t)
     log_x0 = torch.log_softmax(logits[..., :12], -1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
-    by_hand = torch.where(noised.z == 12, -torch.sigmoid(noised.lam.double()) * log_x0, 0.0).sum()
-    torch.testing.assert_close(terms.kl_sum, by_hand, rtol=1e-12, atol=1e-12)
+    by_hand = torch.where((noised.z == 12) & inside, -log_x0 / t, 0.0).sum()
+    torch.testing.assert_close(terms.kl_sum, by_hand, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="pass t"):
+        obj.loss(logits, x, noised.z, noised.lam)
 
 
 def test_masked_ce_loss_against_a_float64_recomputation(gen):
