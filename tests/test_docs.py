@@ -90,7 +90,7 @@ def _public_modules() -> list[str]:
             if type(value).__name__ == "module":
                 names.append(value.__name__)
     return names + ["sumi.model", "sumi.data", "sumi.train", "sumi.distributed", "sumi.evaluate", "sumi.tokenizer",
-                    "sumi.family", "sumi.decoding"]
+                    "sumi.family", "sumi.decoding", "sumi.study"]
 
 
 @pytest.fixture(scope="module")

@@ -357,9 +357,15 @@ def test_ctrl_c_stops_with_one_line_and_the_run_resumes(data, tmp_path):
     proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
+        # any complete checkpoint (step-00000002 itself is deleted by keep_last a few steps later:
+        # a poll that missed it would wait out the deadline while the run trains on)
         deadline = time.monotonic() + 600
-        while not (out / "checkpoints" / "step-00000002").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        def saved() -> bool:  # a complete checkpoint: renamed into place from its temporary name
+            return out.joinpath("checkpoints").is_dir() and any(
+                re.fullmatch(r"step-\d{8}", p.name) for p in (out / "checkpoints").iterdir())
+
+        while not saved() and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=300)[1]
     finally:
