@@ -1,4 +1,5 @@
-"""The ``sumi`` command line: ``sumi generate``, ``convert``, ``data prepare``, ``train``, ``eval``, ``probe``.
+"""The ``sumi`` command line: ``sumi generate``, ``convert``, ``data prepare``, ``train``, ``eval``, ``probe``,
+``study``.
 
 Each subcommand is one ``(add_arguments, run)`` pair in :data:`COMMANDS`: ``add_arguments``
 fills its argparse sub-parser, ``run(args)`` does the work and returns the exit status.
@@ -126,13 +127,16 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "train": _lazy("sumi.train.command"),
     "eval": _lazy("sumi.evaluate.cli"),
     "probe": _lazy("sumi.evaluate.probe_cli"),
+    "study": _lazy("sumi.study.cli"),
 }
 HELP = {"generate": "generate an answer to a prompt (a diffusion canvas as released, or left to right for 'ar')",
         "convert": "rewrite a checkpoint in another dtype and/or sharding (Hugging Face layout)",
         "data": "prepare training data: `sumi data prepare` tokenizes files into packed shards",
         "train": "train Sumi (`--preset tiny`: the embedded default on the Python standard library)",
         "eval": "evaluate: `sumi eval nelbo` (NELBO, bits per byte), `sumi eval harness` (lm-eval)",
-        "probe": "generation dynamics: `sumi probe revision` (revision budget), `sumi probe commitment`"}
+        "probe": "generation dynamics: `sumi probe revision` (revision budget), `sumi probe commitment`",
+        "study": "studies across families: `sumi study pareto` (speed-quality frontier), `scaling` (isoFLOP), "
+                 "`canvas`"}
 
 
 def build_parser() -> argparse.ArgumentParser:

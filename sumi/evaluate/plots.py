@@ -10,32 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sumi._plot import figure, integer_ticks, save
 from sumi.evaluate.probes import CommitmentReport, RevisionReport
 
 _MAX_LEGEND = 10  # more prompts than this: lines without a legend (it would hide the data)
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=120)
-    FigureCanvasAgg(fig)  # attaches itself: savefig renders with Agg whatever the global backend is
-    return fig
-
-
-def _integer_ticks():
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(integer=True)  # positions, steps and budgets are counts
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
 
 
 def plot_ink(report: CommitmentReport, path: str | os.PathLike, prompt: int = 0) -> Path:
@@ -46,7 +24,7 @@ def plot_ink(report: CommitmentReport, path: str | os.PathLike, prompt: int = 0)
         raise ValueError(f"prompt must be in [0, {len(report.prompts)}), got {prompt}")
     ink = report.ink[prompt].int().numpy()  # [steps + 1, M]
     steps, width = ink.shape[0] - 1, ink.shape[1]
-    fig = _figure(max(5.0, min(12.0, 0.12 * width + 2)), max(3.0, min(9.0, 0.08 * steps + 2)))
+    fig = figure(max(5.0, min(12.0, 0.12 * width + 2)), max(3.0, min(9.0, 0.08 * steps + 2)))
     ax = fig.add_subplot()
     ax.imshow(ink, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     ax.scatter(range(width), report.commitment_steps[prompt].tolist(), s=8, c="tab:red")
@@ -56,8 +34,8 @@ def plot_ink(report: CommitmentReport, path: str | os.PathLike, prompt: int = 0)
     ltr = float(report.left_to_right_fraction[prompt])
     ax.set_title(f"ink of prompt {prompt} (dark: final token in place; red: commitment step)\n"
                  f"Spearman {rho:.2f}, left-to-right pairs {ltr:.2f}", fontsize="medium")
-    ax.xaxis.set_major_locator(_integer_ticks())
-    return _save(fig, path)
+    ax.xaxis.set_major_locator(integer_ticks())
+    return save(fig, path)
 
 
 def plot_commitment(report: CommitmentReport, path: str | os.PathLike) -> Path:
@@ -65,7 +43,7 @@ def plot_commitment(report: CommitmentReport, path: str | os.PathLike) -> Path:
     rising line is left-to-right generation."""
     commit = report.commitment_steps.double()  # [batch, M]
     positions = list(range(commit.shape[1]))
-    fig = _figure(7.0, 4.0)
+    fig = figure(7.0, 4.0)
     ax = fig.add_subplot()
     labelled = commit.shape[0] <= _MAX_LEGEND
     for i, row in enumerate(commit.tolist()):
@@ -75,11 +53,11 @@ def plot_commitment(report: CommitmentReport, path: str | os.PathLike) -> Path:
     ax.set_xlabel("answer position")
     ax.set_ylabel("commitment step")
     ax.set_ylim(-0.5, report.settings["steps"] + 0.5)
-    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.xaxis.set_major_locator(integer_ticks())
     ax.set_title("when each answer position commits to its final token")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_revision(report: RevisionReport, path: str | os.PathLike) -> Path:
@@ -91,12 +69,12 @@ def plot_revision(report: RevisionReport, path: str | os.PathLike) -> Path:
               ("A->B->A round trips per position", [s.round_trips for s in report.budgets])]
     if all(s.accuracy is not None for s in report.budgets):
         panels.append(("accuracy", [s.accuracy for s in report.budgets]))
-    fig = _figure(3.2 * len(panels), 3.2)
+    fig = figure(3.2 * len(panels), 3.2)
     for k, (title, values) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         ax.plot(budgets, values, marker="o")
         ax.set_xlabel("revision budget (steps)")
-        ax.xaxis.set_major_locator(_integer_ticks())
+        ax.xaxis.set_major_locator(integer_ticks())
         ax.set_title(title, fontsize="medium")
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)

@@ -104,12 +104,8 @@ def embedded_config(tokenizer: SumiTokenizer, **overrides) -> TrainConfig:
 def write_report(out_dir: Path, tokenizer: SumiTokenizer, *, seed: int = 0) -> None:
     """``samples.txt`` from the exported model (any family, through :func:`sumi.generate`) and
     ``loss.png`` from ``metrics.jsonl``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     import sumi
+    from sumi._plot import figure, save
 
     model = sumi.from_pretrained(out_dir / "model")
     lines = []
@@ -119,7 +115,8 @@ def write_report(out_dir: Path, tokenizer: SumiTokenizer, *, seed: int = 0) -> N
         lines.append(f"--- prompt {prompt!r}\n{prompt}{tokenizer.decode(out.tokens[0])}\n")
     (out_dir / "samples.txt").write_text("\n".join(lines))
     records = _records(out_dir / "metrics.jsonl")
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig = figure(6, 3.5)  # no pyplot: the caller's matplotlib backend and figures are left alone
+    ax = fig.add_subplot(1, 1, 1)
     steps, losses = [r["step"] for r in records], [r["loss"] for r in records]
     ax.plot(steps, losses, lw=0.6, alpha=0.35, marker="o" if len(records) < 50 else None, ms=3, label="per step")
     smooth, ema = [], losses[0]
@@ -132,9 +129,7 @@ def write_report(out_dir: Path, tokenizer: SumiTokenizer, *, seed: int = 0) -> N
     ax.set_ylabel(f"loss (nats per token, {model.config.objective} objective)")
     ax.set_title(f"sumi tiny ({model.config.objective}) on the Python standard library")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "loss.png")
-    plt.close(fig)
+    save(fig, out_dir / "loss.png")
 
 
 def _records(path: Path) -> list[dict]:

@@ -33,6 +33,33 @@ def tiny_run(tmp_path_factory, sumi_cache) -> Path:
     return root / "run"
 
 
+STUDY_RUN_STEPS = 30
+
+
+@pytest.fixture(scope="session")
+def study_runs(tmp_path_factory, sumi_cache) -> dict[str, Path]:
+    """The tiny preset's trainings of the studies, shortened to ``STUDY_RUN_STEPS`` steps, made
+    by a real :class:`sumi.study.runs.RunCache` (each a ``sumi train`` process): ``{"uniform",
+    "masked": model directories, "judge": the ar judge's, "runs": the cache}``.  A study given
+    ``--runs`` this cache, ``--preset tiny`` and ``--train-steps STUDY_RUN_STEPS`` reuses them."""
+    from sumi.study.presets import tiny_judge, tiny_run
+    from sumi.study.runs import RunCache
+
+    runs = tmp_path_factory.mktemp("study") / "runs"
+    old = os.environ.get("SUMI_CACHE")
+    os.environ["SUMI_CACHE"] = str(sumi_cache)
+    try:
+        cache = RunCache(runs, progress=False)
+        found = {name: cache.ensure(tiny_run(name, steps=STUDY_RUN_STEPS)) for name in ("uniform", "masked")}
+        found["judge"] = cache.ensure(tiny_judge(steps=STUDY_RUN_STEPS))
+    finally:
+        if old is None:
+            os.environ.pop("SUMI_CACHE", None)
+        else:
+            os.environ["SUMI_CACHE"] = old
+    return {**found, "runs": runs}
+
+
 @pytest.fixture
 def mask_and_rope_builds(monkeypatch) -> dict[str, int]:
     """Counts of attention-mask and RoPE-table constructions (``sumi.model``) during a test."""
