@@ -12,13 +12,14 @@ Conventions (fixed for the whole library; see docs/math.md, "Conventions"):
 - Every stochastic function takes ``generator: torch.Generator | None``; nothing touches global
   state at import.
 
-Samplers (``discdiff.samplers``) and NELBO estimation (``discdiff.likelihood``) build on these;
+Samplers (``discdiff.samplers``), classifier-free guidance (``discdiff.guidance``) and NELBO
+estimation (``discdiff.likelihood``) build on these;
 ``discdiff.typing`` holds the tensor type aliases.  ``discdiff.nelbo`` is a deprecated alias of
 ``discdiff.losses.nelbo_estimate``.  Imports torch and jaxtyping only.  ``discdiff.testing`` (hypothesis strategies and
 invariant checks) needs the ``[test]`` extra and is not imported here.
 """
 
-from discdiff import errors, kernels, likelihood, losses, samplers, schedules, time_sampling, typing
+from discdiff import errors, guidance, kernels, likelihood, losses, samplers, schedules, time_sampling, typing
 from discdiff.errors import NonFiniteError
 from discdiff.kernels import GIDD, Dense, Hybrid, Kernel, Masked, Prior, Uniform
 from discdiff.losses import LossOutput, cross_entropy_from_hidden, gidd, gidd_from_hidden, masked_ce, mdlm, nelbo
@@ -34,6 +35,7 @@ __all__ = [
     "schedules",
     "time_sampling",
     "samplers",
+    "guidance",
     "likelihood",
     "typing",
     "Kernel",
