@@ -156,3 +156,23 @@ def test_evaluate_benchmark():
     assert record["ours_over_logits"] == pytest.approx(ours["token_points_per_s"] / logits["token_points_per_s"])
     assert any(line.startswith("ours") for line in table)
 
+
+
+def test_guidance_benchmark():
+    table, record = run_benchmark("guidance.py", "--quick", "--scales", "0,2")
+    assert record["benchmark"] == "guidance" and record["quick"]
+    settings = record["settings"]
+    assert settings["kernels"] == ["uniform", "masked", "hybrid"] and settings["scales"] == [0.0, 2.0]
+    assert (settings["samples"], settings["steps"], settings["train_steps"]) == (16, 8, 20)
+    rows = record["rows"]
+    # one row per kernel x scale, plus the unconditional model (scale -1) first for each kernel
+    assert [(r["kernel"], r["scale"]) for r in rows] == [(k, w) for k in settings["kernels"] for w in (-1.0, 0.0, 2.0)]
+    for r in [*rows, record["reference"]]:
+        assert 0 <= r["accuracy"] <= 1 and all(0 <= a <= 1 for a in r["accuracy_by_class"])
+        # 16 equal halves: the overall accuracy is the mean of the two classes'
+        assert r["accuracy"] == pytest.approx(sum(r["accuracy_by_class"]) / 2)
+        assert 0 <= r["entropy"] <= math.log(16) and r["log_lik"] < 0 and 0 < r["distinct"] <= 1
+    assert all(r["masked_left"] == 0 and r["sample_s"] > 0 for r in rows)  # the grid ends at lambda = +inf
+    assert set(record["training"]) == set(settings["kernels"])
+    assert all(math.isfinite(t["final_loss"]) for t in record["training"].values())
+    assert table[0].startswith("Classifier-free guidance on two overlapping Markov chains (V = 16, L = 32")

@@ -27,4 +27,5 @@ def tiny_run(objective: str, *, steps: int = TINY_STEPS, seed: int = 0) -> Run:
 
 def tiny_judge(*, steps: int = TINY_STEPS) -> Run:
     """The autoregressive judge of the tiny studies' generative perplexity."""
-    return Run(objective="ar", steps=steps, seed=JUDGE_SEED, label=f"judge: ar (tiny, {steps} steps, seed {JUDGE_SEED})")
+    return Run(objective="ar", steps=steps, seed=JUDGE_SEED,
+               label=f"judge: ar (tiny, {steps} steps, seed {JUDGE_SEED})")

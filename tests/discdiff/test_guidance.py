@@ -51,7 +51,8 @@ def _oracle(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
 
 def _pair(seed: int, shape=(3, 5), vocab=V, dtype=torch.float32):
     g = _gen(seed)
-    return (2.0 * torch.randn(*shape, vocab, generator=g)).to(dtype), (2.0 * torch.randn(*shape, vocab, generator=g)).to(dtype)
+    cond = (2.0 * torch.randn(*shape, vocab, generator=g)).to(dtype)
+    return cond, (2.0 * torch.randn(*shape, vocab, generator=g)).to(dtype)
 
 
 # ----------------------------------------------------------------------------- cfg algebra
