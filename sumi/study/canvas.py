@@ -107,14 +107,14 @@ def check_lengths(lengths: Sequence[int], max_positions: int, *, name: str = "le
 
 def check_model(config, lengths: Sequence[int] | None, sampler: str, *, name: str = "lengths") -> list[int]:
     """Check that a model of ``config`` can be studied: a diffusion family, ``sampler`` applies
-    to it (:func:`sumi.study.frontier.sampler_applies`) and every length fits its positions.
+    to it (:func:`sumi.study.sampling.sampler_applies`) and every length fits its positions.
     Returns the lengths (sorted; :func:`default_lengths` when ``None``).
 
     Raises:
         ValueError: an ``ar`` model (it has no canvas), a sampler that does not apply, or a bad length.
     """
     from sumi.generation import SAMPLERS
-    from sumi.study.frontier import sampler_applies
+    from sumi.study.sampling import sampler_applies
 
     if config.causal:
         raise ValueError("the model is autoregressive (objective 'ar'): it decodes left to right and has no canvas; "

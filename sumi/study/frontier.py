@@ -39,37 +39,18 @@ import torch
 
 from sumi._checks import check_int
 from sumi.study.models import check_judge, model_name, read_model_config
-from sumi.study.sampling import adaptive_tokens_per_step, draw_samples, judge_samples, sync
+from sumi.study.sampling import adaptive_tokens_per_step, draw_samples, judge_samples, sampler_applies, sync
 from sumi.study.store import StudyDir, format_number, markdown_table
 
-__all__ = ["DEFAULT_STEPS", "DEFAULT_SAMPLES", "DEFAULT_CANVAS", "default_samplers",
-           "sampler_applies", "measure_pareto", "pareto_markdown", "plot_pareto", "write_pareto"]
+__all__ = ["DEFAULT_STEPS", "DEFAULT_SAMPLES", "DEFAULT_CANVAS", "default_samplers", "measure_pareto",
+           "pareto_markdown", "plot_pareto", "write_pareto"]
 
 DEFAULT_STEPS = (4, 8, 16, 32, 64, 128)
 """The step counts of a diffusion model's points (an ``ar`` model has one point per sampler)."""
 DEFAULT_SAMPLES = 16
 DEFAULT_CANVAS = 128
 
-_AR_SAMPLERS = ("ancestral", "greedy")
 _FRONTIERS = {"passes": "forward_passes", "seconds": "seconds_per_sample"}
-
-
-def sampler_applies(sampler: str, config) -> bool:
-    """Whether ``sampler`` (a name of :data:`sumi.generation.SAMPLERS`) can generate with a model
-    of ``config``'s family: ``ar`` takes ``ancestral`` and ``greedy``; ``confidence`` only unmasks,
-    so it needs a family whose prior is all mask (``masked``, ``masked-ce``, ``hybrid`` with
-    ``hybrid_scale > 0``); every other diffusion sampler applies to every diffusion family."""
-    from sumi.family import kernel_for
-    from sumi.generation import make_sampler
-
-    kernel = kernel_for(config)
-    if kernel is None:
-        return sampler in _AR_SAMPLERS
-    try:
-        make_sampler(sampler, kernel)
-    except ValueError:
-        return False
-    return True
 
 
 def default_samplers(config) -> list[str]:
@@ -212,6 +193,7 @@ def measure_pareto(study: StudyDir, models: Sequence[str | os.PathLike], judge: 
     judge_tokenizer = SumiTokenizer.from_file(judge / "tokenizer.json")
     tokenizers = {m.path: SumiTokenizer.from_file(m.path / "tokenizer.json") for m in planned}
     prompt_ids = {m.path: _prompt_rows(tokenizers[m.path], prompts, samples) for m in planned}
+    same = {m.path: same_tokenizer(m.path, judge) for m in planned}
     longest = max(len(p) for rows in prompt_ids.values() for p in rows)
     budget = canvas_length - 2 - longest if max_new_tokens is None else check_int("max_new_tokens", max_new_tokens, 1)
     if budget < 1 or longest + budget + 2 > canvas_length:
@@ -275,7 +257,7 @@ def measure_pareto(study: StudyDir, models: Sequence[str | os.PathLike], judge: 
                 return _measure_point(model_of(m), judge_of(), m, sampler, n, tokens_per_step, label=label,
                                       prompt_ids=prompt_ids[m.path], judge_prompts=judge_prompts,
                                       tokenizer=tokenizers[m.path], judge_tokenizer=judge_tokenizer,
-                                      same=same_tokenizer(m.path, judge), samples=samples, seed=seed,
+                                      same=same[m.path], samples=samples, seed=seed,
                                       batch_size=batch_size, canvas_length=canvas_length, budget=budget,
                                       device=device)
 

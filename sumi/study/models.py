@@ -23,17 +23,14 @@ def load_model_dir(path: str | os.PathLike, *, device: torch.device | str | None
     """``(model, tokenizer)`` of a model directory, the model in eval mode on ``device`` (default cpu).
 
     Raises:
-        FileNotFoundError: no directory, or no ``tokenizer.json`` in it.
-        ValueError: a directory that is not a Sumi checkpoint.
+        ValueError: no directory, no ``tokenizer.json`` in it, or not a Sumi checkpoint
+            (:func:`read_model_config`'s checks, before any weight is read).
     """
     from sumi.hf import from_pretrained
     from sumi.tokenizer import SumiTokenizer
 
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no model directory {path}")
-    if not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{path} has no tokenizer.json (a model directory exported by `sumi train` has one)")
+    read_model_config(path)
     model = from_pretrained(path, device=torch.device(device or "cpu"))
     model.eval()
     return model, SumiTokenizer.from_file(path / "tokenizer.json")

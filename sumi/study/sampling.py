@@ -17,7 +17,27 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Drawn", "adaptive_tokens_per_step", "draw_samples", "judge_samples", "sync"]
+__all__ = ["Drawn", "adaptive_tokens_per_step", "draw_samples", "judge_samples", "sampler_applies", "sync"]
+
+_AR_SAMPLERS = ("ancestral", "greedy")
+
+
+def sampler_applies(sampler: str, config) -> bool:
+    """Whether ``sampler`` (a name of :data:`sumi.generation.SAMPLERS`) can generate with a model
+    of ``config``'s family: ``ar`` takes ``ancestral`` and ``greedy``; ``confidence`` only unmasks,
+    so it needs a family whose prior is all mask (``masked``, ``masked-ce``, ``hybrid`` with
+    ``hybrid_scale > 0``); every other diffusion sampler applies to every diffusion family."""
+    from sumi.family import kernel_for
+    from sumi.generation import make_sampler
+
+    kernel = kernel_for(config)
+    if kernel is None:
+        return sampler in _AR_SAMPLERS
+    try:
+        make_sampler(sampler, kernel)
+    except ValueError:
+        return False
+    return True
 
 
 def sync(device: torch.device) -> None:

@@ -47,11 +47,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sumi.configs.model import OBJECTIVES
 from sumi.study.runs import Run, RunCache
 from sumi.study.store import StudyDir, markdown_table, point_key
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MIN_STEPS", "TINY_OBJECTIVES", "TINY_BUDGETS", "TINY_SIZES", "TINY_POINTS", "TINY_MAX_DOCUMENTS",
            "RECIPES", "EVAL_BATCH_SIZE", "Shape", "Cell", "parse_objectives", "parse_budgets", "parse_sizes",
