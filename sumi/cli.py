@@ -61,6 +61,11 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-denoise-end", dest="denoise_end", action="store_false", default=None,
                         help="freeze the canvas tail after the pinned EOS/BOS (pad ids, hidden from attention) "
                              "instead of denoising it with the answer; diffusion families only")
+    parser.add_argument("--guidance-scale", type=float, default=0.0, metavar="W",
+                        help="classifier-free guidance scale w >= -1 (default 0: none; -1: unconditional; > 0: "
+                             "toward the prompt); each step runs the model on twice the rows. Needs a model trained "
+                             "with condition dropout (--set cond_dropout=0.1) on prompted data (see docs/sumi.md, "
+                             "Generation); diffusion families only")
 
 
 def _run_generate(args) -> int:
@@ -77,7 +82,7 @@ def _run_generate(args) -> int:
     try:
         out = generate(model, [prompt], args.max_new_tokens, sampler=args.sampler, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed, progress=True,
-                       **given)
+                       guidance_scale=args.guidance_scale, **given)
     except (ValueError, TypeError) as e:  # inputs (validated before sampling) or a model giving NaN/inf
         raise UsageError(str(e)) from None
     print(f"sumi: seed {out.seed}", file=sys.stderr)

@@ -35,6 +35,22 @@ Rows may have prompts of different lengths: each row gets its own layout in one 
 answer of a row is the canvas after its prompt, cut at the first EOS (excluded); the pinned
 EOS guarantees a cut within the budget.
 
+**Classifier-free guidance** (``guidance_scale = w != 0``, diffusion families): one model is
+both the conditional and the unconditional denoiser (trained with condition dropout on prompted
+data; docs/training.md, "Conditional training (condition dropout)").  Its unconditional branch
+is the same canvas with the prompt hidden from attention: the keys at positions ``0 .. P-1``
+(BOS included) are masked, as is whatever the conditional branch masks (the frozen tail of
+``denoise_end=False``); RoPE positions are unchanged.  Each step runs the model once on a doubled
+batch, ``[conditional rows; unconditional rows]``::
+
+    rows 0 .. B-1     | prompt | answer | EOS | BOS | tail |   attention as without guidance
+    rows B .. 2B-1    | hidden | answer | EOS | BOS | tail |   the prompt's keys masked
+
+and the step rule samples from ``log p_w = (1 + w) log p(x | c) - w log p(x)`` renormalized
+(:func:`discdiff.guidance.cfg`; docs/math.md, "Guidance").  At ``w = -1`` (the unconditional
+distribution) only the unconditional rows run: ``cfg`` reads nothing else.  ``w = 0`` is the
+unguided path, unchanged.
+
 What runs per step (nothing is computed that cannot change the answer):
 
 * the model body runs on the attended canvas only: with ``denoise_end=False`` the canvas is cut
@@ -66,6 +82,8 @@ import torch
 from torch import Tensor, nn
 
 from discdiff.errors import NonFiniteError
+from discdiff.guidance import cfg
+from discdiff.guidance.classifier_free import check_scale
 from discdiff.kernels import Kernel, Uniform
 from discdiff.samplers import (
     Adaptive,
@@ -378,6 +396,46 @@ def _denoiser(model: nn.Module, canvas: Tensor, attention_mask: Tensor | None, i
     return denoiser
 
 
+def _guided_denoiser(model: nn.Module, canvas: Tensor, attention_mask: Tensor | None, prompt_lengths: list[int],
+                     index: Tensor, scale: float):
+    """``z -> log p_w [batch, n, V]``: classifier-free guidance (docs/math.md, "Guidance";
+    :func:`discdiff.guidance.cfg`), ``log p_w = (1 + w) log p(x | c) - w log p(x)`` renormalized,
+    ``w = scale != 0``, with ``p(x | c)`` the model on ``canvas`` as :func:`_denoiser` runs it and
+    ``p(x)`` the model on the same canvas with each row's prompt (``0 .. P-1``) hidden from
+    attention as well.  One model call per step, on the doubled batch ``[cond rows; uncond
+    rows]`` (its mask and RoPE tables built once, by :func:`_denoiser`); at ``w = -1`` only the
+    unconditional rows run (``cfg`` does not read the conditional logits there)."""
+    batch, seq = canvas.shape
+    cond = (torch.ones(canvas.shape, dtype=torch.bool, device=canvas.device) if attention_mask is None
+            else attention_mask)
+    lengths = torch.tensor(prompt_lengths, device=canvas.device)
+    uncond = cond & (torch.arange(seq, device=canvas.device) >= lengths[:, None])  # the prompt's keys hidden
+    if scale == -1:
+        unconditional = _denoiser(model, canvas, uncond, index)
+
+        def guided(z: Tensor) -> Tensor:
+            logits = unconditional(z)
+            return cfg(logits, logits, scale)  # log_softmax of the unconditional logits
+    else:
+        both = _denoiser(model, canvas.repeat(2, 1), torch.cat([cond, uncond]), index.repeat(2, 1))
+
+        def guided(z: Tensor) -> Tensor:
+            logits = both(torch.cat([z, z]))
+            return cfg(logits[:batch], logits[batch:], scale)
+    return guided
+
+
+def _check_guidance_scale(guidance_scale: object) -> float:
+    """``guidance_scale`` by discdiff's guidance-scale check (a finite number ``>= -1``), as a
+    float; any failure is a ``ValueError`` naming ``guidance_scale`` (sumi's convention)."""
+    try:
+        return check_scale(guidance_scale)
+    except (TypeError, ValueError) as e:
+        message = str(e)  # "scale must be ...": the check names its own argument "scale"
+        raise ValueError(f"guidance_{message}" if message.startswith("scale ")
+                         else f"guidance_scale: {message}") from None
+
+
 def step_grid(schedule: str, steps: int, kernel: Kernel | None = None) -> Tensor:
     """Sumi's step grids (docs/math.md, "Step grids"): ``"linear"`` in alpha or ``"cosine"``;
     ``steps + 1`` ascending log-SNRs.  With a ``kernel`` that has a mask state the last one is
@@ -419,7 +477,7 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
              sampler: str | StepRule = "ancestral", tokens_per_step: int | None = None, schedule: str = "linear",
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, seed: int | None = None, denoise_end: bool = True, trace: bool = False,
-             stop_when_stable: bool = False, progress: bool = False,
+             stop_when_stable: bool = False, progress: bool = False, guidance_scale: float = 0.0,
              device: torch.device | str | None = None) -> GenerationOutput:
     """Generate an answer to each prompt with a Sumi model of any family (layouts: module docstring).
 
@@ -461,6 +519,14 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     the tokens only (``"greedy"``, and ``"adaptive"`` at ``temperature=0``), for which such a step
     is a fixed point, so the answer is exactly that of the full run.  It reads one bool from the
     device per step (a host sync, only when on).  ``progress``: a tqdm bar over steps on stderr.
+    ``guidance_scale``: ``w``, a finite number ``>= -1``, for classifier-free guidance (module
+    docstring; docs/math.md, "Guidance"): the rule samples from
+    ``log p_w = (1 + w) log p(x | c) - w log p(x)`` renormalized (:func:`discdiff.guidance.cfg`),
+    ``p(x)`` being the model on the same canvas with each row's prompt hidden from attention,
+    both from one model call per step on ``2 batch`` rows.  ``0`` (the default): no guidance, the unguided path; ``-1``: the
+    unconditional distribution; ``> 0``: pushed toward what the prompt makes more likely.  It
+    needs a model trained with condition dropout on prompted data (docs/training.md,
+    "Conditional training (condition dropout)"); diffusion families only.
     ``device``: where the canvas lives (default: the model's device; the model is not moved).
 
     An ``"ar"`` model (``config.causal``) is decoded by :func:`sumi.decoding.decode`, one new
@@ -471,7 +537,8 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     the model's ``max_position_embeddings``.  ``steps``, ``schedule``, ``denoise_end`` and
     ``canvas_length`` do not apply and are ignored (a ``canvas_length`` is still checked to fit
     the model's positions); ``"adaptive"``, ``"confidence"``, a StepRule object,
-    ``tokens_per_step`` other than 1, ``stop_when_stable=True`` and ``trace=True`` are errors.
+    ``tokens_per_step`` other than 1, ``stop_when_stable=True``, ``trace=True`` and
+    ``guidance_scale`` other than 0 are errors.
 
     Raises ``ValueError`` for bad inputs (before any model call), and
     :class:`discdiff.NonFiniteError` (a ``ValueError``) starting with :data:`NON_FINITE` when the
@@ -487,12 +554,13 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"prompt {i} holds ids in [{lo}, {hi}], outside [0, {vocab_size}) of the model's vocabulary")
     temperature = check_temperature(temperature)
+    guidance_scale = _check_guidance_scale(guidance_scale)
     kernel = kernel_for(config)
     if kernel is None:
         return _decode(model, prompts, max_new_tokens, canvas_length=canvas_length, sampler=sampler,
                        tokens_per_step=tokens_per_step, temperature=temperature, top_k=top_k, top_p=top_p,
                        min_p=min_p, seed=seed, trace=trace, stop_when_stable=stop_when_stable, progress=progress,
-                       device=device)
+                       guidance_scale=guidance_scale, device=device)
     canvas_length = canvas_length_for(config, canvas_length)
     for i, prompt in enumerate(prompts):
         need = len(prompt) + max_new_tokens + 2
@@ -529,7 +597,11 @@ def generate(model: nn.Module, prompt_ids, max_new_tokens: int, *, canvas_length
     steps_run = 0
     try:
         with torch.no_grad(), blame_the_model(index):
-            denoiser = _denoiser(model, canvas.tokens[:, :movable.kept], mask, index)
+            if guidance_scale == 0:
+                denoiser = _denoiser(model, canvas.tokens[:, :movable.kept], mask, index)
+            else:
+                denoiser = _guided_denoiser(model, canvas.tokens[:, :movable.kept], mask, canvas.prompt_lengths,
+                                            index, guidance_scale)
             before = canvas.tokens
             for i in range(steps):
                 lam_t, lam_s = log_snrs[i], log_snrs[i + 1]
@@ -569,7 +641,7 @@ def _seeded(seed: int | None, device: torch.device) -> tuple[int, torch.Generato
 
 def _decode(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *, canvas_length, sampler, tokens_per_step,
             temperature: float, top_k, top_p, min_p, seed, trace, stop_when_stable, progress,
-            device) -> GenerationOutput:
+            guidance_scale: float, device) -> GenerationOutput:
     """:func:`generate` for an ``"ar"`` model: the arguments that apply go to
     :func:`sumi.decoding.decode`; those that cannot are refused before any model call."""
     config = model.config
@@ -592,6 +664,10 @@ def _decode(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *, 
     for name, value in (("stop_when_stable", stop_when_stable), ("trace", trace)):
         if value is not False:
             raise ValueError(f"{name}={value!r} {refuse}; leave it False")
+    if guidance_scale != 0:
+        raise ValueError(f"guidance_scale={guidance_scale!r} {refuse}: classifier-free guidance applies to the "
+                         "diffusion families (uniform, masked, masked-ce, hybrid), whose unconditional branch hides "
+                         "the prompt from attention; leave it 0")
     Filters(top_k, top_p, min_p)  # checked here, before any model call
     device = _model_device(model, device)
     seed, generator = _seeded(seed, device)

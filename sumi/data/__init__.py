@@ -13,9 +13,9 @@
 """
 
 from sumi.data.dataset import IntegrityError, Mixture, PackedDataset
-from sumi.data.loader import Loader
+from sumi.data.loader import Loader, MicroBatch
 from sumi.data.packing import Manifest, prepare
 from sumi.data.sources import iter_documents, stdlib_files
 
-__all__ = ["IntegrityError", "Loader", "Manifest", "Mixture", "PackedDataset", "iter_documents", "prepare",
+__all__ = ["IntegrityError", "Loader", "Manifest", "MicroBatch", "Mixture", "PackedDataset", "iter_documents", "prepare",
            "stdlib_files"]

@@ -1,4 +1,6 @@
-"""``sumi data prepare``: tokenize local files into packed shards (see :mod:`sumi.data.packing`).
+"""``sumi data prepare``: tokenize local files into packed shards (see :mod:`sumi.data.packing`);
+with ``--prompted``, ``{"prompt", "response"}`` JSONL records into one row each (records too long
+for a row are skipped and reported on stderr; docs/training.md, "Prompted data").
 
 Wired into ``sumi.cli.COMMANDS`` as the ``data`` command: :func:`add_arguments` adds the
 ``prepare`` sub-command, :func:`run` does the work.  Mistakes in user input raise
@@ -35,7 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"tokens per row (default {DEFAULT_SEQ_LEN}, the released recipe)")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                    help="a tokenizer.json or a directory holding one, or 'default': the embedded tokenizer")
-    p.add_argument("--text-field", default="text", help="the JSONL field holding the text (default 'text')")
+    p.add_argument("--text-field", default=None, help="the JSONL field holding the text (default 'text')")
+    p.add_argument("--prompted", action="store_true",
+                   help="read .jsonl records {prompt, response}: one row each, BOS prompt, response EOS, filled up "
+                        "with EOS; the prompt length is stored beside the row; records longer than --seq-len are "
+                        "skipped and reported")
+    p.add_argument("--prompt-field", default=None, help="with --prompted: the field holding the prompt (default "
+                                                        "'prompt')")
+    p.add_argument("--response-field", default=None, help="with --prompted: the field holding the response "
+                                                          "(default 'response')")
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default 8192)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous prepare's --out (a directory holding anything else is refused)")
@@ -51,6 +61,18 @@ def run(args: argparse.Namespace) -> int:
         sources += stdlib_split("train")  # the held-out files are never trained on
     if not sources:
         raise UsageError("no data: give --source PATH_OR_GLOB (repeatable) and/or --stdlib")
+    if args.prompted:
+        if args.stdlib:
+            raise UsageError("--stdlib is plain text (.py files): --prompted reads .jsonl records of a prompt and "
+                             "a response; give them with --source")
+        if args.text_field is not None:
+            raise UsageError("--text-field names the text of plain data: with --prompted use --prompt-field and "
+                             "--response-field")
+    else:
+        given = [flag for flag, value in (("--prompt-field", args.prompt_field),
+                                          ("--response-field", args.response_field)) if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} applies to prompted data only: add --prompted")
     if args.seq_len < 2:
         raise UsageError(f"--seq-len must be >= 2, got {args.seq_len}")
     if args.shard_rows is not None and args.shard_rows < 1:
@@ -66,12 +88,25 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"no tokenizer at {args.tokenizer} (or pass --tokenizer {DEFAULT_TOKENIZER})")
         tokenizer = load_tokenizer(args.tokenizer)
     try:
-        m = prepare(sources, tokenizer, args.out, args.seq_len, text_field=args.text_field,
+        m = prepare(sources, tokenizer, args.out, args.seq_len, text_field=args.text_field or "text",
                     shard_sequences=args.shard_rows or DEFAULT_SHARD_SEQUENCES, overwrite=args.overwrite,
-                    progress=True)
+                    progress=True, prompted=args.prompted, prompt_field=args.prompt_field or "prompt",
+                    response_field=args.response_field or "response")
     except (OSError, ValueError, LockedError) as e:  # bad sources, an --out in the way or in use, too little text
         raise UsageError(str(e)) from None
-    print(f"sumi: wrote {args.out}: {m.total_rows} rows x {m.seq_len} tokens in {len(m.shards)} shards "
-          f"({m.documents} documents from {m.files} files; {m.dropped_tokens} tokens of the last partial row "
-          f"dropped)", file=sys.stderr)
+    if not m.prompted:
+        print(f"sumi: wrote {args.out}: {m.total_rows} rows x {m.seq_len} tokens in {len(m.shards)} shards "
+              f"({m.documents} documents from {m.files} files; {m.dropped_tokens} tokens of the last partial row "
+              f"dropped)", file=sys.stderr)
+        return 0
+    print(f"sumi: wrote {args.out}: {m.total_rows} prompted rows x {m.seq_len} tokens in {len(m.shards)} shards "
+          f"({m.documents} records from {m.files} files; {m.skipped_records} skipped: longer than a row)",
+          file=sys.stderr)
+    for e in m.skipped_examples:
+        print(f"sumi: skipped {e['where']}: prompt {e['prompt_tokens']} tokens (BOS included) + response "
+              f"{e['response_tokens']} + EOS BOS = {e['prompt_tokens'] + e['response_tokens'] + 2} > --seq-len "
+              f"{m.seq_len}", file=sys.stderr)
+    if m.skipped_records > len(m.skipped_examples):
+        print(f"sumi: ... and {m.skipped_records - len(m.skipped_examples)} more (skipped_records in "
+              f"{Path(args.out) / 'manifest.json'})", file=sys.stderr)
     return 0

@@ -1,7 +1,10 @@
 """Reading packed shards: :class:`PackedDataset` (one prepared directory) and :class:`Mixture`.
 
 A row is ``seq_len`` token ids (``numpy.uint32``, read-only, memory-mapped): a window of the
-``BOS text EOS BOS text EOS ...`` stream written by :func:`sumi.data.prepare`.
+``BOS text EOS BOS text EOS ...`` stream written by :func:`sumi.data.prepare`, or in prompted
+data one record ``BOS prompt | response EOS | EOS ...`` whose prompt length ``P`` (BOS included)
+:meth:`PackedDataset.prompt_lengths` gives (:mod:`sumi.data.prompted`; docs/training.md,
+"Prompted data").
 
 Phases (docs/math.md "Sumi recipe facts": pretraining, then mid-training with a code/math/general/reasoning
 mix): one :class:`Mixture` per phase, each with its own weights and size.
@@ -20,7 +23,19 @@ import torch
 
 from sumi._checks import check_int, check_number
 from sumi._fs import sha256_files
-from sumi.data.packing import Manifest
+from sumi.data.manifest import Manifest
+
+
+def _row_indices(indices, n: int) -> np.ndarray:
+    """``indices`` (integers in ``[-n, n)``, any shape) as int64 rows in ``[0, n)``; a ``TypeError``
+    for non-integers, an ``IndexError`` naming the first index out of range."""
+    idx = np.asarray(indices)
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"row indices must be integers, got dtype {idx.dtype}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"row {int(idx[(idx < -n) | (idx >= n)][0])} out of range for {n} rows")
+    return idx % n if n else idx
 
 
 class IntegrityError(ValueError):
@@ -34,6 +49,10 @@ class PackedDataset:
     ``[shard_rows[i], seq_len]``.  The tokens themselves are checked by :meth:`verify` (every
     shard's sha256 against the manifest: ``PackedDataset(path, verify=True)`` when opening a
     dataset to train on) and :meth:`check_ids` (ids below the vocabulary); both read every shard.
+
+    Prompted data (:attr:`prompted`): the prompt lengths are read at open (4 bytes a row), each
+    prompt file checked to be uint32 ``[shard_rows[i]]`` with every ``P`` in ``[1, seq_len - 1]``
+    (BOS at least, and at least one position of the row left to learn).
     """
 
     def __init__(self, path, *, verify: bool = False) -> None:
@@ -55,11 +74,44 @@ class PackedDataset:
                                  f"got {arr.dtype} {list(arr.shape)}")
             self.shards.append(arr)
         self._starts = np.cumsum([0, *self.manifest.shard_rows])
+        self._prompt_lengths = self._read_prompt_lengths() if self.prompted else None
         if verify:
             self.verify()
 
     seq_len = property(lambda self: self.manifest.seq_len)
     vocab_size = property(lambda self: self.manifest.vocab_size)
+
+    @property
+    def prompted(self) -> bool:
+        """Whether each row is one prompted record (``sumi data prepare --prompted``)."""
+        return self.manifest.prompted
+
+    def _read_prompt_lengths(self) -> np.ndarray:
+        lengths = []
+        for name, rows in zip(self.manifest.prompt_shards, self.manifest.shard_rows):
+            file = self.path / name
+            if not file.is_file():
+                raise FileNotFoundError(f"{self.path}: prompt shard {name} listed in the manifest is missing")
+            try:
+                arr = np.load(file, allow_pickle=False)
+            except ValueError as e:
+                raise ValueError(f"{file} is not a .npy array: {e}") from None
+            if arr.dtype != np.uint32 or arr.shape != (rows,):
+                raise ValueError(f"{file}: expected uint32 [{rows}] (the manifest), got {arr.dtype} {list(arr.shape)}")
+            bad = np.flatnonzero((arr < 1) | (arr > self.seq_len - 1))
+            if bad.size:
+                raise ValueError(f"{file}: row {int(bad[0])} has prompt length {int(arr[bad[0]])}, outside "
+                                 f"[1, seq_len - 1 = {self.seq_len - 1}]")
+            lengths.append(arr)
+        return np.concatenate(lengths) if lengths else np.zeros(0, np.uint32)
+
+    def prompt_lengths(self, indices) -> np.ndarray:
+        """The prompt length ``P`` (BOS included; int64, the shape of ``indices``) of each row in
+        ``indices`` (integers in ``[-len, len)``); 0 for every row of data without prompts."""
+        idx = _row_indices(indices, len(self))
+        if self._prompt_lengths is None:
+            return np.zeros(idx.shape, dtype=np.int64)
+        return self._prompt_lengths[idx].astype(np.int64)
 
     @property
     def tokenizer_path(self) -> Path | None:
@@ -71,9 +123,10 @@ class PackedDataset:
 
     def verify(self, threads: int | None = None, *, part: tuple[int, int] = (0, 1)) -> None:
         """Prove every shard holds the bytes written at prepare time: its sha256 against the
-        manifest's ``shard_sha256``, shards hashed in parallel by ``threads`` threads (default: up
-        to 8, one per CPU; hashlib releases the GIL).  ``part=(i, n)`` checks only the shards
-        ``i, i + n, ...`` (the ranks of a job share the work).  Raises :class:`IntegrityError`
+        manifest's ``shard_sha256`` (and each prompt shard's against ``prompt_sha256``), files
+        hashed in parallel by ``threads`` threads (default: up to 8, one per CPU; hashlib
+        releases the GIL).  ``part=(i, n)`` checks only the files ``i, i + n, ...`` of that list
+        (the ranks of a job share the work).  Raises :class:`IntegrityError`
         naming every shard that differs.  A manifest without checksums (prepared by an older
         version) cannot be verified: a ``UserWarning`` says so and how to add them (prepare again)."""
         expected = self.manifest.shard_sha256
@@ -83,7 +136,9 @@ class PackedDataset:
                           UserWarning, stacklevel=2)
             return
         index, count = part
-        names, expected = self.manifest.shards[index::count], expected[index::count]
+        names = [*self.manifest.shards, *(self.manifest.prompt_shards or [])]
+        expected = [*expected, *(self.manifest.prompt_sha256 or [])]
+        names, expected = names[index::count], expected[index::count]
         got = sha256_files([self.path / name for name in names], threads=threads)
         bad = [name for name, want, have in zip(names, expected, got) if want != have]
         if bad:
@@ -120,7 +175,8 @@ class PackedDataset:
                                      f"{int(block[r, c])} >= vocab_size {vocab_size}")
 
     def __repr__(self) -> str:
-        return f"PackedDataset({str(self.path)!r}, rows={len(self)}, seq_len={self.seq_len})"
+        prompted = ", prompted" if self.prompted else ""
+        return f"PackedDataset({str(self.path)!r}, rows={len(self)}, seq_len={self.seq_len}{prompted})"
 
 
 class Mixture:
@@ -132,6 +188,9 @@ class Mixture:
     ``n_s = round(p_s * rows)`` of them (largest remainders, so they sum to ``rows``).  Its rows are
     a seeded permutation of the source's rows, cycled when ``n_s > len_s`` (upsampling).  The
     mixture's row order interleaves the sources by a seeded permutation of all ``rows`` positions.
+
+    The mixture is :attr:`prompted` when any source is; :meth:`prompt_lengths` then gives each
+    row's prompt length from its source (0 for the rows of a source without prompts).
     """
 
     def __init__(self, sources: Mapping[str, tuple[object, float]], seed: int, *, rows: int | None = None) -> None:
@@ -190,17 +249,40 @@ class Mixture:
         """The largest vocabulary among the sources (their manifests')."""
         return max(ds.vocab_size for ds in self.datasets)
 
+    @property
+    def prompted(self) -> bool:
+        """Whether any source's rows carry prompts."""
+        return any(getattr(ds, "prompted", False) for ds in self.datasets)
+
+    def _source_rows(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """The source and the row within it of each mixture row in ``indices`` (``[-rows, rows)``)."""
+        j = _row_indices(indices, self.rows)
+        src, within = self._src[j], self._within[j]
+        rows = np.zeros(j.shape, dtype=np.int64)
+        for s, perm in enumerate(self._perms):
+            at = src == s
+            if at.any():
+                rows[at] = perm[within[at] % len(perm)]
+        return src, rows
+
+    def prompt_lengths(self, indices) -> np.ndarray:
+        """The prompt length (int64, the shape of ``indices``) of each mixture row in ``indices``:
+        its source row's (:meth:`PackedDataset.prompt_lengths`), 0 for a source without prompts."""
+        src, rows = self._source_rows(indices)
+        out = np.zeros(rows.shape, dtype=np.int64)
+        for s, ds in enumerate(self.datasets):
+            at = src == s
+            if at.any() and getattr(ds, "prompted", False):
+                out[at] = ds.prompt_lengths(rows[at])
+        return out
+
     def source_of(self, j: int) -> str:
         """The name of the source that mixture row ``j`` comes from."""
         return self.names[int(self._src[j])]
 
     def __getitem__(self, j) -> np.ndarray:
-        j = int(j)
-        if not -self.rows <= j < self.rows:
-            raise IndexError(f"row {j} out of range for {self.rows} rows")
-        s, k = int(self._src[j]), int(self._within[j])
-        perm = self._perms[s]
-        return self.datasets[s][int(perm[k % len(perm)])]
+        src, rows = self._source_rows(int(j))
+        return self.datasets[int(src)][int(rows)]
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{n}: {c}" for n, c in zip(self.names, self.counts))

@@ -21,12 +21,20 @@ tokens it would have seen.  The state does not depend on ``B`` or ``W``: a run c
 same rows; only their split among ranks and micro-batches differs).
 
 Token ids are checked on the host as rows are read (``vocab_size``), so the training step needs no
-check on the device (each would wait for it).  :class:`StepFeed` hands a step's micro-batches to
+check on the device (each would wait for it).
+
+Prompted data (:attr:`Loader.prompted`: rows whose first ``P`` tokens are a prompt, written by
+``sumi data prepare --prompted``; docs/training.md, "Prompted data") carries each row's prompt length
+``P``: :meth:`Loader.next_rows` returns it with the ids, and :meth:`Loader.global_prompt_lengths`
+gives those of a whole global batch on the host, so that the training loop knows how many tokens
+a step counts without reading the device.  :class:`StepFeed` hands a step's micro-batches to
 the device: on CUDA from pinned memory without blocking, the next step read ahead while the
 current one computes.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +42,17 @@ from torch import Tensor
 
 from sumi._checks import check_int
 
-__all__ = ["Loader", "StepFeed"]
+__all__ = ["Loader", "StepFeed", "MicroBatch"]
+
+
+class MicroBatch(NamedTuple):
+    """One micro-batch of a training step: ``ids`` (long ``[batch, seq_len]``), ``offset`` (its
+    first row's index in the step's global batch) and ``prompt_lengths`` (long ``[batch]``, each
+    row's prompt length ``P``, on the same device as ``ids``; ``None`` for data without prompts)."""
+
+    ids: Tensor
+    offset: int
+    prompt_lengths: Tensor | None = None
 
 
 class Loader:
@@ -69,6 +87,9 @@ class Loader:
                                 else -(-self.rows // self.global_batch))
         self.epoch = self.step = self.micro = 0
         self._perm_epoch, self._perm = None, None
+        self.prompted = bool(getattr(data, "prompted", False))
+        """Whether the rows carry prompt lengths (``data.prompted``; ``data.prompt_lengths(indices)``
+        then gives them)."""
 
     def _order(self, epoch: int) -> np.ndarray:
         """The row order of ``epoch`` as a host array: batches are indexed in numpy, without reading
@@ -95,9 +116,22 @@ class Loader:
         """The rows (dataset indices) of this rank's micro-batch ``micro`` at ``(epoch, step)``."""
         return torch.from_numpy(self._rows(epoch, step, micro))
 
+    def global_prompt_lengths(self, epoch: int, step: int) -> np.ndarray | None:
+        """The prompt lengths (int64 ``[global_batch]``, in global-batch order) of the rows of step
+        ``step`` of epoch ``epoch``, all ranks together; ``None`` when the data has no prompts."""
+        if not self.prompted:
+            return None
+        pos = np.arange(step * self.global_batch, (step + 1) * self.global_batch) % self.rows
+        return np.asarray(self.data.prompt_lengths(self._order(epoch)[pos]), dtype=np.int64)
+
     def next_batch(self) -> torch.Tensor:
         """This rank's next micro-batch, ``[batch_size, seq_len]`` int64 (ids checked against
         ``vocab_size`` when given: a ``ValueError`` names the row and column of the first bad id)."""
+        return self.next_rows()[0]
+
+    def next_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`next_batch` and the rows' prompt lengths (int64 ``[batch_size]``; ``None`` when
+        the data has no prompts)."""
         indices = self._rows(self.epoch, self.step, self.micro)
         rows = [np.asarray(self.data[int(i)]) for i in indices]
         if self.vocab_size is not None:
@@ -106,12 +140,15 @@ class Loader:
                     col = int(np.argmax(row >= self.vocab_size))
                     raise ValueError(f"row {int(i)} of {self.data!r}, column {col}, holds id {int(row[col])} >= "
                                      f"vocab_size {self.vocab_size}: the shards do not match the model's vocabulary")
+        prompts = None
+        if self.prompted:
+            prompts = torch.from_numpy(np.asarray(self.data.prompt_lengths(indices), dtype=np.int64))
         self.micro += 1
         if self.micro == self.micro_batches:
             self.micro, self.step = 0, self.step + 1
             if self.step == self.steps_per_epoch:
                 self.epoch, self.step = self.epoch + 1, 0
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
+        return torch.from_numpy(np.stack(rows).astype(np.int64)), prompts
 
     def __iter__(self):
         while True:
@@ -143,8 +180,10 @@ class Loader:
 class StepFeed:
     """The micro-batches of a :class:`Loader`, one optimizer step at a time, on ``device``.
 
-    :meth:`next_step` returns the step's ``loader.micro_batches`` pairs ``(ids on device, offset
-    in the global batch)``.  On CUDA each batch is copied into pinned (page-locked) memory and sent
+    :meth:`next_step` returns the step's ``loader.micro_batches`` :class:`MicroBatch` objects (ids and
+    prompt lengths on device, offset in the global batch); :attr:`prompt_lengths` then holds the
+    prompt lengths of that step's whole global batch on the host (``None`` without prompts).
+    On CUDA each batch is copied into pinned (page-locked) memory and sent
     with ``non_blocking=True``: the copy is queued behind the running kernels and the host goes
     on.  :meth:`prefetch` reads the next step ahead: called once a step's work is queued, the host
     reads and checks the next rows while the device computes instead of after the next sync.  On
@@ -162,9 +201,14 @@ class StepFeed:
         self.device = torch.device(device)
         self.pinned = self.device.type == "cuda"
         self._position = loader.state_dict()  # raises mid-step: a feed starts between steps
-        self._ahead: tuple[dict, list[tuple[Tensor, int]]] | BaseException | None = None
+        self._ahead: tuple[dict, list[MicroBatch], np.ndarray | None] | BaseException | None = None
+        self.prompt_lengths: np.ndarray | None = None
+        """The prompt lengths of the global batch of the step last returned by :meth:`next_step`
+        (int64 ``[global_batch]`` on the host; ``None`` for data without prompts)."""
 
-    def _send(self, batch: Tensor) -> Tensor:
+    def _send(self, batch: Tensor | None) -> Tensor | None:
+        if batch is None:
+            return None
         if self.pinned:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
@@ -174,19 +218,23 @@ class StepFeed:
         if self._ahead is not None:
             return
         try:
-            batches = [(self._send(self.loader.next_batch()), self.loader.offset(m))
-                       for m in range(self.loader.micro_batches)]
-            self._ahead = (self.loader.state_dict(), batches)
+            loader = self.loader
+            prompts = loader.global_prompt_lengths(loader.epoch, loader.step)  # before next_rows moves on
+            batches = []
+            for m in range(loader.micro_batches):
+                ids, lengths = loader.next_rows()
+                batches.append(MicroBatch(self._send(ids), loader.offset(m), self._send(lengths)))
+            self._ahead = (loader.state_dict(), batches, prompts)
         except Exception as e:  # noqa: BLE001 - raised by next_step, at the step that read it
             self._ahead = e
 
-    def next_step(self) -> list[tuple[Tensor, int]]:
-        """The next step's ``[(ids, offset), ...]`` (read now unless :meth:`prefetch` did)."""
+    def next_step(self) -> list[MicroBatch]:
+        """The next step's micro-batches (read now unless :meth:`prefetch` did)."""
         self.prefetch()
         ahead, self._ahead = self._ahead, None
         if isinstance(ahead, BaseException):
             raise ahead
-        self._position, batches = ahead
+        self._position, batches, self.prompt_lengths = ahead
         return batches
 
     def state_dict(self) -> dict:

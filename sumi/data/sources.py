@@ -4,6 +4,8 @@ Conventions:
 
 - ``.txt``, ``.md``, ``.py``: the whole file (UTF-8) is one document.
 - ``.jsonl``: one JSON object per non-blank line; its ``text_field`` (a string) is one document.
+  Prompted data (:func:`iter_prompt_records`) reads ``.jsonl`` files only: one
+  ``{"prompt": str, "response": str}`` record per non-blank line.
 - A directory stands for every supported file under it (recursively); a glob (``*``, ``?``, ``[``,
   ``**``) for every supported file it matches.  Files are read in sorted order, so the same
   inputs always give the same documents in the same order.
@@ -12,7 +14,8 @@ Conventions:
   never sees ``stdlib:heldout``.
 - Empty documents (``""``) are skipped: they would pack to a bare ``BOS EOS``.
 - Missing or empty inputs are errors that name the path (``FileNotFoundError`` / ``ValueError``),
-  raised when :func:`iter_documents` is called, before any document is read.
+  raised when :func:`iter_documents` is called, before any document is read.  A bad line (not a
+  JSON object, a field missing or not a string) is a ``ValueError`` naming ``file:line``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 TEXT_SUFFIXES = (".txt", ".md", ".py")
 JSONL_SUFFIXES = (".jsonl",)
@@ -160,21 +164,69 @@ def jsonl_records(text: str, where: str | os.PathLike) -> Iterator[tuple[int, di
         yield lineno, record
 
 
+class PromptRecord(NamedTuple):
+    """One record of prompted data: ``where`` it is (``"file:line"``), its ``prompt`` and its ``response``."""
+
+    where: str
+    prompt: str
+    response: str
+
+
+def iter_prompt_records(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike],
+                        prompt_field: str = "prompt", response_field: str = "response") -> Iterator[PromptRecord]:
+    """Yield the :class:`PromptRecord` of every non-blank line of the ``.jsonl`` files of
+    ``paths_or_globs``, in order (files sorted as in :func:`resolve_files`).
+
+    Every line must be a JSON object whose ``prompt_field`` and ``response_field`` are strings
+    (either may be empty).  The inputs are resolved and checked now (a file that is not
+    ``.jsonl`` is a ``ValueError`` naming it); the files are read lazily."""
+    for name, value in (("prompt_field", prompt_field), ("response_field", response_field)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if prompt_field == response_field:
+        raise ValueError(f"prompt_field and response_field must differ, both are {prompt_field!r}")
+    files = resolve_files(paths_or_globs)
+    other = [f for f in files if f.suffix not in JSONL_SUFFIXES]
+    if other:
+        raise ValueError(f"{other[0]}: prompted data is read from {'/'.join(JSONL_SUFFIXES)} files of "
+                         f"{{{prompt_field!r}: str, {response_field!r}: str}} records, not {other[0].suffix!r} files")
+    return _prompt_records(files, prompt_field, response_field)
+
+
+def _prompt_records(files: list[Path], prompt_field: str, response_field: str) -> Iterator[PromptRecord]:
+    for path in files:
+        for lineno, record in jsonl_records(_read_text(path), path):
+            prompt = _string_field(record, prompt_field, path, lineno, "prompt_field / --prompt-field")
+            response = _string_field(record, response_field, path, lineno, "response_field / --response-field")
+            yield PromptRecord(f"{path}:{lineno}", prompt, response)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+
+
+def _string_field(record: dict, field: str, path: Path, lineno: int, setting: str) -> str:
+    """``record[field]``, a string; else a ``ValueError`` naming ``path:lineno`` (and ``setting``,
+    the option that names the field, when it is missing)."""
+    if field not in record:
+        raise ValueError(f"{path}:{lineno}: no {field!r} field (set {setting})")
+    value = record[field]
+    if not isinstance(value, str):
+        raise ValueError(f"{path}:{lineno}: field {field!r} is {type(value).__name__}, not a string")
+    return value
+
+
 def _documents(files: list[Path], text_field: str) -> Iterator[str]:
     for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+        text = _read_text(path)
         if path.suffix in TEXT_SUFFIXES:
             if text:
                 yield text
             continue
         for lineno, record in jsonl_records(text, path):
-            if text_field not in record:
-                raise ValueError(f"{path}:{lineno}: no {text_field!r} field (set text_field / --text-field)")
-            doc = record[text_field]
-            if not isinstance(doc, str):
-                raise ValueError(f"{path}:{lineno}: field {text_field!r} is {type(doc).__name__}, not a string")
+            doc = _string_field(record, text_field, path, lineno, "text_field / --text-field")
             if doc:
                 yield doc

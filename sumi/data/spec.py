@@ -80,8 +80,14 @@ def open_data(data: DataSpec, mixture: Mapping[str, float] | None, seed: int, *,
 
 
 def describe(dataset: PackedDataset | Mixture) -> dict:
-    """What a checkpoint records about its data, to refuse resuming on other data."""
+    """What a checkpoint records about its data, to refuse resuming on other data: its rows, its
+    sources (with their rows and weights) and, for prompted data (any source prompted),
+    ``"prompted": True`` (plain data is described as before prompted data existed)."""
     if isinstance(dataset, Mixture):
-        return {"rows": len(dataset), "sources": {n: {"rows": len(d), "weight": w}
-                                                   for n, d, w in zip(dataset.names, dataset.datasets, dataset.weights)}}
-    return {"rows": len(dataset), "sources": None}
+        out = {"rows": len(dataset), "sources": {n: {"rows": len(d), "weight": w}
+                                                  for n, d, w in zip(dataset.names, dataset.datasets, dataset.weights)}}
+    else:
+        out = {"rows": len(dataset), "sources": None}
+    if getattr(dataset, "prompted", False):
+        out["prompted"] = True
+    return out

@@ -4,10 +4,14 @@ Per step: the global batch (``global_batch_size`` sequences, :class:`sumi.data.L
 into ``grad_accumulation`` micro-batches per rank, each noised by the family's objective
 (:func:`sumi.train.objective.build_objective`; docs/training.md, "Families") with draws that
 depend only on (seed, step, row of the global batch), the loss summed over tokens and divided by
-the GLOBAL count of counted tokens of the step (``seq_len`` per row, ``seq_len - 1`` for ``ar``:
-a number known from the config, so every rank and micro-batch weighs tokens equally without a
-host sync), one clipped AdamW step with the WSD learning rate.  A step therefore computes the same thing on any
-number of processes, up to the order of floating-point sums.
+the GLOBAL count of counted tokens of the step (``seq_len`` per row, ``seq_len - 1`` for ``ar``,
+less each row's prompt on prompted data: counted on the host from the config and the loader's
+prompt lengths, :meth:`~sumi.train.objective.TrainingObjective.counted_tokens`, so every rank and
+micro-batch weighs tokens equally without a host sync), one clipped AdamW step with the WSD
+learning rate.  On prompted data (docs/training.md, "Conditional training (condition dropout)")
+the prompts stay clean and uncounted, and ``cond_dropout`` hides a share of them from attention.
+A step therefore computes the same thing on any number of processes, up to the order of
+floating-point sums.
 
 Output directory ``OUT`` (rank 0 holds an exclusive lock on it for the whole run):
 ``metrics.jsonl`` (one record per logged step), ``config.json``, ``checkpoints/`` (DCP, atomic,
@@ -35,7 +39,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -43,9 +47,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sumi._fs import atomic_write, check_writable_dir, exclusive_lock, reraise_storage_error
+from sumi.configs.model import ModelConfig
 from sumi.configs.train import TrainConfig
 from sumi.data import IntegrityError, Loader
-from sumi.data.loader import StepFeed
+from sumi.data.loader import MicroBatch, StepFeed
 from sumi.data.spec import DataSpec, describe, open_data
 from sumi.distributed import checkpoint as ckpt
 from sumi.distributed import gather_objects, init_distributed, on_rank0, parallelize, single_process_group
@@ -118,20 +123,36 @@ def _all_reduce_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
 
 
 # -- resume checks --------------------------------------------------------------------------------
+def _saved_value(saved: dict, key: str, cls: type) -> object:
+    """``saved[key]``; for a key an older version did not save, the default of ``cls``'s field
+    ``key`` (a field added since, with its default, changes nothing), else ``None``."""
+    if key in saved:
+        return saved[key]
+    field = next((f for f in fields(cls) if f.name == key), None)
+    if field is None:
+        return None
+    if field.default is not MISSING:
+        return field.default
+    return None if field.default_factory is MISSING else field.default_factory()
+
+
 def config_changes(saved: dict, config: TrainConfig) -> tuple[list[str], list[str]]:
     """``(fixed, changed)``: differences between a checkpoint's config and ``config`` that can
     never be resumed (the model's shape, the data layout) and those that change what the
     remaining steps compute (the schedule, the objective, ...).  Fields of :data:`RESUME_FREE`
-    and the attention backend are free to change."""
+    and the attention backend are free to change.  A field the checkpoint's (older) config lacks
+    counts as its default (``cond_dropout`` 0 for runs saved before it existed)."""
     new = config.to_dict()
     fixed, changed = [], []
     saved_model, new_model = saved.get("model", {}), new["model"]
     for key in sorted(set(saved_model) | set(new_model)):
-        if key != "attention_backend" and saved_model.get(key) != new_model.get(key):
-            fixed.append(f"model.{key} {saved_model.get(key)!r} -> {new_model.get(key)!r}")
+        old = _saved_value(saved_model, key, ModelConfig)
+        if key != "attention_backend" and old != new_model.get(key):
+            fixed.append(f"model.{key} {old!r} -> {new_model.get(key)!r}")
     for key in sorted((set(saved) | set(new)) - {"model"} - RESUME_FREE):
-        if saved.get(key) != new.get(key):
-            (fixed if key in RESUME_FIXED else changed).append(f"{key} {saved.get(key)!r} -> {new.get(key)!r}")
+        old = _saved_value(saved, key, TrainConfig)
+        if old != new.get(key):
+            (fixed if key in RESUME_FIXED else changed).append(f"{key} {old!r} -> {new.get(key)!r}")
     return fixed, changed
 
 
@@ -262,6 +283,9 @@ def _train(config: TrainConfig, data: DataSpec, out_dir: Path, info, *, resume: 
     if dataset.vocab_size > config.model.vocab_size:
         raise ValueError(f"{dataset!r} uses a vocabulary of {dataset.vocab_size} ids, "
                          f"the model has {config.model.vocab_size}")
+    if config.cond_dropout > 0 and not getattr(dataset, "prompted", False):
+        raise ValueError(f"cond_dropout={config.cond_dropout} hides the prompts of prompted rows, but {dataset!r} "
+                         "has no prompts (prepare it with `sumi data prepare --prompted`, or --set cond_dropout=0)")
     config.grad_accumulation(info.world_size)  # the world size must divide the global batch: say so now
     newest = ckpt.latest(ckpt_dir)
     if resume and newest is None:
@@ -337,7 +361,6 @@ def _loop(model, optimizer, schedule: WSD, objective: TrainingObjective, loader:
           out_dir: Path, start: int, end: int, progress: bool) -> list[float]:
     ckpt_dir, metrics_path = out_dir / "checkpoints", out_dir / "metrics.jsonl"
     global_tokens = config.global_batch_size * config.seq_len  # the tokens the model reads: tokens/s, MFU
-    counted_tokens = config.global_batch_size * objective.counted_per_row(config.seq_len)  # the loss divisor
     feed = StepFeed(loader, info.device)  # on CUDA: pinned, non-blocking, one step read ahead
     flops = flops_per_token(config.model, config.seq_len)
     peak = peak_flops(info.device)
@@ -357,6 +380,8 @@ def _loop(model, optimizer, schedule: WSD, objective: TrainingObjective, loader:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batches = feed.next_step()
+            # the loss divisor, on the host (prompts checked there too: 0 <= P < seq_len)
+            counted_tokens = objective.counted_tokens(config.seq_len, feed.prompt_lengths, config.global_batch_size)
             # validate=False: the loader checked every id on the host; nothing here waits for the device
             sums, grad_norm = train_step(model, optimizer, objective, batches, noise, noise_seed(config.seed, step),
                                          global_batch=config.global_batch_size, global_tokens=counted_tokens,
@@ -436,29 +461,36 @@ def _tokenizer_file(dataset, tokenizer_file: str | Path | None) -> Path | None:
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, objective: TrainingObjective, batches,
                noise: torch.Generator, seed: int, *, global_batch: int, global_tokens: int, grad_clip: float,
                world_size: int, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over ``batches``, this rank's micro-batches as ``(token ids, offset in
-    the global batch)`` on the model's device, at the learning rate already set in ``optimizer``.
+    """One optimizer step over ``batches``, this rank's micro-batches as
+    :class:`~sumi.data.MicroBatch` ``(token ids, offset in the global batch, prompt lengths or
+    None)`` (or plain ``(ids, offset)`` pairs) on the model's device, at the learning rate already
+    set in ``optimizer``.
 
     Each micro-batch is noised with ``noise`` seeded with ``seed`` and drawn for the whole global
-    batch of ``global_batch`` sequences (:meth:`TrainingObjective.add_noise`), so a row's noise
-    depends only on ``seed`` and its offset.  Its summed loss is divided by ``global_tokens`` (the
-    step's count of counted tokens over all ranks: ``global_batch *
-    objective.counted_per_row(seq_len)``) before backward, so the accumulated gradient is the
-    global token mean whatever the world size.  Returns the step's global means of (loss, KL, IS
-    divergence, z-loss) as a float64 ``[4]`` tensor, all-reduced over ranks (what the parts hold
-    per family: :class:`sumi.train.objective.ObjectiveTerms`), and the gradient norm before
-    clipping.  ``benchmarks/train_step.py`` times exactly this function.
+    batch of ``global_batch`` sequences (:meth:`TrainingObjective.add_noise`, with the prompt
+    lengths: prompts stay clean, uncounted, and hidden from attention in a ``cond_dropout`` share
+    of the rows), so a row's noise depends only on ``seed`` and its offset.  Its summed loss is
+    divided by ``global_tokens`` (the step's count of counted tokens over all ranks:
+    ``objective.counted_tokens(seq_len, prompt_lengths_of_the_global_batch, global_batch)``)
+    before backward, so the accumulated gradient is the global token mean whatever the world size.
+    Returns the step's global means of (loss, KL, IS divergence, z-loss) as a float64 ``[4]``
+    tensor, all-reduced over ranks (what the parts hold per family:
+    :class:`sumi.train.objective.ObjectiveTerms`), and the gradient norm before clipping.
+    ``benchmarks/train_step.py`` times exactly this function.
 
     ``validate``: check each micro-batch's ids against the vocabulary (a host sync per
-    micro-batch on an accelerator).  The training loop passes ``False``: its loader checked them
-    on the host.  Either way the noised tokens and log-SNRs the step makes itself are not
-    checked again, and nothing else reads a device value: with ``validate=False`` the step queues
+    micro-batch on an accelerator), and the prompt lengths.  The training loop passes ``False``:
+    its loader checked the ids on the host, and ``counted_tokens`` the prompt lengths.  Either
+    way the noised tokens and log-SNRs the step makes itself are not checked again, and nothing
+    else reads a device value: with ``validate=False`` the step queues
     its work without waiting for the device (``sumi.train.syncs.count_host_syncs`` counts 0).
     """
     sums = torch.zeros(4, dtype=torch.float64, device=noise.device)  # loss, kl, is, z_loss
-    for x, offset in batches:
+    for batch in batches:
+        x, offset, prompt_lengths = MicroBatch(*batch)  # a plain (ids, offset) pair has no prompts
         noise.manual_seed(seed)
-        noised = objective.add_noise(x, noise, offset=offset, global_batch=global_batch, validate=validate)
+        noised = objective.add_noise(x, noise, offset=offset, global_batch=global_batch, validate=validate,
+                                     prompt_lengths=prompt_lengths)
         # fused_loss: from hidden states, no logits; z and lambda were drawn valid just above
         terms = objective.model_loss(model, x, noised, validate=False)
         # parallelize() SUMS gradients over ranks: dividing by the global token count makes

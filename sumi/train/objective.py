@@ -32,14 +32,22 @@ by ``fused``.
 The losses return **sums** over the counted tokens and their count (:class:`ObjectiveTerms`), never
 means, so that a data-parallel caller can all-reduce both and divide by the *global* token count
 (a mean of per-rank means is wrong whenever ranks count different numbers of tokens).
+
+Prompted rows (docs/training.md, "Conditional training (condition dropout)"): ``add_noise(...,
+prompt_lengths=P)`` keeps each row's first ``P`` tokens, the condition, clean and out of the loss
+(:attr:`Noised.counted`), and hides the prompt of a share ``cond_dropout`` of the rows from
+attention (:attr:`Noised.attention_mask`): the unconditional branch of one model trained for
+classifier-free guidance (Ho & Salimans 2022, arXiv 2207.12598; docs/math.md, "Guidance").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,6 +58,15 @@ from discdiff.schedules import LinearAlpha
 from sumi._checks import check_int, check_number
 from sumi.configs.train import TrainConfig
 from sumi.family import kernel_for
+
+
+def _check_prompt_range(lengths: np.ndarray, seq_len: int) -> None:
+    """Every prompt length ``P`` (host integers) in ``[0, seq_len)``: a prompt leaves at least one
+    token of its row to score."""
+    bad = np.flatnonzero((lengths < 0) | (lengths >= seq_len))
+    if bad.size:
+        raise ValueError(f"prompt_lengths[{int(bad[0])}] is {int(lengths[bad[0]])}, outside [0, seq_len={seq_len}): "
+                         "a prompt must leave at least one token of its row to score")
 
 
 @dataclass(frozen=True)
@@ -63,12 +80,23 @@ class Noised:
     - ``t``: the diffusion time per token, ``[batch, seq]`` float32 (``alpha = 1 - t`` before the
       clamp; 0 for the autoregressive family).
     - ``per_token``: bool ``[batch]``, the sequences that drew one ``t`` per token.
+    - ``counted``: bool ``[batch, seq]``, the positions the loss may count: False on each row's
+      prompt (and, for the autoregressive family, on position 0, never a target); ``None``
+      (rows without prompts): every position.
+    - ``attention_mask``: bool ``[batch, seq]`` for the model, False at the prompt positions of
+      the rows whose prompt is hidden (condition dropout: the unconditional branch); ``None``:
+      nothing hidden.
+
+    On a prompt position ``z == x`` (the condition is never noised); ``lam`` and ``t`` there are
+    the draws', unused (the position is not counted).
     """
 
     z: Tensor
     lam: Tensor
     t: Tensor
     per_token: Tensor
+    counted: Tensor | None = None
+    attention_mask: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -100,28 +128,39 @@ class TrainingObjective(ABC):
 
     - :meth:`add_noise` turns a clean batch into the model's input (:class:`Noised`);
     - :meth:`model_loss` runs the model on it and returns the :class:`ObjectiveTerms`;
-    - :meth:`counted_per_row` is the number of tokens a row of ``seq_len`` counts, so that the
-      loop divides by the global count without reading it from the device.
+    - :meth:`counted_per_row` and :meth:`counted_tokens` are the number of tokens a row, or a
+      global batch of prompted rows, counts, so that the loop divides by the global count
+      without reading it from the device.
 
     Args:
         vocab_size: ``V``, the model's vocabulary.
         z_loss: coefficient of ``logsumexp(logits)^2`` per counted token (Sumi: ``1e-5``).
         fused: :meth:`model_loss` computes the loss from the model's hidden states and its
             ``lm_head.weight`` instead of from its logits (no ``[batch, seq, V]`` tensor).
+        cond_dropout: the probability that a prompted row's prompt is hidden from attention
+            (condition dropout, in ``[0, 1]``; docs/training.md, "Conditional training
+            (condition dropout)").
     """
 
-    def __init__(self, vocab_size: int, *, z_loss: float, fused: bool) -> None:
+    first_target: int = 0
+    """The first position of a row that can count: 0, or 1 for the autoregressive family (its
+    first token is never a target)."""
+
+    def __init__(self, vocab_size: int, *, z_loss: float, fused: bool, cond_dropout: float = 0.0) -> None:
         self.vocab_size = check_int("vocab_size", vocab_size, 2)
         self.z_loss = check_number("z_loss", z_loss, 0.0)
         if not isinstance(fused, bool):
             raise ValueError(f"fused must be a bool, got {fused!r}")
         self.fused = fused
+        self.cond_dropout = check_number("cond_dropout", cond_dropout, 0.0, 1.0)
 
     @abstractmethod
     def add_noise(self, x: Tensor, generator: torch.Generator, *, offset: int = 0,
-                  global_batch: int | None = None, validate: bool = True) -> Noised:
+                  global_batch: int | None = None, validate: bool = True,
+                  prompt_lengths: Tensor | None = None) -> Noised:
         """The model's input for the clean rows ``x`` (``[batch, seq]``), rows ``offset ..
-        offset + batch - 1`` of a global batch of ``global_batch`` sequences."""
+        offset + batch - 1`` of a global batch of ``global_batch`` sequences; ``prompt_lengths``
+        (long ``[batch]``): each row's prompt length ``P``, its first ``P`` tokens the condition."""
 
     @abstractmethod
     def model_loss(self, model, x: Tensor, noised: Noised, mask: Tensor | None = None, *,
@@ -129,8 +168,68 @@ class TrainingObjective(ABC):
         """Run ``model`` on ``noised`` and return the loss terms of the clean batch ``x``."""
 
     def counted_per_row(self, seq_len: int) -> int:
-        """Tokens counted in a row of ``seq_len`` tokens without a mask: all of them."""
-        return check_int("seq_len", seq_len, 1)
+        """Tokens counted in a row of ``seq_len`` tokens without a mask or a prompt: ``seq_len -
+        first_target`` (all of them for the diffusion families, ``seq_len - 1`` for ``ar``: the
+        last position has no next token to predict)."""
+        return check_int("seq_len", seq_len, self.first_target + 1) - self.first_target
+
+    def counted_tokens(self, seq_len: int, prompt_lengths: np.ndarray | None, rows: int) -> int:
+        """The tokens a global batch of ``rows`` rows of ``seq_len`` tokens counts, on the host:
+        ``sum_b (seq_len - max(P_b, first_target))`` for the prompt lengths ``P`` (an integer
+        array ``[rows]``: the diffusion families count ``seq_len - P`` per row, ``ar`` ``seq_len
+        - max(P, 1)``), or ``rows * counted_per_row(seq_len)`` without prompts (``None``).
+
+        Every ``P`` is checked (``0 <= P < seq_len``) here, on the host: the training loop
+        computes its loss divisor with this from the loader's prompt lengths, so the device never
+        needs to check them."""
+        rows = check_int("rows", rows, 1)
+        if prompt_lengths is None:
+            return rows * self.counted_per_row(seq_len)
+        seq_len = check_int("seq_len", seq_len, self.first_target + 1)
+        lengths = np.asarray(prompt_lengths)
+        if lengths.dtype.kind not in "iu" or lengths.shape != (rows,):
+            raise ValueError(f"prompt_lengths must be an integer array of shape ({rows},) (one per row), got "
+                             f"{lengths.dtype} of shape {lengths.shape}")
+        _check_prompt_range(lengths, seq_len)
+        return int((seq_len - np.maximum(lengths.astype(np.int64), self.first_target)).sum())
+
+    def _prompt_masks(self, prompt_lengths: Tensor, x: Tensor, validate: bool) -> tuple[Tensor, Tensor]:
+        """``(prompt, counted)``, bool ``[batch, seq]``: the positions ``i < P`` of each row, and
+        those ``i >= max(P, first_target)`` the loss may count.  ``validate``: check ``0 <= P <
+        seq`` (a host sync)."""
+        batch, seq = x.shape
+        if not isinstance(prompt_lengths, Tensor) or prompt_lengths.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"prompt_lengths must be a torch.long tensor [batch], got "
+                            f"{getattr(prompt_lengths, 'dtype', type(prompt_lengths).__name__)}")
+        if prompt_lengths.shape != (batch,):
+            raise ValueError(f"prompt_lengths must have shape ({batch},) (one per row of x), got "
+                             f"{tuple(prompt_lengths.shape)}")
+        if prompt_lengths.device != x.device:
+            raise ValueError(f"prompt_lengths is on {prompt_lengths.device} but x on {x.device}")
+        if validate:
+            _check_prompt_range(prompt_lengths.cpu().numpy(), seq)
+        positions = torch.arange(seq, device=x.device)
+        lengths = prompt_lengths.unsqueeze(-1)
+        return positions < lengths, positions >= lengths.clamp(min=self.first_target)
+
+    @staticmethod
+    def _counted(mask: Tensor | None, x: Tensor, noised: Noised) -> Tensor | None:
+        """The tokens :meth:`model_loss` counts: ``mask`` (checked against ``x``) and
+        ``noised.counted``; ``None`` when both are (every token)."""
+        if noised.counted is None:
+            return mask
+        if mask is None:
+            return noised.counted
+        return TrainingObjective._check_mask(mask, x) & noised.counted
+
+    @staticmethod
+    def _run(model, noised: Noised, *, hidden: bool = False) -> Tensor:
+        """``model`` on ``noised.z``: its logits, or its final hidden states (``hidden``), with
+        ``attention_mask=noised.attention_mask`` when a prompt is hidden."""
+        kwargs = {} if noised.attention_mask is None else {"attention_mask": noised.attention_mask}
+        if hidden:
+            kwargs["return_hidden"] = True
+        return model(noised.z, **kwargs)
 
     @staticmethod
     def _check_args(generator: torch.Generator, x: Tensor, offset: int, global_batch: int | None) -> int:
@@ -194,6 +293,8 @@ class DiffusionObjective(TrainingObjective):
         log_snr_max: the upper clamp of ``lambda`` (Sumi and GIDD-scaling: ``9``).
         fused: :meth:`model_loss` computes the loss from the model's hidden states and its
             ``lm_head.weight`` (:meth:`loss_from_hidden`) instead of from its logits.
+        cond_dropout: probability that a prompted row's prompt is hidden from attention
+            (:meth:`add_noise` with ``prompt_lengths``).
 
     Randomness: :meth:`add_noise` takes its ``torch.Generator`` explicitly and never touches the
     global RNG.  The training loop seeds it from the run's seed and the step
@@ -203,10 +304,11 @@ class DiffusionObjective(TrainingObjective):
     """
 
     def __init__(self, kernel: Kernel, *, per_token_share: float = 0.5, z_loss: float = 1e-5,
-                 log_snr_min: float = -9.0, log_snr_max: float = 9.0, fused: bool = False) -> None:
+                 log_snr_min: float = -9.0, log_snr_max: float = 9.0, fused: bool = False,
+                 cond_dropout: float = 0.0) -> None:
         if not isinstance(kernel, Kernel):
             raise TypeError(f"kernel must be a discdiff Kernel, got {type(kernel).__name__}")
-        super().__init__(kernel.vocab_size, z_loss=z_loss, fused=fused)
+        super().__init__(kernel.vocab_size, z_loss=z_loss, fused=fused, cond_dropout=cond_dropout)
         self.kernel = kernel
         self.per_token_share = check_number("per_token_share", per_token_share, 0.0, 1.0)
         log_snr_min = check_number("log_snr_min", log_snr_min)
@@ -217,7 +319,8 @@ class DiffusionObjective(TrainingObjective):
 
     # -- noise ---------------------------------------------------------------------------------
     def add_noise(self, x: Tensor, generator: torch.Generator, *, offset: int = 0,
-                  global_batch: int | None = None, validate: bool = True) -> Noised:
+                  global_batch: int | None = None, validate: bool = True,
+                  prompt_lengths: Tensor | None = None) -> Noised:
         """Noise a clean batch ``x`` (``[batch, seq]`` ids in ``[0, V)``, never the mask id): the
         forward process.
 
@@ -241,9 +344,21 @@ class DiffusionObjective(TrainingObjective):
         a sync per call on an accelerator).  The training loop passes ``False``: its batches come
         from :class:`sumi.data.Loader`, which checks every id on the host where it is read.  Either
         way nothing else syncs: the drawn ``t`` is in ``[0, 1)`` by construction.
+
+        ``prompt_lengths`` (long ``[batch]`` on ``x``'s device; docs/training.md, "Conditional
+        training (condition dropout)"): the first ``P`` tokens of each row are its condition.  They
+        stay clean (``z == x`` there) and are not counted (:attr:`Noised.counted`).  Then, after
+        every draw above (so the noise is the same as without prompts), one float64 ``u ~ U(0,
+        1)`` per row of the global batch, sliced like the others: the rows with ``u <
+        cond_dropout`` have their prompt hidden from attention (:attr:`Noised.attention_mask`;
+        ``None`` when ``cond_dropout`` is 0).  ``u`` is drawn whatever ``cond_dropout`` is, so the
+        stream does not depend on it.  ``validate`` also checks ``0 <= P < seq`` (a host sync;
+        the training loop checks them on the host: :meth:`counted_tokens`).  Without
+        ``prompt_lengths`` nothing of this happens and nothing more is drawn.
         """
         total = self._check_args(generator, x, offset, global_batch)
         self.kernel.check_clean(x, validate=validate)
+        masks = None if prompt_lengths is None else self._prompt_masks(prompt_lengths, x, validate)
         batch, seq = x.shape
         device = x.device
         t_seq = torch.rand(total, generator=generator, device=device, dtype=torch.float64)
@@ -256,7 +371,18 @@ class DiffusionObjective(TrainingObjective):
         full = x if total == batch else x.new_zeros(total, seq).index_copy_(0, torch.arange(offset, offset + batch,
                                                                                               device=device), x)
         z = self.kernel.corrupt(full, lam, generator, validate=False)[rows]
-        return Noised(z=z, lam=lam[rows].float(), t=t[rows].float(), per_token=per_token[rows])
+        noised = Noised(z=z, lam=lam[rows].float(), t=t[rows].float(), per_token=per_token[rows])
+        if masks is None:
+            return noised
+        prompt, counted = masks
+        hide = torch.rand(total, generator=generator, device=device, dtype=torch.float64)[rows] < self.cond_dropout
+        attention_mask = None if self.cond_dropout == 0 else ~(prompt & hide.unsqueeze(-1))
+        return dataclasses.replace(noised, z=torch.where(prompt, x, z), counted=counted,
+                                   attention_mask=attention_mask)
+
+    def _dropout_repr(self) -> str:
+        """``", cond_dropout=p"`` in a repr, when not 0 (the default)."""
+        return f", cond_dropout={self.cond_dropout}" if self.cond_dropout else ""
 
     def sample(self, x: Tensor, generator: torch.Generator) -> Noised:
         """Deprecated name of :meth:`add_noise` (it noises data; it does not generate)."""
@@ -272,12 +398,17 @@ class DiffusionObjective(TrainingObjective):
         ``model``: a :class:`sumi.Sumi` (plain or parallelized: under FSDP2 the root module keeps
         its parameters, the head included, gathered from its forward until the backward).
         ``validate``: as in :meth:`loss` (``False`` for ``noised`` from :meth:`add_noise` of a
-        checked ``x``: then nothing here syncs with the host)."""
+        checked ``x``: then nothing here syncs with the host).
+
+        The model reads ``attention_mask=noised.attention_mask`` when some prompt is hidden; the
+        counted tokens are those of ``mask`` (``None``: all) that ``noised.counted`` counts (a
+        prompt never is)."""
+        counted = self._counted(mask, x, noised)
         if self.fused:
-            hidden = model(noised.z, return_hidden=True)
-            return self.loss_from_hidden(hidden, model.lm_head.weight, x, noised.z, noised.lam, mask,
+            hidden = self._run(model, noised, hidden=True)
+            return self.loss_from_hidden(hidden, model.lm_head.weight, x, noised.z, noised.lam, counted,
                                          validate=validate, t=noised.t)
-        return self.loss(model(noised.z), x, noised.z, noised.lam, mask, validate=validate, t=noised.t)
+        return self.loss(self._run(model, noised), x, noised.z, noised.lam, counted, validate=validate, t=noised.t)
 
     @abstractmethod
     def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
@@ -319,6 +450,7 @@ class Objective(DiffusionObjective):
             and ``alpha = 1 - t`` this is MDLM's training objective, ``[z = m] CE / t`` (Sahoo et
             al. 2024, arXiv 2406.07524, Eq. 10): the ``masked`` family.  Needs ``t`` in
             :meth:`loss` (:meth:`model_loss` passes it).
+        cond_dropout: as in :class:`DiffusionObjective`.
 
     Noise and randomness: :class:`DiffusionObjective`.
     """
@@ -335,6 +467,7 @@ class Objective(DiffusionObjective):
         log_snr_max: float = 9.0,
         fused: bool = False,
         in_time: bool = False,
+        cond_dropout: float = 0.0,
     ) -> None:
         if kernel is None:
             kernel = Uniform(vocab_size)
@@ -343,7 +476,7 @@ class Objective(DiffusionObjective):
         elif kernel.vocab_size != vocab_size:
             raise ValueError(f"kernel {kernel!r} has {kernel.vocab_size} states, vocab_size is {vocab_size}")
         super().__init__(kernel, per_token_share=per_token_share, z_loss=z_loss, log_snr_min=log_snr_min,
-                         log_snr_max=log_snr_max, fused=fused)
+                         log_snr_max=log_snr_max, fused=fused, cond_dropout=cond_dropout)
         self.beta_is = check_number("beta_is", beta_is, 0.0)
         if not isinstance(in_time, bool):
             raise ValueError(f"in_time must be a bool, got {in_time!r}")
@@ -355,7 +488,7 @@ class Objective(DiffusionObjective):
         in_time = ", in_time=True" if self.in_time else ""
         return (f"Objective(vocab_size={self.vocab_size}, {kernel}per_token_share={self.per_token_share}, "
                 f"z_loss={self.z_loss}, beta_is={self.beta_is}, log_snr_min={s.log_snr_min}, "
-                f"log_snr_max={s.log_snr_max}, fused={self.fused}{in_time})")
+                f"log_snr_max={s.log_snr_max}, fused={self.fused}{in_time}{self._dropout_repr()})")
 
     def _time_weight(self, t: Tensor | None, x: Tensor) -> Tensor | None:
         """``|d lambda/dt|`` per token for :attr:`in_time` (``None`` otherwise)."""
@@ -443,20 +576,22 @@ class MaskedCEObjective(DiffusionObjective):
         log_snr_min: as in :class:`Objective`.
         log_snr_max: as in :class:`Objective`.
         fused: as in :class:`Objective`.
+        cond_dropout: as in :class:`Objective`.
     """
 
     def __init__(self, kernel: Masked, *, per_token_share: float = 0.5, z_loss: float = 1e-5,
-                 log_snr_min: float = -9.0, log_snr_max: float = 9.0, fused: bool = False) -> None:
+                 log_snr_min: float = -9.0, log_snr_max: float = 9.0, fused: bool = False,
+                 cond_dropout: float = 0.0) -> None:
         if not isinstance(kernel, Masked):
             raise TypeError(f"the masked cross-entropy needs a Masked kernel, got {kernel!r}")
         super().__init__(kernel, per_token_share=per_token_share, z_loss=z_loss, log_snr_min=log_snr_min,
-                         log_snr_max=log_snr_max, fused=fused)
+                         log_snr_max=log_snr_max, fused=fused, cond_dropout=cond_dropout)
 
     def __repr__(self) -> str:
         s = self.schedule
         return (f"MaskedCEObjective(kernel={self.kernel!r}, per_token_share={self.per_token_share}, "
                 f"z_loss={self.z_loss}, log_snr_min={s.log_snr_min}, log_snr_max={s.log_snr_max}, "
-                f"fused={self.fused})")
+                f"fused={self.fused}{self._dropout_repr()})")
 
     def loss(self, logits: Tensor, x: Tensor, z: Tensor, lam: Tensor, mask: Tensor | None = None, *,
              validate: bool = True, t: Tensor | None = None) -> ObjectiveTerms:
@@ -490,48 +625,63 @@ class AutoregressiveObjective(TrainingObjective):
     targets: ``mask[b, i]`` says whether ``x[b, i]`` counts as the prediction of position
     ``i - 1`` (``mask[:, 0]`` is not read).
 
+    Prompted rows: the prompt's tokens are never targets, so ``x[i]`` counts only for ``i >=
+    max(P, 1)`` (the last prompt position predicts the first answer token).  Condition dropout
+    is refused: in a causal model the prompt is what the first answer token is predicted from,
+    so hiding it from attention is not the unconditional branch the diffusion families train.
+
     Args:
         vocab_size: ``V``.
         z_loss: coefficient of ``logsumexp(logits)^2`` per counted token.
         fused: :meth:`model_loss` computes the loss from the model's hidden states and its
             ``lm_head.weight`` (:meth:`loss_from_hidden`) instead of from its logits.
+        cond_dropout: must be 0 (a ``ValueError`` otherwise; see above).
     """
 
-    def __init__(self, vocab_size: int, *, z_loss: float = 1e-5, fused: bool = False) -> None:
-        super().__init__(vocab_size, z_loss=z_loss, fused=fused)
+    first_target = 1  # position 0 is never a target: nothing before it predicts it
+
+    def __init__(self, vocab_size: int, *, z_loss: float = 1e-5, fused: bool = False,
+                 cond_dropout: float = 0.0) -> None:
+        super().__init__(vocab_size, z_loss=z_loss, fused=fused, cond_dropout=cond_dropout)
+        if self.cond_dropout != 0:
+            raise ValueError(f"cond_dropout must be 0 for the autoregressive objective (objective 'ar'), got "
+                             f"{cond_dropout}: a causal model predicts the first answer token from the prompt, so "
+                             "hiding the prompt is not an unconditional branch; condition dropout is for the "
+                             "diffusion families")
 
     def __repr__(self) -> str:
         return f"AutoregressiveObjective(vocab_size={self.vocab_size}, z_loss={self.z_loss}, fused={self.fused})"
 
-    def counted_per_row(self, seq_len: int) -> int:
-        """``seq_len - 1``: the last position of a row has no next token to predict."""
-        return check_int("seq_len", seq_len, 2) - 1
-
     def add_noise(self, x: Tensor, generator: torch.Generator, *, offset: int = 0,
-                  global_batch: int | None = None, validate: bool = True) -> Noised:
+                  global_batch: int | None = None, validate: bool = True,
+                  prompt_lengths: Tensor | None = None) -> Noised:
         """No noise: ``z = x``, ``lambda = +inf`` (clean), ``t = 0``; nothing is drawn from
         ``generator``.  The arguments are checked as for the diffusion families (``validate``:
-        the ids of ``x``, a host sync)."""
+        the ids of ``x`` and the prompt lengths, host syncs).  ``prompt_lengths`` (long
+        ``[batch]``): :attr:`Noised.counted` is ``i >= max(P, 1)``; nothing is hidden."""
         self._check_args(generator, x, offset, global_batch)
         check_tokens("x", x, self.vocab_size, validate=validate)
+        counted = None if prompt_lengths is None else self._prompt_masks(prompt_lengths, x, validate)[1]
         batch, seq = x.shape
         lam = torch.full((batch, seq), float("inf"), dtype=torch.float32, device=x.device)
         return Noised(z=x, lam=lam, t=torch.zeros_like(lam),
-                      per_token=torch.zeros(batch, dtype=torch.bool, device=x.device))
+                      per_token=torch.zeros(batch, dtype=torch.bool, device=x.device), counted=counted)
 
     def model_loss(self, model, x: Tensor, noised: Noised, mask: Tensor | None = None, *,
                    validate: bool = True) -> ObjectiveTerms:
         """Run the causal ``model`` on ``x`` (``noised.z``) and return :meth:`loss_from_hidden`
         (``fused=True``) or :meth:`loss` of its logits.  A bidirectional model is refused: it would
-        see the token it predicts and learn to copy it."""
+        see the token it predicts and learn to copy it.  The counted targets are those of ``mask``
+        that ``noised.counted`` counts (never a prompt token)."""
         config = getattr(model, "config", None)
         if config is not None and not config.causal:
             raise ValueError(f"the autoregressive objective needs a causal model (objective 'ar'), got one of "
                              f"objective {config.objective!r}, which attends in both directions")
+        counted = self._counted(mask, x, noised)
         if self.fused:
-            hidden = model(noised.z, return_hidden=True)
-            return self.loss_from_hidden(hidden, model.lm_head.weight, x, mask, validate=validate)
-        return self.loss(model(noised.z), x, mask, validate=validate)
+            hidden = self._run(model, noised, hidden=True)
+            return self.loss_from_hidden(hidden, model.lm_head.weight, x, counted, validate=validate)
+        return self.loss(self._run(model, noised), x, counted, validate=validate)
 
     def loss(self, logits: Tensor, x: Tensor, mask: Tensor | None = None, *, validate: bool = True) -> ObjectiveTerms:
         """Sums of the next-token cross-entropy (plus the z-loss) of ``logits`` (``[batch, seq,
@@ -561,7 +711,8 @@ class AutoregressiveObjective(TrainingObjective):
 
 def build_objective(config: TrainConfig) -> TrainingObjective:
     """The objective of ``config``'s family (``config.objective``; docs/training.md, "Families"),
-    with ``config.per_token_share``, ``config.z_loss`` and ``config.fused_loss``:
+    with ``config.per_token_share``, ``config.z_loss``, ``config.fused_loss`` and
+    ``config.cond_dropout``:
 
     - ``uniform``, ``hybrid``: :class:`Objective` (the GIDD surrogate per unit log-SNR) on the
       kernel of :func:`sumi.family.kernel_for` (``Uniform(V)``, ``Hybrid(V, m, shift, scale)``);
@@ -573,8 +724,10 @@ def build_objective(config: TrainConfig) -> TrainingObjective:
     model = config.model
     kernel = kernel_for(model)
     if kernel is None:
-        return AutoregressiveObjective(model.vocab_size, z_loss=config.z_loss, fused=config.fused_loss)
-    noise = dict(per_token_share=config.per_token_share, z_loss=config.z_loss, fused=config.fused_loss)
+        return AutoregressiveObjective(model.vocab_size, z_loss=config.z_loss, fused=config.fused_loss,
+                                       cond_dropout=config.cond_dropout)
+    noise = dict(per_token_share=config.per_token_share, z_loss=config.z_loss, fused=config.fused_loss,
+                 cond_dropout=config.cond_dropout)
     if model.objective == "masked-ce":
         return MaskedCEObjective(kernel, **noise)
     # masked trains MDLM's ELBO in time (CE / t); uniform and hybrid the surrogate per unit log-SNR

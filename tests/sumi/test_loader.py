@@ -184,8 +184,9 @@ def test_step_feed_gives_the_loader_batches_and_checkpoints_the_taken_position(t
             feed.prefetch()
             feed.prefetch()  # once: a second call reads nothing more
         expected = [(plain.next_batch(), plain.offset(m)) for m in range(3)]
-        assert [offset for _, offset in batches] == [offset for _, offset in expected] == [0, 2, 4]
-        assert all(torch.equal(x, y) and x.device.type == "cpu" for (x, _), (y, _) in zip(batches, expected))
+        assert [b.offset for b in batches] == [offset for _, offset in expected] == [0, 2, 4]
+        assert all(b.prompt_lengths is None for b in batches) and feed.prompt_lengths is None  # plain rows
+        assert all(torch.equal(b.ids, y) and b.ids.device.type == "cpu" for b, (y, _) in zip(batches, expected))
         assert feed.state_dict() == plain.state_dict(), step
     resumed = Loader(ds, 2, seed=5, global_batch=6)
     resumed.load_state_dict(json.loads(json.dumps(feed.state_dict())))  # with step 7 read ahead

@@ -22,11 +22,11 @@ import sumi
 from sumi._fs import LockedError
 from sumi.cli import main
 from sumi.configs import train_tiny
-from sumi.data import prepare
+from sumi.data import MicroBatch, prepare
 from sumi.distributed import checkpoint as ckpt
 from sumi.tokenizer import SumiTokenizer, tiny_corpus
 from sumi.train import Objective, build_optimizer, count_host_syncs, optimizer_step_counters
-from sumi.train.loop import ThroughputWatch, TrainingDiverged, train, train_step
+from sumi.train.loop import ThroughputWatch, TrainingDiverged, config_changes, train, train_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -503,25 +503,32 @@ def test_the_sync_counter_counts_reads_of_values_and_nothing_else():
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_a_training_step_queues_its_work_without_reading_the_device(fused):
+@pytest.mark.parametrize("prompted", [False, True])
+def test_a_training_step_queues_its_work_without_reading_the_device(fused, prompted):
     """With ``validate=False`` (the loop's: its loader checked the ids) a whole step, both
     micro-batches, the backward, clipping and AdamW, reads no device value (AdamW's step counters
-    are CPU tensors on every device: bookkeeping).  ``validate=True`` checks each micro-batch's
-    ids, and nothing else."""
+    are CPU tensors on every device: bookkeeping), also on prompted rows with condition dropout
+    (clean prompts, hidden ones: an attention mask).  ``validate=True`` checks each micro-batch's
+    ids (and prompt lengths), and nothing else."""
     config = train_tiny(512, seq_len=32)
     model = sumi.Sumi.initialized(config.model, generator=torch.Generator().manual_seed(0))
     optimizer = build_optimizer(model, lr=1e-3)
-    objective = Objective(512, fused=fused)
+    objective = Objective(512, fused=fused, cond_dropout=0.5 if prompted else 0.0)
     x = torch.randint(512, (4, 32), generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([3, 0, 17, 31]) if prompted else None
+    batches = [MicroBatch(x[:2], 0, None if lengths is None else lengths[:2]),
+               MicroBatch(x[2:], 2, None if lengths is None else lengths[2:])]
+    counted = 128 - (51 if prompted else 0)
     counts = []
     for validate in (False, True, False):
         with count_host_syncs(ignore=optimizer_step_counters(optimizer)) as syncs:
-            sums, norm = train_step(model, optimizer, objective, [(x[:2], 0), (x[2:], 2)], torch.Generator(), 3,
-                                    global_batch=4, global_tokens=128, grad_clip=1.0, world_size=1, validate=validate)
+            sums, norm = train_step(model, optimizer, objective, batches, torch.Generator(), 3, global_batch=4,
+                                    global_tokens=counted, grad_clip=1.0, world_size=1, validate=validate)
         counts.append(syncs)
         assert bool(torch.isfinite(sums).all()) and float(norm) > 0
     assert counts[0].count == counts[2].count == 0, (counts[0].sites, counts[2].sites)
-    assert counts[1].count > 0 and all("in check_tokens" in site for site in counts[1].sites), counts[1].sites
+    checks = ("in check_tokens", "in _prompt_masks") if prompted else ("in check_tokens",)
+    assert counts[1].count > 0 and all(any(c in site for c in checks) for site in counts[1].sites), counts[1].sites
 
 
 @pytest.mark.parametrize("mixed_precision", [False, True])
@@ -717,3 +724,97 @@ def test_cli_trains_every_family_on_the_embedded_default(tmp_path, monkeypatch, 
     assert json.loads((out / "config.json").read_text())["objective"] == objective
     model = sumi.from_pretrained(out / "model")
     assert model.config.objective == objective and model.config.causal is (objective == "ar")
+
+
+# -- prompted data: conditional training with condition dropout ----------------------------------
+class PromptedRows:
+    """Prompted rows in memory, as :class:`sumi.data.Loader` reads them (``prompted``,
+    ``prompt_lengths(indices)``, rows as uint32): ``[BOS, prompt..., answer..., EOS...]``-like
+    rows of random ids whose prompt lengths the test knows."""
+
+    prompted = True
+
+    def __init__(self, rows: int, seq_len: int, vocab_size: int, seed: int) -> None:
+        g = np.random.default_rng(seed)
+        self.rows = g.integers(0, vocab_size, (rows, seq_len)).astype(np.uint32)
+        self.lengths = g.integers(1, seq_len, rows).astype(np.int64)
+        self.seq_len, self.vocab_size = seq_len, vocab_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.rows[i]
+
+    def prompt_lengths(self, indices: np.ndarray) -> np.ndarray:
+        return self.lengths[np.asarray(indices)]
+
+    def verify(self, part=None) -> None:
+        """In memory: no shards, no manifest to check them against."""
+
+    def __repr__(self) -> str:
+        return f"PromptedRows({len(self)} rows)"
+
+
+@pytest.mark.parametrize("objective", ["uniform", "ar"])
+def test_prompted_data_divides_by_the_count_without_prompts_and_never_syncs(tmp_path, monkeypatch, objective):
+    """``sumi.train.train`` on prompted rows: each step's loss divisor is the number of positions
+    its global batch counts, written out from the prompt lengths the step's micro-batches carry
+    (``seq_len - P`` per row; ``seq_len - max(P, 1)`` for ``ar``), and two more steps between the
+    same log and checkpoint steps add no host sync (the divisor is host arithmetic)."""
+    import sumi.train.loop as loop
+
+    dataset = PromptedRows(48, 32, 64, seed=0)
+    monkeypatch.setattr(loop, "open_data", lambda *a, **k: dataset)
+    optimizers, seen = [], []
+    monkeypatch.setattr(loop, "build_optimizer", lambda *a, **k: optimizers.append(build_optimizer(*a, **k))
+                        or optimizers[-1])
+    real_step = loop.train_step
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["global_tokens"], [b.prompt_lengths for b in args[3]]))  # read after the run
+        return real_step(*args, **kwargs)
+
+    def is_step_counter(tensor):  # AdamW's step counts: CPU bookkeeping on every device
+        return any(optimizer_step_counters(o)(tensor) for o in optimizers)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    first = 1 if objective == "ar" else 0
+    dropout = [] if objective == "ar" else ["cond_dropout=0.5"]
+    sites = {}
+    for steps in (2, 4):
+        config = train_tiny(64, seq_len=32, global_batch_size=4, micro_batch_size=2, steps=steps, warmup_steps=1,
+                            log_every=100, checkpoint_every=100, objective=objective).override(dropout)
+        seen.clear()
+        with count_host_syncs(ignore=is_step_counter) as syncs:
+            result = train(config, "in-memory", tmp_path / f"run{steps}", progress=False)
+        sites[steps] = syncs.sites
+        assert len(seen) == steps and np.isfinite(result.losses).all()
+        for divisor, micro_batches in seen:
+            lengths = torch.cat(micro_batches).tolist()
+            assert len(lengths) == 4 and divisor == sum(32 - max(p, first) for p in lengths) < 4 * (32 - first)
+    assert sites[4] == sites[2]
+
+
+def test_condition_dropout_needs_prompted_data(data, tmp_path):
+    data_dir, tok = data
+    with pytest.raises(ValueError, match=r"cond_dropout=0.1 hides the prompts of prompted rows, but .* has no "
+                                         r"prompts .*--prompted"):
+        train(_config(tok, cond_dropout=0.1), data_dir, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_field_an_older_checkpoint_lacks_counts_as_its_default():
+    """A checkpoint written before ``cond_dropout`` existed has no such key: with the default
+    (0) that is no change, so old runs resume; with another value it is one.  The same for a
+    model field."""
+    config = train_tiny(64)
+    old = config.to_dict()
+    del old["cond_dropout"]
+    del old["model"]["hybrid_shift"]
+    assert config_changes(old, config) == ([], [])
+    assert config_changes(old, config.override(["cond_dropout=0.1"])) == ([], ["cond_dropout 0.0 -> 0.1"])
+    fixed, _ = config_changes(old, config.override(["objective=hybrid", "model.hybrid_shift=-1"]))
+    assert "model.hybrid_shift 0.0 -> -1.0" in fixed
+    # a key the older config has and this one lacks is still a change
+    assert config_changes({**config.to_dict(), "retired": 1}, config) == ([], ["retired 1 -> None"])
