@@ -158,9 +158,10 @@ def test_evaluate_benchmark():
 
 
 
-def test_guidance_benchmark():
-    table, record = run_benchmark("guidance.py", "--quick", "--scales", "0,2")
-    assert record["benchmark"] == "guidance" and record["quick"]
+@pytest.mark.parametrize("model", ["plain", "sumi"])
+def test_guidance_benchmark(model):
+    table, record = run_benchmark("guidance.py", "--model", model, "--quick", "--scales", "0,2")
+    assert record["benchmark"] == "guidance" and record["model"] == model and record["quick"]
     settings = record["settings"]
     assert settings["kernels"] == ["uniform", "masked", "hybrid"] and settings["scales"] == [0.0, 2.0]
     assert (settings["samples"], settings["steps"], settings["train_steps"]) == (16, 8, 20)
@@ -171,8 +172,19 @@ def test_guidance_benchmark():
         assert 0 <= r["accuracy"] <= 1 and all(0 <= a <= 1 for a in r["accuracy_by_class"])
         # 16 equal halves: the overall accuracy is the mean of the two classes'
         assert r["accuracy"] == pytest.approx(sum(r["accuracy_by_class"]) / 2)
-        assert 0 <= r["entropy"] <= math.log(16) and r["log_lik"] < 0 and 0 < r["distinct"] <= 1
+        # sumi: a malformed answer (not 32 chain tokens) counts wrong and leaves the other measures
+        malformed = r.get("malformed", 0)
+        assert 0 <= malformed <= 16 and r["accuracy"] <= (16 - malformed) / 16
+        if malformed == 16:
+            assert r["entropy"] is None and r["log_lik"] is None and r["distinct"] is None
+        else:
+            assert 0 <= r["entropy"] <= math.log(16) and r["log_lik"] < 0 and 0 < r["distinct"] <= 1
     assert all(r["masked_left"] == 0 and r["sample_s"] > 0 for r in rows)  # the grid ends at lambda = +inf
+    assert all(("malformed" in r) == (model == "sumi") for r in rows)
     assert set(record["training"]) == set(settings["kernels"])
     assert all(math.isfinite(t["final_loss"]) for t in record["training"].values())
     assert table[0].startswith("Classifier-free guidance on two overlapping Markov chains (V = 16, L = 32")
+    if model == "sumi":
+        # the mask families add their mask id to the 21 ids (chain, BOS, EOS, PAD, two classes)
+        assert [record["training"][k]["vocab_size"] for k in settings["kernels"]] == [21, 22, 22]
+        assert settings["seq_len"] == 36 and settings["prompt_length"] == 2
