@@ -1,5 +1,5 @@
-"""The ``sumi`` command line: ``sumi generate``, ``convert``, ``data prepare``, ``train``, ``eval``, ``probe``,
-``study``.
+"""The ``sumi`` command line: ``sumi generate``, ``convert``, ``data prepare``, ``train``, ``sft``, ``eval``,
+``probe``, ``study``.
 
 Each subcommand is one ``(add_arguments, run)`` pair in :data:`COMMANDS`: ``add_arguments``
 fills its argparse sub-parser, ``run(args)`` does the work and returns the exit status.
@@ -37,11 +37,20 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     from sumi.generation import DEFAULT_CANVAS_LENGTH, SAMPLERS, SCHEDULES
 
     add_model_arguments(parser)
-    parser.add_argument("--prompt", required=True, help="the prompt text (BOS is added)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="the answer budget (default 256)")
+    parser.add_argument("--prompt", required=True, help="the prompt text (BOS is added); with --chat, one user message")
+    parser.add_argument("--chat", action="store_true",
+                        help="the prompt is one user message of a conversation, rendered with the chat template the "
+                             "model was tuned with (`sumi data prepare --sft`); prints the answer's text, cut at the "
+                             "template's end marker (see docs/sft.md, Generation)")
+    parser.add_argument("--chat-template", default=None, metavar="FILE",
+                        help="with --chat: a JSON file of chat template fields (default: Sumi's chat tokens)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="the answer budget (default 256; with --chat: the canvas after the prompt and the pinned "
+                             "EOS BOS, as in training, or 128 for an 'ar' model)")
     parser.add_argument("--canvas-length", type=int, default=None,
                         help=f"canvas positions (default: min({DEFAULT_CANVAS_LENGTH}, the model's "
-                             "max_position_embeddings); diffusion families only")
+                             "max_position_embeddings); with --chat: the model's max_position_embeddings, or give the "
+                             "--seq-len it was tuned at; diffusion families only")
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps = model calls (default 128); diffusion families only")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
@@ -69,8 +78,20 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args) -> int:
+    import secrets
+
     from sumi.generation import generate
 
+    if args.chat_template is not None and not args.chat:
+        raise UsageError("--chat-template renders the prompt as a conversation: add --chat")
+    template = None
+    if args.chat:
+        from sumi.sft import DEFAULT_TEMPLATE, ChatTemplate
+
+        try:
+            template = DEFAULT_TEMPLATE if args.chat_template is None else ChatTemplate.from_file(args.chat_template)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     model, tokenizer = load_model(args)
     given = {name: getattr(args, name) for name in _CANVAS_FLAGS if getattr(args, name) is not None}
     if model.config.causal and given:
@@ -78,15 +99,24 @@ def _run_generate(args) -> int:
         one = len(given) == 1
         raise UsageError(f"{flags} {'does' if one else 'do'} not apply to this 'ar' model (it decodes left to right, "
                          f"one token per model call); remove {'it' if one else 'them'}")
-    prompt = list(tokenizer.encode(args.prompt, add_bos=True))
+    seed = secrets.randbits(63) if args.seed is None else args.seed  # drawn here: printed for either path
+    sampling = dict(sampler=args.sampler, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    min_p=args.min_p, seed=seed, progress=True, guidance_scale=args.guidance_scale, **given)
     try:
-        out = generate(model, [prompt], args.max_new_tokens, sampler=args.sampler, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed, progress=True,
-                       guidance_scale=args.guidance_scale, **given)
+        if template is not None:
+            from sumi.sft import chat_generate
+
+            text = chat_generate(model, tokenizer, [args.prompt], template=template,
+                                 max_new_tokens=args.max_new_tokens, **sampling)[0]
+        else:
+            prompt = list(tokenizer.encode(args.prompt, add_bos=True))
+            max_new_tokens = 256 if args.max_new_tokens is None else args.max_new_tokens
+            out = generate(model, [prompt], max_new_tokens, **sampling)
+            text = tokenizer.decode(out.tokens[0], skip_special_tokens=True)
     except (ValueError, TypeError) as e:  # inputs (validated before sampling) or a model giving NaN/inf
         raise UsageError(str(e)) from None
-    print(f"sumi: seed {out.seed}", file=sys.stderr)
-    print(tokenizer.decode(out.tokens[0], skip_special_tokens=True))
+    print(f"sumi: seed {seed}", file=sys.stderr)
+    print(text)
     return 0
 
 
@@ -130,6 +160,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "convert": (_add_convert_arguments, _run_convert),
     "data": _lazy("sumi.data.cli"),
     "train": _lazy("sumi.train.command"),
+    "sft": _lazy("sumi.sft.command"),
     "eval": _lazy("sumi.evaluate.cli"),
     "probe": _lazy("sumi.evaluate.probe_cli"),
     "study": _lazy("sumi.study.cli"),
@@ -138,6 +169,8 @@ HELP = {"generate": "generate an answer to a prompt (a diffusion canvas as relea
         "convert": "rewrite a checkpoint in another dtype and/or sharding (Hugging Face layout)",
         "data": "prepare training data: `sumi data prepare` tokenizes files into packed shards",
         "train": "train Sumi (`--preset tiny`: the embedded default on the Python standard library)",
+        "sft": "instruction-tune a trained model on chat data (`--preset tiny`: synthetic tasks, exact match before "
+               "and after)",
         "eval": "evaluate: `sumi eval nelbo` (NELBO, bits per byte), `sumi eval harness` (lm-eval)",
         "probe": "generation dynamics: `sumi probe revision` (revision budget), `sumi probe commitment`",
         "study": "studies across families: `sumi study pareto` (speed-quality frontier), `scaling` (isoFLOP), "

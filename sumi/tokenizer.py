@@ -12,9 +12,13 @@ Conventions (Sumi, arXiv 2606.19005; docs/math.md "Sumi recipe facts"):
   ``add_bos`` and the packer, so no document can forge a boundary.
 - ``vocab_size`` is the model's embedding size.  It may exceed the tokenizer's own ids (the model
   has rows no token maps to); those ids decode to nothing.
-- Small tokenizers (tests, the embedded default) are byte-level BPEs whose three specials take
-  the last three ids, ``V-3, V-2, V-1`` for BOS, EOS, pad: the layout of the released vocab and
-  of ``sumi.configs.tiny(V)``.
+- Small tokenizers (tests, the embedded default) are byte-level BPEs whose six specials take
+  the last six ids: the chat tokens :data:`CHAT_TOKENS` ``<|im_start|>``, ``<|im_end|>``,
+  ``<|endofprompt|>`` at ``V-6, V-5, V-4`` (the markers of :mod:`sumi.sft.template`; docs/sft.md,
+  "Chat template"), then BOS, EOS, pad at ``V-3, V-2, V-1``: BOS, EOS and pad keep the layout of
+  the released vocab and of ``sumi.configs.tiny(V)``.
+- :attr:`SumiTokenizer.special_ids` holds BOS, EOS, pad and every token the file marks special
+  (the chat tokens among them), so ``decode(..., skip_special_tokens=True)`` drops them all.
 
 Nothing here touches the network: a missing file is an error that says where to put it.
 """
@@ -41,6 +45,10 @@ SUMI_VOCAB_SIZE = 100_278
 DEFAULT_VOCAB_SIZE = 512  # the embedded default; matches sumi.configs.tiny()
 
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endofprompt|>")
+"""The chat template's markers (:class:`sumi.sft.ChatTemplate`): a message starts with
+``<|im_start|>`` and ends with ``<|im_end|>``; ``<|endofprompt|>`` ends the prompt.  Sumi's
+released tokenizer has them; :meth:`SumiTokenizer.train_byte_level` adds them before BOS, EOS, pad."""
 
 
 class SumiTokenizer:
@@ -67,7 +75,9 @@ class SumiTokenizer:
         self.bos_id: int = _special_id(tokenizer, "bos_id", BOS_TOKEN, bos_id, vocab_size)
         self.eos_id: int = _special_id(tokenizer, "eos_id", EOS_TOKEN, eos_id, vocab_size)
         self.pad_id: int = _special_id(tokenizer, "pad_id", PAD_TOKEN, pad_id, vocab_size)
-        self.special_ids: frozenset[int] = frozenset((self.bos_id, self.eos_id, self.pad_id))
+        # every token the file marks special (chat markers, ...) too, so that decode skips them all
+        marked = (i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special and i < vocab_size)
+        self.special_ids: frozenset[int] = frozenset((self.bos_id, self.eos_id, self.pad_id, *marked))
         tokenizer.encode_special_tokens = True  # "text is always text" (module docstring)
         self.backend: Tokenizer = tokenizer
 
@@ -95,12 +105,14 @@ class SumiTokenizer:
     def train_byte_level(cls, texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) -> SumiTokenizer:
         """Train a byte-level BPE of at most ``vocab_size`` ids on ``texts`` (deterministic).
 
-        The 256 byte symbols come first, then the merges, then BOS, EOS, pad as the last three
-        ids.  Bytes (not characters) plus no normalizer make ``decode(encode(s)) == s`` for every
-        string.  When the text runs out of pairs seen ``min_frequency`` times, the vocab is
-        smaller than asked; ``vocab_size`` reports what was built.
+        The 256 byte symbols come first, then the merges, then the special tokens as the last six
+        ids: :data:`CHAT_TOKENS` (``V-6 .. V-4``), then BOS, EOS, pad (``V-3 .. V-1``).  Bytes (not
+        characters) plus no normalizer make ``decode(encode(s)) == s`` for every string.  When the
+        text runs out of pairs seen ``min_frequency`` times, the vocab is smaller than asked;
+        ``vocab_size`` reports what was built.
         """
-        n_bytes, n_special = len(pre_tokenizers.ByteLevel.alphabet()), len(SPECIAL_TOKENS)
+        specials = [*CHAT_TOKENS, *SPECIAL_TOKENS]  # BOS, EOS, pad last: the layout of tiny(V)
+        n_bytes, n_special = len(pre_tokenizers.ByteLevel.alphabet()), len(specials)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < n_bytes + n_special:
             raise ValueError(f"vocab_size must be an int >= {n_bytes + n_special} "
                              f"({n_bytes} bytes + {n_special} specials), got {vocab_size!r}")
@@ -114,14 +126,15 @@ class SumiTokenizer:
             special_tokens=[])
         tokenizer.train_from_iterator(texts, trainer=trainer)
         # Added after training so they take the ids after the merges, as in the released vocab.
-        tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+        tokenizer.add_special_tokens(specials)
         return cls(tokenizer)
 
     @classmethod
     def default(cls) -> SumiTokenizer:
         """The embedded default: a 512-id byte-level BPE trained on ``sumi/assets/tiny_corpus.txt``.
 
-        Built once per process (milliseconds); BOS, EOS, pad = 509, 510, 511, as ``sumi.configs.tiny()``.
+        Built once per process (milliseconds); the chat tokens are 506, 507, 508 and BOS, EOS, pad
+        509, 510, 511, as ``sumi.configs.tiny()``.
         """
         return _default()
 
@@ -148,7 +161,8 @@ class SumiTokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """The text of ``ids`` (ints, or integer scalars such as a tensor's elements).
 
-        ``skip_special_tokens`` drops BOS, EOS, pad and the tokenizer's other specials.  Ids in
+        ``skip_special_tokens`` drops every id of :attr:`special_ids`: BOS, EOS, pad and the
+        tokenizer's other specials (the chat tokens).  Ids in
         ``[0, vocab_size)`` that no token maps to decode to nothing; ids outside are an error.
         """
         ids = [operator.index(i) for i in ids]

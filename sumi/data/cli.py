@@ -1,6 +1,8 @@
 """``sumi data prepare``: tokenize local files into packed shards (see :mod:`sumi.data.packing`);
 with ``--prompted``, ``{"prompt", "response"}`` JSONL records into one row each (records too long
-for a row are skipped and reported on stderr; docs/training.md, "Prompted data").
+for a row are skipped and reported on stderr; docs/training.md, "Prompted data"); with ``--sft``,
+chat records (``{"prompt", "response"}`` or ``{"messages": [...]}``) rendered by the chat template
+into the same rows (docs/sft.md, "Data").
 
 Wired into ``sumi.cli.COMMANDS`` as the ``data`` command: :func:`add_arguments` adds the
 ``prepare`` sub-command, :func:`run` does the work.  Mistakes in user input raise
@@ -46,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "'prompt')")
     p.add_argument("--response-field", default=None, help="with --prompted: the field holding the response "
                                                           "(default 'response')")
+    p.add_argument("--sft", action="store_true",
+                   help="read .jsonl chat records {prompt, response} or {messages: [{role, content}, ...]}, the last "
+                        "message the assistant's: each rendered by the chat template into a prompted row (the "
+                        "conversation up to the answer is the prompt); records longer than --seq-len are skipped and "
+                        "reported")
+    p.add_argument("--chat-template", default=None, metavar="FILE",
+                   help="with --sft: a JSON file of chat template fields (default: Sumi's chat tokens; see "
+                        "docs/sft.md, Chat template)")
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default 8192)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous prepare's --out (a directory holding anything else is refused)")
@@ -61,7 +71,16 @@ def run(args: argparse.Namespace) -> int:
         sources += stdlib_split("train")  # the held-out files are never trained on
     if not sources:
         raise UsageError("no data: give --source PATH_OR_GLOB (repeatable) and/or --stdlib")
-    if args.prompted:
+    if args.sft:
+        given = [flag for flag, value in (("--prompted", args.prompted), ("--stdlib", args.stdlib),
+                                          ("--text-field", args.text_field), ("--prompt-field", args.prompt_field),
+                                          ("--response-field", args.response_field)) if value not in (None, False)]
+        if given:
+            raise UsageError(f"{given[0]} does not apply with --sft, which reads .jsonl chat records ({{prompt, "
+                             "response}} or {messages}) given with --source")
+    elif args.chat_template is not None:
+        raise UsageError("--chat-template renders chat records: add --sft")
+    elif args.prompted:
         if args.stdlib:
             raise UsageError("--stdlib is plain text (.py files): --prompted reads .jsonl records of a prompt and "
                              "a response; give them with --source")
@@ -87,12 +106,21 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.tokenizer).exists():
             raise UsageError(f"no tokenizer at {args.tokenizer} (or pass --tokenizer {DEFAULT_TOKENIZER})")
         tokenizer = load_tokenizer(args.tokenizer)
+    template = None
+    if args.chat_template is not None:
+        from sumi.sft.template import ChatTemplate
+
+        try:
+            template = ChatTemplate.from_file(args.chat_template)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     try:
         m = prepare(sources, tokenizer, args.out, args.seq_len, text_field=args.text_field or "text",
                     shard_sequences=args.shard_rows or DEFAULT_SHARD_SEQUENCES, overwrite=args.overwrite,
                     progress=True, prompted=args.prompted, prompt_field=args.prompt_field or "prompt",
-                    response_field=args.response_field or "response")
-    except (OSError, ValueError, LockedError) as e:  # bad sources, an --out in the way or in use, too little text
+                    response_field=args.response_field or "response", sft=args.sft, template=template)
+    # bad sources or records, an --out in the way or in use, too little text, a tokenizer without the chat markers
+    except (OSError, ValueError, LockedError) as e:
         raise UsageError(str(e)) from None
     if not m.prompted:
         print(f"sumi: wrote {args.out}: {m.total_rows} rows x {m.seq_len} tokens in {len(m.shards)} shards "

@@ -25,6 +25,10 @@ training on the prompts as text) and, beside each shard, the rows' prompt length
 
     prompt-00000.npy     uint32 [rows], P of each row of shard-00000.npy (sha256 in ``prompt_sha256``)
 
+Chat data (``sft=True``; docs/sft.md, "Data"): every ``{"prompt", "response"}`` or ``{"messages":
+[...]}`` record of ``.jsonl`` sources is rendered by a :class:`sumi.sft.ChatTemplate` and written
+as a prompted row, in the same format (its prompt is the rendered conversation up to the answer).
+
 Writing: while a prepare runs it holds an exclusive lock on the sibling file ``.NAME.lock``
 (a second prepare of the same ``out_dir`` fails at once, naming the holder) and, holding it,
 first deletes what an interrupted prepare left (``.NAME.tmp-*``, ``.NAME.old-*``).  The
@@ -37,6 +41,7 @@ when it holds a previous prepare's output and nothing else: other files are neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -50,8 +55,8 @@ from sumi._checks import check_int
 from sumi._fs import exclusive_lock, remove_leftovers, replace_dir, temp_dir
 from sumi.data.manifest import (MANIFEST, PROMPTED_FORMAT, Manifest, prompt_shard_name, shard_name,
                                 tokenizer_fingerprint)
-from sumi.data.prompted import Skipped, prompted_rows
-from sumi.data.sources import iter_documents, iter_prompt_records, resolve_files
+from sumi.data.prompted import Skipped, encoded_prompts, prompted_rows, rendered_chats
+from sumi.data.sources import iter_chat_records, iter_documents, iter_prompt_records, resolve_files
 from sumi.tokenizer import TOKENIZER_FILE
 
 DEFAULT_SHARD_SEQUENCES = 8192  # 8192 x 1184 x 4 bytes = 39 MB per shard
@@ -62,7 +67,8 @@ _CHUNK_ROW_TOKENS = 1 << 22  # row tokens per chunk of prompted records: bounds 
 def prepare(sources: str | os.PathLike | Iterable[str | os.PathLike], tokenizer, out_dir: str | os.PathLike,
             seq_len: int, *, shard_sequences: int = DEFAULT_SHARD_SEQUENCES, text_field: str = "text",
             overwrite: bool = False, progress: bool = False, prompted: bool = False,
-            prompt_field: str = "prompt", response_field: str = "response") -> Manifest:
+            prompt_field: str = "prompt", response_field: str = "response", sft: bool = False,
+            template=None) -> Manifest:
     """Tokenize the documents of ``sources`` (see :mod:`sumi.data.sources`) into packed shards in ``out_dir``.
 
     ``tokenizer``: a :class:`sumi.SumiTokenizer`; it is saved next to the shards as
@@ -70,21 +76,42 @@ def prepare(sources: str | os.PathLike | Iterable[str | os.PathLike], tokenizer,
     ``prompted``: read ``{prompt_field: str, response_field: str}`` records from ``.jsonl``
     sources instead, one row each (module docstring; records too long for a row are skipped and
     counted in the manifest).
+    ``sft``: read chat records (``{"prompt", "response"}`` or ``{"messages": [...]}``,
+    :func:`sumi.sft.messages_of`) from ``.jsonl`` sources instead, each rendered by ``template``
+    (a :class:`sumi.sft.ChatTemplate`; default :data:`sumi.sft.DEFAULT_TEMPLATE`) into one
+    prompted row (same format and skipping as ``prompted``; the field names are fixed).
     Raises ``FileExistsError`` if ``out_dir`` exists and is not empty (unless ``overwrite``), or
     with ``overwrite`` if it holds anything but a previous prepare's output (what is there is
     named, nothing is deleted); ``ValueError`` if the sources hold less than one row of tokens
-    (prompted: no record that fits a row), or a bad record (naming ``file:line``);
+    (prompted, sft: no record that fits a row), a bad record (naming ``file:line``), or (sft) a
+    tokenizer without the template's marker tokens;
     :class:`sumi._fs.LockedError` while another prepare writes the same ``out_dir``.
     """
     check_int("seq_len", seq_len, 2)
     check_int("shard_sequences", shard_sequences, 1)
+    if sft:
+        from sumi.sft.template import DEFAULT_TEMPLATE, ChatTemplate  # only chat data needs the template
+
+        if prompted:
+            raise ValueError("sft=True reads chat records into prompted rows already: leave prompted=False")
+        if (prompt_field, response_field) != ("prompt", "response"):
+            raise ValueError(f"chat records have fixed fields ('prompt', 'response' or 'messages'): prompt_field="
+                             f"{prompt_field!r} and response_field={response_field!r} apply to prompted=True only")
+        template = DEFAULT_TEMPLATE if template is None else template
+        if not isinstance(template, ChatTemplate):
+            raise ValueError(f"template must be a sumi.sft.ChatTemplate, got {type(template).__name__}")
+        template.marker_ids(tokenizer)  # a tokenizer without the markers fails before any work
+    elif template is not None:
+        raise ValueError("template renders chat records: it applies with sft=True only")
     if tokenizer.vocab_size > 2**32:
         raise ValueError(f"vocab_size {tokenizer.vocab_size} does not fit uint32 shards")
     out = Path(out_dir)
     _check_replaceable(out, overwrite)  # early, before any work; again under the lock below
     source_list = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     files = resolve_files(source_list)  # checks every input before any work
-    if prompted:
+    if sft:
+        items, write = iter_chat_records(files), functools.partial(_write_prompted, template=template)
+    elif prompted:
         items, write = iter_prompt_records(files, prompt_field, response_field), _write_prompted
     else:
         items, write = iter_documents(files, text_field=text_field), _write
@@ -250,7 +277,9 @@ def _write(docs, tokenizer, tmp: Path, seq_len: int, shard_sequences: int, progr
 
 
 def _write_prompted(records, tokenizer, tmp: Path, seq_len: int, shard_sequences: int, progress: bool, *,
-                    sources: list[str], files: int) -> Manifest:
+                    sources: list[str], files: int, template=None) -> Manifest:
+    """Prompted rows of ``records``: :class:`~sumi.data.sources.PromptRecord` s, or with a
+    ``template`` :class:`~sumi.data.sources.ChatRecord` s rendered by it."""
     rows_buffer: list[np.ndarray] = []  # pending rows (uint32 [n, seq_len]), fewer than shard_sequences in all
     lengths_buffer: list[np.ndarray] = []  # their prompt lengths
     pending = 0
@@ -264,9 +293,14 @@ def _write_prompted(records, tokenizer, tmp: Path, seq_len: int, shard_sequences
         rows_buffer, lengths_buffer, pending = [block[rows:]], [lengths[rows:]], len(block) - rows
 
     with _progress_bar(progress, "record") as bar:
-        chunks = _chunks(records, _ENCODE_CHARS, lambda r: len(r.prompt) + len(r.response),
-                         max_items=max(1, _CHUNK_ROW_TOKENS // seq_len))  # short records still fill whole rows
-        for rows, lengths in prompted_rows(chunks, tokenizer, seq_len, skipped):
+        max_items = max(1, _CHUNK_ROW_TOKENS // seq_len)  # short records still fill whole rows
+        if template is None:
+            encoded = encoded_prompts(_chunks(records, _ENCODE_CHARS, lambda r: len(r.prompt) + len(r.response),
+                                              max_items=max_items), tokenizer)
+        else:  # encoded one message at a time: only the rows bound a chunk
+            encoded = rendered_chats(_chunks(records, _ENCODE_CHARS, lambda r: 0, max_items=max_items), tokenizer,
+                                     template)
+        for rows, lengths in prompted_rows(encoded, tokenizer, seq_len, skipped):
             rows_buffer.append(_checked_ids(rows, tokenizer.vocab_size))
             lengths_buffer.append(lengths)
             pending += len(rows)

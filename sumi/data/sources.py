@@ -5,7 +5,9 @@ Conventions:
 - ``.txt``, ``.md``, ``.py``: the whole file (UTF-8) is one document.
 - ``.jsonl``: one JSON object per non-blank line; its ``text_field`` (a string) is one document.
   Prompted data (:func:`iter_prompt_records`) reads ``.jsonl`` files only: one
-  ``{"prompt": str, "response": str}`` record per non-blank line.
+  ``{"prompt": str, "response": str}`` record per non-blank line; chat data
+  (:func:`iter_chat_records`, ``sumi data prepare --sft``) one ``{"prompt", "response"}`` or
+  ``{"messages": [{"role", "content"}, ...]}`` record per non-blank line (docs/sft.md, "Data").
 - A directory stands for every supported file under it (recursively); a glob (``*``, ``?``, ``[``,
   ``**``) for every supported file it matches.  Files are read in sorted order, so the same
   inputs always give the same documents in the same order.
@@ -185,12 +187,43 @@ def iter_prompt_records(paths_or_globs: str | os.PathLike | Iterable[str | os.Pa
             raise ValueError(f"{name} must be a non-empty string, got {value!r}")
     if prompt_field == response_field:
         raise ValueError(f"prompt_field and response_field must differ, both are {prompt_field!r}")
+    files = _jsonl_files(paths_or_globs, "prompted data", f"{{{prompt_field!r}: str, {response_field!r}: str}}")
+    return _prompt_records(files, prompt_field, response_field)
+
+
+class ChatRecord(NamedTuple):
+    """One record of chat data: ``where`` it is (``"file:line"``) and the JSON object, unchecked
+    (:func:`sumi.sft.messages_of` reads it as a conversation)."""
+
+    where: str
+    record: dict
+
+
+def iter_chat_records(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[ChatRecord]:
+    """Yield the :class:`ChatRecord` of every non-blank line of the ``.jsonl`` files of
+    ``paths_or_globs``, in order (files sorted as in :func:`resolve_files`).  Every line must be a
+    JSON object (a ``ValueError`` naming ``file:line`` otherwise); its fields are checked by the
+    reader (:func:`sumi.sft.messages_of`).  The inputs are resolved and checked now (a file that is
+    not ``.jsonl`` is a ``ValueError`` naming it); the files are read lazily."""
+    files = _jsonl_files(paths_or_globs, "chat data", "{'prompt', 'response'} or {'messages': [...]}")
+    return _chat_records(files)
+
+
+def _jsonl_files(paths_or_globs, what: str, records: str) -> list[Path]:
+    """The files of ``paths_or_globs`` (:func:`resolve_files`), all ``.jsonl``: a ``ValueError``
+    naming the first that is not, saying that ``what`` is read from JSONL files of ``records``."""
     files = resolve_files(paths_or_globs)
     other = [f for f in files if f.suffix not in JSONL_SUFFIXES]
     if other:
-        raise ValueError(f"{other[0]}: prompted data is read from {'/'.join(JSONL_SUFFIXES)} files of "
-                         f"{{{prompt_field!r}: str, {response_field!r}: str}} records, not {other[0].suffix!r} files")
-    return _prompt_records(files, prompt_field, response_field)
+        raise ValueError(f"{other[0]}: {what} is read from {'/'.join(JSONL_SUFFIXES)} files of {records} records, "
+                         f"not {other[0].suffix!r} files")
+    return files
+
+
+def _chat_records(files: list[Path]) -> Iterator[ChatRecord]:
+    for path in files:
+        for lineno, record in jsonl_records(_read_text(path), path):
+            yield ChatRecord(f"{path}:{lineno}", record)
 
 
 def _prompt_records(files: list[Path], prompt_field: str, response_field: str) -> Iterator[PromptRecord]:

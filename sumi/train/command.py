@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sumi.cli_common import UsageError, add_threads_argument, apply_threads, writable_dir
 from sumi.configs.model import OBJECTIVES
 from sumi.configs.train import PHASES, TRAIN_PRESETS, train_sumi_7b
+
+if TYPE_CHECKING:
+    from sumi.train.loop import TrainResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,15 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "code, math, general, reasoning); stdlib:train or stdlib:heldout (tiny only): a "
                              "split of the Python standard library, prepared and cached with the embedded "
                              "tokenizer.  Default for tiny: stdlib:train")
-    parser.add_argument("--objective", choices=OBJECTIVES, default=None,
-                        help="the family: uniform (Sumi, the default), masked (MDLM ELBO), masked-ce (masked noise, "
-                             "plain cross-entropy), hybrid (GIDD hybrid noise; --set model.hybrid_shift=, "
-                             "model.hybrid_scale=) or ar (causal, next-token); mask families add one id, the mask, "
-                             "at the end of the vocabulary")
+    add_run_arguments(parser, objective_help="the family: uniform (Sumi, the default), masked (MDLM ELBO), masked-ce "
+                      "(masked noise, plain cross-entropy), hybrid (GIDD hybrid noise; --set model.hybrid_shift=, "
+                      "model.hybrid_scale=) or ar (causal, next-token); mask families add one id, the mask, at the "
+                      "end of the vocabulary")
+    parser.add_argument("--phase", choices=sorted(PHASES), default=None, help="sumi_7b: pretrain, mid or long")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, objective_help: str) -> None:
+    """The flags every training command shares (``sumi train``, ``sumi sft``): ``--objective``,
+    ``--steps``, ``--seed``, ``--checkpoint-every`` (read by :func:`config_overrides`),
+    ``--resume``, ``--allow-config-change``, ``--set``, ``--threads`` and ``--no-progress`` (read
+    by :func:`train_command`)."""
+    parser.add_argument("--objective", choices=OBJECTIVES, default=None, help=objective_help)
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
-    parser.add_argument("--phase", choices=sorted(PHASES), default=None, help="sumi_7b: pretrain, mid or long")
     parser.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in OUT")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="with --resume: continue although the configuration differs from the checkpoint's "
@@ -49,21 +61,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """``--objective``, ``--steps``, ``--seed``, ``--checkpoint-every`` (those given) as ``key=value``
+    overrides, followed by the ``--set`` ones (so ``--set`` wins)."""
+    flags = {"objective": args.objective, "steps": args.steps, "seed": args.seed,
+             "checkpoint_every": args.checkpoint_every}
+    return [f"{k}={v}" for k, v in flags.items() if v is not None] + args.assignments
+
+
+def train_command(name: str, args: argparse.Namespace, build: Callable[[], tuple]) -> TrainResult | int:
+    """Build a run and train it as the command ``sumi NAME`` does: ``build()`` returns
+    ``(config, data, tokenizer_file)`` (see :func:`sumi.train.loop.train`), then the run trains
+    into ``args.out`` with ``--resume``, ``--allow-config-change`` and ``--no-progress``.
+
+    Returns the :class:`~sumi.train.loop.TrainResult`, or the exit status of a run that did not
+    finish, its one line printed on stderr (rank 0): 1 when it diverged, 130 when interrupted
+    (Ctrl-C; the line says how to resume).  A mistake in the input, found by ``build`` or by the
+    loop before the first step, raises :class:`UsageError`.
+    """
+    from sumi._fs import LockedError, StorageError
+    from sumi.distributed.checkpoint import CheckpointCorrupt
+    from sumi.train.loop import TrainingDiverged, TrainingInterrupted, train
+
+    try:
+        config, data, tokenizer_file = build()
+        return train(config, data, args.out, resume=args.resume, allow_config_change=args.allow_config_change,
+                     progress=args.progress, tokenizer_file=tokenizer_file)
+    except (FileNotFoundError, FileExistsError, ValueError, LockedError, CheckpointCorrupt, StorageError) as e:
+        raise UsageError(str(e)) from None
+    except TrainingDiverged as e:
+        _rank0_print(f"sumi {name}: {e}")
+        return 1
+    except TrainingInterrupted as e:
+        _rank0_print(f"sumi {name}: {e}; continue with the same command and --resume")
+        return 130
+
+
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from sumi._fs import LockedError, StorageError
     from sumi.data.spec import parse_data_args, stdlib_split_arg
-    from sumi.distributed.checkpoint import CheckpointCorrupt
     from sumi.train import embedded
-    from sumi.train.loop import TrainingDiverged, TrainingInterrupted, train
 
     apply_threads(args)
     tokenizer = None
-    flags = {"objective": args.objective, "steps": args.steps, "seed": args.seed,
-             "checkpoint_every": args.checkpoint_every}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.assignments
-    try:
+    overrides = config_overrides(args)
+
+    def build() -> tuple:
+        nonlocal tokenizer
         if args.phase is not None and args.preset != "sumi_7b":
             raise UsageError(f"--phase applies to the sumi_7b recipe, not to preset {args.preset}")
         split = stdlib_split_arg(args.data) if args.data else "train"  # a split: the embedded corpus
@@ -80,17 +125,11 @@ def run(args: argparse.Namespace) -> int:
             seq_len = TRAIN_PRESETS["tiny"]().override(overrides).seq_len  # also checks --set before the work
             data_dir, tokenizer = embedded.prepare_embedded(seq_len, split=split, progress=args.progress)
             config = embedded.embedded_config(tokenizer)
-        config = config.override(overrides)
-        result = train(config, data_dir, args.out, resume=args.resume, allow_config_change=args.allow_config_change,
-                       progress=args.progress, tokenizer_file=embedded.tokenizer_path() if tokenizer else None)
-    except (FileNotFoundError, FileExistsError, ValueError, LockedError, CheckpointCorrupt, StorageError) as e:
-        raise UsageError(str(e)) from None
-    except TrainingDiverged as e:
-        _rank0_print(f"sumi train: {e}")
-        return 1
-    except TrainingInterrupted as e:
-        _rank0_print(f"sumi train: {e}; continue with the same command and --resume")
-        return 130
+        return config.override(overrides), data_dir, embedded.tokenizer_path() if tokenizer else None
+
+    result = train_command("train", args, build)
+    if isinstance(result, int):
+        return result
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
     if tokenizer is not None:  # the main job: a few samples and the loss curve

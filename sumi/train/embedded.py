@@ -21,7 +21,7 @@ from sumi._fs import exclusive_lock
 from sumi.configs.train import TrainConfig, train_tiny
 from sumi.data import prepare
 from sumi.data.sources import HELDOUT_ONE_IN, stdlib_split
-from sumi.tokenizer import SumiTokenizer
+from sumi.tokenizer import CHAT_TOKENS, SumiTokenizer
 
 CORPUS_BYTES = 12_000_000   # enough text for a 512-id BPE and thousands of training rows
 TOKENIZER_VOCAB = 512
@@ -58,7 +58,8 @@ def _root() -> Path:
     # the held-out share is in the key: a cache built before the split (or with another share)
     # trained its tokenizer on files that are now held out, so it is never reused
     version = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return cache_dir() / f"stdlib-{version}-{CORPUS_BYTES}-heldout1in{HELDOUT_ONE_IN}"
+    # the chat tokens too: a tokenizer cached before them lacks them (and has other merges)
+    return cache_dir() / f"stdlib-{version}-{CORPUS_BYTES}-heldout1in{HELDOUT_ONE_IN}-chat{len(CHAT_TOKENS)}"
 
 
 def tokenizer_path() -> Path:

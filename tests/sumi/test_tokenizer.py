@@ -1,5 +1,6 @@
 """The Sumi tokenizer: exact byte-level round trips, BOS/EOS/pad conventions, the embedded default
-(deterministic, laid out like ``tiny()``), save/load, a Sumi-like sparse vocab, and clear errors."""
+(deterministic, laid out like ``tiny()``, the chat tokens right before BOS/EOS/pad), save/load, a
+Sumi-like sparse vocab (special ids: every token the file marks special), and clear errors."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sumi.configs import tiny
-from sumi.tokenizer import (BOS_TOKEN, DEFAULT_VOCAB_SIZE, EOS_TOKEN, PAD_TOKEN, SUMI_VOCAB_SIZE, SumiTokenizer,
-                            tiny_corpus)
+from sumi.tokenizer import (BOS_TOKEN, CHAT_TOKENS, DEFAULT_VOCAB_SIZE, EOS_TOKEN, PAD_TOKEN, SUMI_VOCAB_SIZE,
+                            SumiTokenizer, tiny_corpus)
 
 REPO = Path(__file__).resolve().parents[2]
 SUMI_IDS = {BOS_TOKEN: 100_256, EOS_TOKEN: 100_257, PAD_TOKEN: 100_277}
@@ -60,6 +61,22 @@ def test_default_is_cached_and_laid_out_like_tiny():
     assert tokens == [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
 
 
+def test_default_has_the_chat_tokens_right_before_bos_eos_pad():
+    """The six specials are the last six ids, chat tokens first; the merges fill the rest:
+    256 bytes + 250 merges + 6 specials = 512 (three merges fewer than with three specials)."""
+    tok = SumiTokenizer.default()
+    V = tok.vocab_size
+    assert [tok.backend.id_to_token(i) for i in range(V - 6, V)] == [*CHAT_TOKENS, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
+    assert tok.special_ids == frozenset(range(V - 6, V))
+    assert len(json.loads(tok.backend.to_str())["model"]["merges"]) == V - 256 - 6
+    # decode drops them (special), or shows them as written
+    body = tok.encode("hi", add_bos=False)
+    ids = [tok.bos_id, V - 6, *body, V - 5, V - 4, tok.eos_id]
+    assert tok.decode(ids) == "hi"
+    start, end, prompt_end = CHAT_TOKENS
+    assert tok.decode(ids, skip_special_tokens=False) == f"{BOS_TOKEN}{start}hi{end}{prompt_end}{EOS_TOKEN}"
+
+
 def test_default_is_deterministic_within_and_across_processes():
     lines = tiny_corpus().splitlines(keepends=True)
     a = SumiTokenizer.train_byte_level(lines, DEFAULT_VOCAB_SIZE)
@@ -84,6 +101,7 @@ def test_default_compresses_its_own_corpus():
 @given(st.text())
 @example("")
 @example(f"a{EOS_TOKEN}b{BOS_TOKEN}{PAD_TOKEN}\r\n\x00 \u00e9\U0001f600")
+@example("".join(CHAT_TOKENS) + "user\nhi")
 def test_byte_level_round_trip_is_exact(text):
     tok = SumiTokenizer.default()
     ids = tok.encode(text)
@@ -137,8 +155,10 @@ def test_train_puts_specials_last_and_reports_what_was_built():
 
 
 def test_train_rejects_a_vocab_below_bytes_plus_specials():
-    with pytest.raises(ValueError, match="vocab_size"):
-        SumiTokenizer.train_byte_level(["abc"], vocab_size=258)
+    with pytest.raises(ValueError, match="vocab_size must be an int >= 262 \\(256 bytes \\+ 6 specials\\), got 261"):
+        SumiTokenizer.train_byte_level(["abc"], vocab_size=261)
+    tok = SumiTokenizer.train_byte_level(["abc"], vocab_size=262)  # bytes and specials only
+    assert tok.vocab_size == 262 and tok.special_ids == frozenset(range(256, 262))
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -165,6 +185,24 @@ def test_sumi_like_file_finds_specials_by_string(tmp_path):
     assert ids[0] == 100_256 and max(ids[1:]) < 300
     assert tok.decode([*ids, 100_257, 100_277]) == "the cat"
     assert tok.decode([*ids, 50_000]) == "the cat"  # a model row no token maps to decodes to nothing
+
+
+def test_special_ids_are_every_token_the_file_marks_special(tmp_path):
+    """A released-like file with the chat tokens as specials at their own ids (and one added token
+    that is not special): special_ids holds BOS, EOS, pad and the marked ones, decode skips them."""
+    path = _sumi_like_json(tmp_path)
+    spec = json.loads(path.read_text())
+    extra = {"<|im_start|>": 100_264, "<|im_end|>": 100_265, "<|endofprompt|>": 100_276, "word": 100_300}
+    for content, i in extra.items():
+        spec["added_tokens"].append({"id": i, "content": content, "single_word": False, "lstrip": False,
+                                     "rstrip": False, "normalized": False, "special": content != "word"})
+        spec["model"]["vocab"][content] = i  # a model-vocab id survives loading
+    path.write_text(json.dumps(spec))
+    tok = SumiTokenizer.from_file(path)
+    assert tok.special_ids == {100_256, 100_257, 100_277, 100_264, 100_265, 100_276}
+    ids = tok.encode("the cat")
+    assert tok.decode([*ids, 100_265, 100_276]) == "the cat"
+    assert tok.decode([*ids, 100_300]) == "the catword"  # added, not special: kept
 
 
 def test_sumi_like_file_with_ids_given_by_hand(tmp_path):
