@@ -39,10 +39,12 @@ def test_loss_benchmark():
 
 
 def test_sampler_benchmark():
-    table, record = run_benchmark("sampler.py", "--quick")
+    # three of the six rows (each (row, method) is its own subprocess: ~2.5 s of imports each); the
+    # others' step code is the samplers' own, tested in tests/discdiff
+    table, record = run_benchmark("sampler.py", "--quick", "--rows", "uniform,top_p=0.9,adaptive")
     assert record["benchmark"] == "sampler.step" and (record["positions"], record["vocab"]) == (32, 1001)
     rows = record["rows"]
-    assert list(rows) == ["uniform", "hybrid", "T=0.7", "bf16", "top_p=0.9", "adaptive"]
+    assert list(rows) == ["uniform", "top_p=0.9", "adaptive"]
     for name, row in rows.items():
         ours, naive = row["results"]["ours"], row["results"]["naive"]
         assert "error" not in ours and "error" not in naive, (name, row)
