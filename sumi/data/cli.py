@@ -41,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a tokenizer.json or a directory holding one, or 'default': the embedded tokenizer")
     p.add_argument("--text-field", default=None, help="the JSONL field holding the text (default 'text')")
     p.add_argument("--prompted", action="store_true",
-                   help="read .jsonl records {prompt, response}: one row each, BOS prompt, response EOS, filled up "
-                        "with EOS; the prompt length is stored beside the row; records longer than --seq-len are "
-                        "skipped and reported")
+                   help="read .jsonl records {prompt, response}: one row each, BOS prompt, response, EOS fill, "
+                        "then the pinned EOS BOS (generation's canvas); the prompt length is stored beside the row; "
+                        "records longer than --seq-len are skipped and reported")
     p.add_argument("--prompt-field", default=None, help="with --prompted: the field holding the prompt (default "
                                                         "'prompt')")
     p.add_argument("--response-field", default=None, help="with --prompted: the field holding the response "

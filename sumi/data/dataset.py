@@ -2,8 +2,8 @@
 
 A row is ``seq_len`` token ids (``numpy.uint32``, read-only, memory-mapped): a window of the
 ``BOS text EOS BOS text EOS ...`` stream written by :func:`sumi.data.prepare`, or in prompted
-data one record ``BOS prompt | response EOS | EOS ...`` whose prompt length ``P`` (BOS included)
-:meth:`PackedDataset.prompt_lengths` gives (:mod:`sumi.data.prompted`; docs/training.md,
+data one record ``BOS prompt | response | EOS fill | EOS | BOS`` whose prompt length ``P`` (BOS
+included) :meth:`PackedDataset.prompt_lengths` gives (:mod:`sumi.data.prompted`; docs/training.md,
 "Prompted data").
 
 Phases (docs/math.md "Sumi recipe facts": pretraining, then mid-training with a code/math/general/reasoning

@@ -17,8 +17,8 @@ The manifest records the sha256 of every shard file (``shard_sha256``), so a rea
 the tokens are the ones written (:meth:`sumi.data.PackedDataset.verify`).
 
 Prompted data (``prompted=True``; docs/training.md, "Prompted data"): every ``{"prompt",
-"response"}`` record of ``.jsonl`` sources becomes one row ``[BOS prompt | response EOS | EOS
-fill]`` (:mod:`sumi.data.prompted`); a record too long for a row is skipped (counted in
+"response"}`` record of ``.jsonl`` sources becomes one row ``[BOS prompt | response | EOS
+fill | EOS | BOS]`` (:mod:`sumi.data.prompted`); a record too long for a row is skipped (counted in
 ``skipped_records``, the first few named in ``skipped_examples``), never cut.  The directory gets
 format "sumi-prompted-v1" (a reader that knows only "sumi-packed-v1" refuses it instead of
 training on the prompts as text) and, beside each shard, the rows' prompt lengths ``P``::

@@ -1,5 +1,5 @@
 """Prompted data (issue 17): ``{"prompt", "response"}`` JSONL records, one row each, laid out as
-``BOS prompt | response EOS | EOS fill`` with the prompt length P beside the row.
+``BOS prompt | response | EOS fill | EOS | BOS`` with the prompt length P beside the row.
 
 Oracle: the expected rows and P are built here from ``SumiTokenizer.encode`` calls on the
 records (never from the code under test); a mixture's or a loader's P is found by looking its
