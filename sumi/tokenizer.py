@@ -185,6 +185,12 @@ class SumiTokenizer:
         file.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(file, self.backend.to_str(pretty=True))
 
+    def __setstate__(self, state: dict) -> None:
+        # a pickled Tokenizer comes back with encode_special_tokens off (its JSON does not hold the
+        # flag), and a copy in another process (sumi data prepare's workers) must encode as this one
+        self.__dict__.update(state)
+        self.backend.encode_special_tokens = True
+
     def __repr__(self) -> str:
         return (f"SumiTokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
                 f"eos_id={self.eos_id}, pad_id={self.pad_id})")

@@ -190,3 +190,31 @@ def test_guidance_benchmark(model):
         # the mask families add their mask id to the 21 ids (chain, BOS, EOS, PAD, two classes)
         assert [record["training"][k]["vocab_size"] for k in settings["kernels"]] == [21, 22, 22]
         assert settings["seq_len"] == 36 and settings["prompt_length"] == 2
+
+
+def test_prepare_benchmark(tmp_path):
+    """One worker (``--threads 1``) on 1 MB: prepare wrote exactly the raw encoding's text tokens for
+    every generated document, and the work directory (inputs, outputs) is gone afterwards."""
+    table, record = run_benchmark("prepare.py", "--mb", "1", "--workdir", str(tmp_path))
+    assert record["benchmark"] == "prepare.throughput" and record["workers"] == 1 and record["seq_len"] == 1184
+    gen = record["generate"]
+    assert gen["bytes"]["big"] >= 1_000_000 and 125_000 <= gen["bytes"]["small"] < gen["bytes"]["big"]
+    for name in ("small", "big"):
+        row = record["results"][name]
+        raw, prep = row["raw"], row["prepare"]
+        assert row["input_bytes"] == gen["bytes"][name]
+        # the generator's own count of documents (none empty), and the raw pass's count of their text tokens
+        assert raw["documents"] == prep["documents"] == gen["documents"][name]
+        assert row["tokens_match"] and prep["text_tokens"] == raw["tokens"] > 0
+        assert prep["tokens_written"] == raw["tokens"] + 2 * prep["documents"]  # BOS text EOS each
+        assert prep["tokens_written"] == prep["rows"] * 1184 + prep["dropped_tokens"] and prep["dropped_tokens"] < 1184
+        assert raw["rayon_threads"] == "1" and raw["batches"] >= 1
+        assert row["ratio"] == pytest.approx(prep["tokens_per_s"] / raw["tokens_per_s"]) and row["ratio"] > 0
+        assert prep["tokens_per_s"] == pytest.approx(raw["tokens"] / prep["seconds"])
+        assert prep["peak_rss_bytes"] > 10_000_000 and prep["processes"] == 1  # one worker: no pool
+        assert prep["main_cpu_seconds"] > 0 and prep["others_cpu_seconds"] == 0
+    assert record["ratio"] == record["results"]["big"]["ratio"]
+    assert record["peak_rss_ratio"] == pytest.approx(record["results"]["big"]["prepare"]["peak_rss_bytes"]
+                                                     / record["results"]["small"]["prepare"]["peak_rss_bytes"])
+    assert not Path(record["workdir"]).exists() and list(tmp_path.iterdir()) == []
+    assert table[0].startswith("sumi data prepare vs the tokenizer's batch encoding")

@@ -89,7 +89,7 @@ def _public_modules() -> list[str]:
             value = getattr(package, name)
             if type(value).__name__ == "module":
                 names.append(value.__name__)
-    return names + ["sumi.model", "sumi.data", "sumi.train", "sumi.distributed", "sumi.evaluate", "sumi.tokenizer",
+    return names + ["sumi.model", "sumi.data", "sumi.data.readers", "sumi.train", "sumi.distributed", "sumi.evaluate", "sumi.tokenizer",
                     "sumi.family", "sumi.decoding", "sumi.study"]
 
 

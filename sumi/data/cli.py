@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Tokenize local files into packed uint32 shards of seq-len tokens "
                                    "(each document BOS text EOS) plus manifest.json.")
     p.add_argument("--source", action="append", default=[], metavar="PATH_OR_GLOB",
-                   help="a .txt/.md/.py file (one document), a .jsonl file (one document per line), "
-                        "a directory or a glob; repeat for more")
+                   help="a .txt/.md/.py file (one document), a .jsonl, .jsonl.gz or .jsonl.zst file (one document "
+                        "per line), a .parquet file or a Dataset.save_to_disk directory (one per row), a directory "
+                        "or a glob; repeat for more (parquet, saved datasets, .zst: pip install 'discdiff[data]')")
     p.add_argument("--stdlib", action="store_true",
                    help="add the training split of the running Python's standard library .py files (a corpus "
                         "every install has; the held-out split, stdlib:heldout, stays out: --source "
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"tokens per row (default {DEFAULT_SEQ_LEN}, the released recipe)")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                    help="a tokenizer.json or a directory holding one, or 'default': the embedded tokenizer")
-    p.add_argument("--text-field", default=None, help="the JSONL field holding the text (default 'text')")
+    p.add_argument("--text-field", default=None, help="the JSON field or table column holding the text (default "
+                                                      "'text')")
     p.add_argument("--prompted", action="store_true",
                    help="read .jsonl records {prompt, response}: one row each, BOS prompt, response, EOS fill, "
                         "then the pinned EOS BOS (generation's canvas); the prompt length is stored beside the row; "
@@ -58,7 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "docs/sft.md, Chat template)")
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default 8192)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a previous prepare's --out (a directory holding anything else is refused)")
+                   help="replace a previous prepare's --out (a directory holding anything else is refused), and "
+                        "discard an interrupted prepare's partial output")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizing processes (default: this machine's CPUs); the output is the same for any number")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted prepare of --out (same sources and settings) from its last shard; "
+                        "starts afresh when there is none, does nothing when --out is complete")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip bad records (invalid UTF-8 or JSON, a text field missing, null or not a string) and "
+                        "count them in the manifest, instead of stopping at the first")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,8 +107,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seq-len must be >= 2, got {args.seq_len}")
     if args.shard_rows is not None and args.shard_rows < 1:
         raise UsageError(f"--shard-rows must be >= 1, got {args.shard_rows}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     from sumi._fs import LockedError
     from sumi.data.packing import DEFAULT_SHARD_SEQUENCES, prepare
+    from sumi.data.resume import PROGRESS, partial_dir
     from sumi.tokenizer import SumiTokenizer
 
     if args.tokenizer == DEFAULT_TOKENIZER:
@@ -114,14 +128,29 @@ def run(args: argparse.Namespace) -> int:
             template = ChatTemplate.from_file(args.chat_template)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    progress_file = partial_dir(Path(args.out)) / PROGRESS
+    before = _mtime(progress_file)
+
+    def kept() -> str:  # progress saved by this run: say how to continue it
+        if _mtime(progress_file) in (None, before):
+            return ""
+        return f"; the shards written so far are kept in {progress_file.parent}: continue with the same command and " \
+               "--resume"
+
     try:
         m = prepare(sources, tokenizer, args.out, args.seq_len, text_field=args.text_field or "text",
                     shard_sequences=args.shard_rows or DEFAULT_SHARD_SEQUENCES, overwrite=args.overwrite,
                     progress=True, prompted=args.prompted, prompt_field=args.prompt_field or "prompt",
-                    response_field=args.response_field or "response", sft=args.sft, template=template)
-    # bad sources or records, an --out in the way or in use, too little text, a tokenizer without the chat markers
-    except (OSError, ValueError, LockedError) as e:
-        raise UsageError(str(e)) from None
+                    response_field=args.response_field or "response", sft=args.sft, template=template,
+                    workers=args.workers, resume=args.resume, skip_bad=args.skip_bad)
+    # bad sources or records, an --out in the way or in use, too little text, a tokenizer without the chat markers,
+    # a format whose library is not installed
+    except (OSError, ValueError, LockedError, ImportError) as e:
+        raise UsageError(str(e) + kept()) from None
+    except KeyboardInterrupt:
+        print(f"sumi: interrupted{kept()}", file=sys.stderr)
+        return 130
+    _report_bad(m)
     if not m.prompted:
         print(f"sumi: wrote {args.out}: {m.total_rows} rows x {m.seq_len} tokens in {len(m.shards)} shards "
               f"({m.documents} documents from {m.files} files; {m.dropped_tokens} tokens of the last partial row "
@@ -138,3 +167,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"sumi: ... and {m.skipped_records - len(m.skipped_examples)} more (skipped_records in "
               f"{Path(args.out) / 'manifest.json'})", file=sys.stderr)
     return 0
+
+
+def _report_bad(m) -> None:
+    """The bad records skipped (``--skip-bad``), on stderr: the count and the first few."""
+    if not m.bad_records:
+        return
+    print(f"sumi: skipped {m.bad_records} bad records (--skip-bad):", file=sys.stderr)
+    for e in m.bad_examples:
+        print(f"sumi:   {e['where']}: {e['error']}", file=sys.stderr)
+    if m.bad_records > len(m.bad_examples):
+        print(f"sumi:   ... and {m.bad_records - len(m.bad_examples)} more (bad_records in the manifest)",
+              file=sys.stderr)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None

@@ -54,7 +54,11 @@ class Manifest:
     ``prompt_shards`` (per shard, the file of its rows' prompt lengths), ``prompt_sha256`` (their
     sha256), ``skipped_records`` (records too long for a row) and ``skipped_examples`` (the first
     few of those: ``{"where": "file:line", "prompt_tokens": P, "response_tokens": R}``); there
-    ``documents`` counts the records written, one per row.  Plain directories have none of them."""
+    ``documents`` counts the records written, one per row.  Plain directories have none of them.
+
+    ``bad_records``: the bad records skipped (``skip_bad``; 0 otherwise) and ``bad_examples`` the
+    first few, ``{"where": "file:line", "error": why}``; ``None`` in directories written before
+    they existed."""
 
     seq_len: int
     vocab_size: int
@@ -78,6 +82,8 @@ class Manifest:
     prompt_sha256: list[str] | None = None
     skipped_records: int | None = None
     skipped_examples: list[dict] | None = None
+    bad_records: int | None = None
+    bad_examples: list[dict] | None = None
 
     @property
     def prompted(self) -> bool:
@@ -125,6 +131,7 @@ class Manifest:
         elif any(getattr(m, key) is not None for key in _PROMPTED_FIELDS):
             raise ValueError(f"{file}: {', '.join(_PROMPTED_FIELDS)} belong to format {PROMPTED_FORMAT!r}, "
                              f"not {m.format!r}")
+        _check_bad(m, file)
         listed = [*m.shards, *(m.prompt_shards or []), *([m.tokenizer_file] if m.tokenizer_file is not None else [])]
         if not all(_plain_name(n) for n in listed) or len(set(listed)) != len(listed):
             # a reader must never leave the directory
@@ -166,3 +173,17 @@ def _check_prompted(m: Manifest, file: Path) -> None:
                     for k in ("prompt_tokens", "response_tokens")) for e in examples)):
         raise ValueError(f"{file}: skipped_examples must list at most skipped_records={n} entries "
                          '{"where": str, "prompt_tokens": int, "response_tokens": int}')
+
+
+def _check_bad(m: Manifest, file: Path) -> None:
+    """``bad_records`` and ``bad_examples``: both absent (older directories) or a count and at most
+    that many ``{"where": str, "error": str}`` entries."""
+    n, examples = m.bad_records, m.bad_examples
+    if n is None and examples is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or not (
+            isinstance(examples, list) and len(examples) <= n and all(
+                isinstance(e, dict) and set(e) == {"where", "error"} and all(isinstance(v, str) for v in e.values())
+                for e in examples)):
+        raise ValueError(f"{file}: bad_records must be a non-negative int and bad_examples a list of at most that "
+                         'many {"where": str, "error": str} entries')

@@ -29,38 +29,57 @@ Chat data (``sft=True``; docs/sft.md, "Data"): every ``{"prompt", "response"}`` 
 [...]}`` record of ``.jsonl`` sources is rendered by a :class:`sumi.sft.ChatTemplate` and written
 as a prompted row, in the same format (its prompt is the rendered conversation up to the answer).
 
+Tokenizing runs in ``workers`` processes (:mod:`sumi.data.workers`), chunk by chunk; the
+chunks are packed in input order, so the files are the same, byte for byte, for any number of
+workers.  Memory is bounded: a few chunks in flight and less than one shard pending.
+
+Bad records (invalid UTF-8 or JSON, a field missing, null or not a string, a chat record the
+template cannot read) stop the prepare with their ``file:line`` (``file: row N``); with
+``skip_bad=True`` they are skipped and counted in the manifest (``bad_records``; the first five
+in ``bad_examples`` with their place and reason).
+
 Writing: while a prepare runs it holds an exclusive lock on the sibling file ``.NAME.lock``
 (a second prepare of the same ``out_dir`` fails at once, naming the holder) and, holding it,
-first deletes what an interrupted prepare left (``.NAME.tmp-*``, ``.NAME.old-*``).  The
-directory is written to a temporary sibling (mode ``0o777 & ~umask``, like ``mkdir``) and
-swapped into place at the end (atomically on Linux), so a failure leaves nothing that looks like
-a dataset.  An existing non-empty ``out_dir`` is replaced only with ``overwrite=True``, and only
-when it holds a previous prepare's output and nothing else: other files are never deleted.
+first deletes what an interrupted directory swap left (``.NAME.tmp-*``, ``.NAME.old-*``).  The
+directory is written to the sibling ``.NAME.partial`` (mode ``0o777 & ~umask``, like ``mkdir``),
+which saves its progress after every shard; ``resume=True`` continues an interrupted prepare
+from there and ends with exactly the files an uninterrupted one writes (:mod:`sumi.data.resume`).
+The complete directory is swapped into place at the end (atomically on Linux), so ``out_dir``
+never holds a half-written dataset.  An existing non-empty ``out_dir`` is replaced only with
+``overwrite=True``, and only when it holds a previous prepare's output and nothing else: other
+files are never deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import hashlib
 import os
 import shutil
 import sys
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from sumi._checks import check_int
-from sumi._fs import exclusive_lock, remove_leftovers, replace_dir, temp_dir
-from sumi.data.manifest import (MANIFEST, PROMPTED_FORMAT, Manifest, prompt_shard_name, shard_name,
-                                tokenizer_fingerprint)
-from sumi.data.prompted import Skipped, encoded_prompts, prompted_rows, rendered_chats
-from sumi.data.sources import iter_chat_records, iter_documents, iter_prompt_records, resolve_files
-from sumi.tokenizer import TOKENIZER_FILE
+from sumi._fs import exclusive_lock, remove_leftovers, replace_dir
+from sumi.data.encoding import CHAT, DOCUMENTS, PROMPTED, EncodeContext, Rows, encode_chunk
+from sumi.data.manifest import MANIFEST, Manifest, tokenizer_fingerprint
+from sumi.data.prompted import Skipped
+from sumi.data.readers import check_libraries, data_files
+from sumi.data.resume import (PROGRESS, Progress, check_resumable, input_stats, load_progress, partial_dir, restore,
+                              save_progress)
+from sumi.data.shards import ShardWriter
+from sumi.data.sources import BadRecords, Item, chat_items, document_items, prompt_items, resolve_files
+from sumi.data.workers import default_workers, ordered_map
 
 DEFAULT_SHARD_SEQUENCES = 8192  # 8192 x 1184 x 4 bytes = 39 MB per shard
-_ENCODE_CHARS = 1 << 18  # text per encode_batch call: bounds the backend's per-token Encoding objects
+_ENCODE_CHARS = 1 << 18  # text per chunk: bounds a worker's per-token Encoding objects and the chunks in flight
+_CHUNK_ITEMS = 1 << 13  # records per chunk: bounds the per-record objects of many short documents
 _CHUNK_ROW_TOKENS = 1 << 22  # row tokens per chunk of prompted records: bounds its int64 rows (32 MB)
 
 
@@ -68,27 +87,39 @@ def prepare(sources: str | os.PathLike | Iterable[str | os.PathLike], tokenizer,
             seq_len: int, *, shard_sequences: int = DEFAULT_SHARD_SEQUENCES, text_field: str = "text",
             overwrite: bool = False, progress: bool = False, prompted: bool = False,
             prompt_field: str = "prompt", response_field: str = "response", sft: bool = False,
-            template=None) -> Manifest:
+            template=None, workers: int | None = None, resume: bool = False, skip_bad: bool = False) -> Manifest:
     """Tokenize the documents of ``sources`` (see :mod:`sumi.data.sources`) into packed shards in ``out_dir``.
 
     ``tokenizer``: a :class:`sumi.SumiTokenizer`; it is saved next to the shards as
     ``tokenizer.json``.  Returns the :class:`Manifest` written (shard checksums included).
-    ``prompted``: read ``{prompt_field: str, response_field: str}`` records from ``.jsonl``
-    sources instead, one row each (module docstring; records too long for a row are skipped and
-    counted in the manifest).
+    ``prompted``: read ``{prompt_field: str, response_field: str}`` records from record sources
+    (JSONL, parquet, saved datasets) instead, one row each (module docstring; records too long
+    for a row are skipped and counted in the manifest).
     ``sft``: read chat records (``{"prompt", "response"}`` or ``{"messages": [...]}``,
-    :func:`sumi.sft.messages_of`) from ``.jsonl`` sources instead, each rendered by ``template``
+    :func:`sumi.sft.messages_of`) from record sources instead, each rendered by ``template``
     (a :class:`sumi.sft.ChatTemplate`; default :data:`sumi.sft.DEFAULT_TEMPLATE`) into one
     prompted row (same format and skipping as ``prompted``; the field names are fixed).
+    ``workers``: tokenizing processes (default: this machine's CPUs; 1 tokenizes in this
+    process); the output does not depend on it.
+    ``resume``: continue the interrupted prepare of ``out_dir`` (started with the same settings
+    and inputs), or start one when there is none; an ``out_dir`` already complete with these
+    settings is returned as it is.
+    ``skip_bad``: skip and count bad records instead of stopping at the first.
     Raises ``FileExistsError`` if ``out_dir`` exists and is not empty (unless ``overwrite``), or
     with ``overwrite`` if it holds anything but a previous prepare's output (what is there is
-    named, nothing is deleted); ``ValueError`` if the sources hold less than one row of tokens
-    (prompted, sft: no record that fits a row), a bad record (naming ``file:line``), or (sft) a
-    tokenizer without the template's marker tokens;
-    :class:`sumi._fs.LockedError` while another prepare writes the same ``out_dir``.
+    named, nothing is deleted), or when an interrupted prepare's partial output is there and
+    neither ``resume`` nor ``overwrite`` says what to do with it; ``ValueError`` if the sources
+    hold less than one row of tokens (prompted, sft: no record that fits a row), a bad record
+    (naming ``file:line``; unless ``skip_bad``), a resume with other settings or changed inputs,
+    or (sft) a tokenizer without the template's marker tokens;
+    :class:`sumi.data.readers.MissingExtra` (an ``ImportError``) when a format's library is not
+    installed; :class:`sumi._fs.LockedError` while another prepare writes the same ``out_dir``.
+    A failure (or Ctrl-C) after the first shard keeps the partial output for ``resume``.
     """
     check_int("seq_len", seq_len, 2)
     check_int("shard_sequences", shard_sequences, 1)
+    workers = default_workers() if workers is None else workers
+    check_int("workers", workers, 1)
     if sft:
         from sumi.sft.template import DEFAULT_TEMPLATE, ChatTemplate  # only chat data needs the template
 
@@ -106,26 +137,35 @@ def prepare(sources: str | os.PathLike | Iterable[str | os.PathLike], tokenizer,
     if tokenizer.vocab_size > 2**32:
         raise ValueError(f"vocab_size {tokenizer.vocab_size} does not fit uint32 shards")
     out = Path(out_dir)
-    _check_replaceable(out, overwrite)  # early, before any work; again under the lock below
+    if not (resume and (out / MANIFEST).is_file()):
+        _check_replaceable(out, overwrite)  # early, before any work; again under the lock below
     source_list = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     files = resolve_files(source_list)  # checks every input before any work
+    check_libraries(files)
     if sft:
-        items, write = iter_chat_records(files), functools.partial(_write_prompted, template=template)
+        kind, items = CHAT, functools.partial(chat_items, files)
     elif prompted:
-        items, write = iter_prompt_records(files, prompt_field, response_field), _write_prompted
+        kind, items = PROMPTED, functools.partial(prompt_items, files, prompt_field, response_field)
     else:
-        items, write = iter_documents(files, text_field=text_field), _write
+        kind, items = DOCUMENTS, functools.partial(document_items, files, text_field)
+    items()  # checks the fields and the kinds of sources now
+    settings = {"kind": kind, "seq_len": seq_len, "shard_sequences": shard_sequences,
+                "fields": [text_field] if kind == DOCUMENTS else [prompt_field, response_field] if kind == PROMPTED
+                else None, "template": None if template is None else dataclasses.asdict(template),
+                "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "sources": [str(s) for s in source_list]}
+    run = _Run(out, settings, input_stats([f for source in files for f in data_files(source)]), len(files))
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock", f"the prepared directory {out}"):
-        remove_leftovers(out.parent, out.name)  # an interrupted prepare's; no live writer owns them now
-        _check_replaceable(out, overwrite)
-        tmp = temp_dir(out.parent, out.name)
+        remove_leftovers(out.parent, out.name)  # an interrupted swap's; no live writer owns them now
+        done = run.open(resume, overwrite)
+        if done is not None:
+            return done
         try:
-            manifest = write(items, tokenizer, tmp, seq_len, shard_sequences, progress,
-                             sources=[str(s) for s in source_list], files=len(files))
-            replace_dir(tmp, out)
+            manifest = run.pack(kind, items, EncodeContext(tokenizer, seq_len, template), workers, skip_bad, progress)
+            replace_dir(run.partial, out)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not any((run.partial / name).is_file() for name in (PROGRESS, MANIFEST)):  # nothing to resume
+                shutil.rmtree(run.partial, ignore_errors=True)
             raise
     return manifest
 
@@ -158,64 +198,274 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
                               "files away")
 
 
-class _HashingFile:
-    """A write-only file that also feeds every byte to a sha256 (``np.save`` writes through it)."""
+class _Run:
+    """One prepare of ``out``: its partial directory, what it resumes from, and the packing loop."""
 
-    def __init__(self, f) -> None:
-        self.f, self.sha256 = f, hashlib.sha256()
+    def __init__(self, out: Path, settings: dict, inputs: list, files: int) -> None:
+        self.out, self.settings, self.inputs, self.files = out, settings, inputs, files
+        self.partial = partial_dir(out)
+        self.saved: Progress | None = None
+        self.carry: tuple[np.ndarray, np.ndarray | None] | None = None
 
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        return self.f.write(data)
+    def open(self, resume: bool, overwrite: bool) -> Manifest | None:
+        """Set up the partial directory: fresh, or resumed (``resume``); the manifest when there is
+        nothing left to do (``out`` already complete, or complete and not yet swapped in)."""
+        out, partial = self.out, self.partial
+        if resume and not partial.exists() and (out / MANIFEST).is_file():
+            return self._complete(Manifest.load(out), out)
+        _check_replaceable(out, overwrite)
+        if partial.exists():
+            starting_over = overwrite and not resume
+            saved = None if starting_over else load_progress(partial)
+            complete = (partial / MANIFEST).is_file()
+            if starting_over or (saved is None and not complete):  # discarded, or nothing in it to resume
+                shutil.rmtree(partial)
+            elif not resume:
+                raise FileExistsError(f"an interrupted prepare of {out} left {partial}: continue it with --resume "
+                                      "(resume=True), or pass --overwrite to start over")
+            elif complete:  # complete, not yet swapped in
+                if saved is not None:
+                    check_resumable(saved, self.settings, self.inputs, partial)
+                manifest = self._complete(Manifest.load(partial), partial)
+                (partial / PROGRESS).unlink(missing_ok=True)
+                replace_dir(partial, out)
+                return manifest
+            else:
+                check_resumable(saved, self.settings, self.inputs, partial)
+                self.carry = restore(partial, saved, self.settings["seq_len"])
+                self.saved = saved
+        if not partial.exists():
+            os.mkdir(partial)  # 0o777 & ~umask, as mkdir gives
+        return None
 
-
-def _save_shard(path: Path, array: np.ndarray) -> str:
-    """Write ``array`` as ``.npy`` to ``path``; returns the file's sha256 (computed while writing)."""
-    with open(path, "wb") as f:
-        writer = _HashingFile(f)
-        np.save(writer, array)
-    return writer.sha256.hexdigest()
-
-
-class _ShardWriter:
-    """Saves rows, in order, as the shard files of a directory being prepared, hashing them while
-    writing; with prompts, each shard's prompt lengths as a prompt file beside it."""
-
-    def __init__(self, tmp: Path, prompted: bool) -> None:
-        self.tmp = tmp
-        self.shards: list[str] = []
-        self.rows: list[int] = []
-        self.sha256: list[str] = []
-        self.prompt_shards: list[str] | None = [] if prompted else None
-        self.prompt_sha256: list[str] | None = [] if prompted else None
-
-    def save(self, rows: np.ndarray, prompt_lengths: np.ndarray | None = None) -> None:
-        i = len(self.shards)
-        self.shards.append(shard_name(i))
-        self.rows.append(len(rows))
-        self.sha256.append(_save_shard(self.tmp / self.shards[-1], np.ascontiguousarray(rows, dtype=np.uint32)))
-        if self.prompt_shards is not None:
-            self.prompt_shards.append(prompt_shard_name(i))
-            self.prompt_sha256.append(_save_shard(self.tmp / self.prompt_shards[-1],
-                                                  np.ascontiguousarray(prompt_lengths, dtype=np.uint32)))
-
-    def finish(self, tokenizer, seq_len: int, shard_sequences: int, **fields) -> Manifest:
-        """Save the tokenizer and, last (its presence means complete), the manifest."""
-        tokenizer.save(self.tmp / TOKENIZER_FILE)
-        total_rows = sum(self.rows)
-        if self.prompt_shards is not None:
-            fields.update(format=PROMPTED_FORMAT, prompt_shards=self.prompt_shards, prompt_sha256=self.prompt_sha256)
-        manifest = Manifest(seq_len=seq_len, vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id,
-                            eos_id=tokenizer.eos_id, shard_sequences=shard_sequences, shards=self.shards,
-                            shard_rows=self.rows, total_rows=total_rows, total_tokens=total_rows * seq_len,
-                            tokenizer_sha256=tokenizer_fingerprint(tokenizer), shard_sha256=self.sha256,
-                            tokenizer_file=TOKENIZER_FILE, **fields)
-        (self.tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    def _complete(self, manifest: Manifest, where: Path) -> Manifest:
+        """``manifest`` of a complete directory, if prepared as this run would (else a ``ValueError``)."""
+        s = self.settings
+        expected = {"seq_len": s["seq_len"], "shard_sequences": s["shard_sequences"], "sources": s["sources"],
+                    "tokenizer_sha256": s["tokenizer_sha256"], "prompted": s["kind"] != DOCUMENTS}
+        found = {"seq_len": manifest.seq_len, "shard_sequences": manifest.shard_sequences, "sources": manifest.sources,
+                 "tokenizer_sha256": manifest.tokenizer_sha256, "prompted": manifest.prompted}
+        changed = [k for k in expected if expected[k] != found[k]]
+        if changed:
+            raise ValueError(f"{where} is complete but was prepared with other settings ({', '.join(changed)}): pass "
+                             "--overwrite (overwrite=True) to prepare it again")
         return manifest
+
+    def pack(self, kind: str, items: Callable[..., Iterator[Item]], context: EncodeContext,
+             workers: int, skip_bad: bool, progress: bool) -> Manifest:
+        """Tokenize and pack every item (from the saved position on) into the partial directory,
+        saving progress after each chunk that completes a shard; returns the manifest written."""
+        saved, seq_len = self.saved, context.seq_len
+        shard_sequences = self.settings["shard_sequences"]
+        writer = ShardWriter(self.partial, kind != DOCUMENTS, saved.writer if saved else None)
+        if kind == DOCUMENTS:
+            tokens = self.carry[0] if self.carry else np.zeros(0, np.uint32)
+            packer = _StreamPacker(writer, seq_len, shard_sequences, tokens)
+        else:
+            rows, prompts = self.carry or (np.zeros((0, seq_len), np.uint32), np.zeros(0, np.uint32))
+            packer = _RowPacker(writer, shard_sequences, rows, prompts)
+        tally = _Tally(saved)
+        chunks: deque[_Chunk] = deque()
+
+        def tasks() -> Iterator[tuple[str, list]]:
+            for chunk, values in _chunked(items(start=tuple(saved.position) if saved else (0, 0)), kind, seq_len):
+                chunks.append(chunk)
+                yield kind, values
+
+        if saved is not None and progress:
+            print(f"sumi: resuming {self.partial}: {len(writer.shards)} shards written, {tally.read} records read",
+                  file=sys.stderr)
+        results = ordered_map(encode_chunk, context, tasks(), workers)
+        with _progress_bar(progress, "doc" if kind == DOCUMENTS else "record", tally.read) as bar, \
+                contextlib.closing(results):  # stops the workers at once on an error
+            for result in results:
+                chunk = chunks.popleft()
+                tally.take(chunk, result, skip_bad)
+                if packer.add(result):
+                    self._save(writer, chunk.next, tally, packer)
+                if bar is not None:
+                    bar.update(chunk.count)
+        dropped = packer.close()
+        if not writer.rows:
+            raise ValueError(tally.nothing_written(self.settings["sources"], kind, dropped, seq_len))
+        fields = dict(documents=tally.documents if kind == DOCUMENTS else sum(writer.rows), dropped_tokens=dropped,
+                      sources=self.settings["sources"], files=self.files, bad_records=tally.bad.count,
+                      bad_examples=tally.bad.examples)
+        if kind != DOCUMENTS:
+            fields.update(skipped_records=tally.skipped.count, skipped_examples=tally.skipped.examples)
+        manifest = writer.finish(context.tokenizer, seq_len, shard_sequences, **fields)
+        for entry in self.partial.iterdir():  # the progress and its carry: not part of the dataset
+            if entry.name not in manifest.files_written():
+                entry.unlink()
+        return manifest
+
+    def _save(self, writer: ShardWriter, position: tuple[int, int], tally: _Tally, packer) -> None:
+        rows_or_tokens, prompts = packer.carry()
+        save_progress(self.partial, Progress(self.settings, self.inputs, writer.state(), list(position),
+                                             tally.documents, dataclasses.asdict(tally.bad),
+                                             dataclasses.asdict(tally.skipped), carry=""),
+                      rows_or_tokens, prompts)
+
+
+class _Chunk(NamedTuple):
+    """What the packer needs to know about a chunk of items besides its tokens: the position after
+    it (``next``), the items it read (``count``), and for the items sent to tokenizing (by their
+    place ``k``) where they are and their order among all the chunk's items (``seqs``); ``bad``:
+    ``(seq, where, error)`` of the bad items found while reading."""
+
+    next: tuple[int, int]
+    count: int
+    wheres: list[str]
+    seqs: list[int]
+    bad: list[tuple[int, str, str]]
+
+
+def _chunked(items: Iterator[Item], kind: str, seq_len: int) -> Iterator[tuple[_Chunk, list]]:
+    """Consecutive items as ``(chunk, values)``: about :data:`_ENCODE_CHARS` characters of text
+    (chat records: :data:`_CHUNK_ITEMS` records), at most :data:`_CHUNK_ITEMS` items, the bad
+    ones reported in the chunk and not sent."""
+    max_items = _CHUNK_ITEMS if kind == DOCUMENTS else max(1, min(_CHUNK_ITEMS, _CHUNK_ROW_TOKENS // seq_len))
+    values: list = []
+    wheres: list[str] = []
+    seqs: list[int] = []
+    bad: list[tuple[int, str, str]] = []
+    chars = count = 0
+    for item in items:
+        if item.error is not None:
+            bad.append((count, item.where, item.error))
+        else:
+            values.append(item.value)
+            wheres.append(item.where)
+            seqs.append(count)
+            chars += _chars(item.value, kind)
+        count += 1
+        if chars >= _ENCODE_CHARS or count >= max_items:
+            yield _Chunk((item.pos[0], item.pos[1] + 1), count, wheres, seqs, bad), values
+            values, wheres, seqs, bad, chars, count = [], [], [], [], 0, 0
+    if count:
+        yield _Chunk((item.pos[0], item.pos[1] + 1), count, wheres, seqs, bad), values
+
+
+def _chars(value, kind: str) -> int:
+    """The text of a document or a prompted record; 0 for a chat record (chunked by count)."""
+    if kind == DOCUMENTS:
+        return len(value)
+    return len(value[0]) + len(value[1]) if kind == PROMPTED else 0
+
+
+class _Tally:
+    """The counts of a prepare: records read, documents, bad records, records too long for a row."""
+
+    def __init__(self, saved: Progress | None) -> None:
+        self.documents = saved.documents if saved else 0
+        self.bad = BadRecords(**saved.bad) if saved else BadRecords()
+        self.skipped = Skipped(**saved.skipped) if saved else Skipped()
+        self.read = self.documents + self.bad.count + self.skipped.count
+
+    def take(self, chunk: _Chunk, result: np.ndarray | Rows, skip_bad: bool) -> None:
+        """Count the chunk's bad records in input order (the first stops the prepare unless
+        ``skip_bad``), its records too long for a row, and its documents."""
+        bad = chunk.bad
+        if isinstance(result, Rows):
+            bad = sorted(bad + [(chunk.seqs[k], chunk.wheres[k], why) for k, why in result.bad])
+            for k, p, r in result.skipped:
+                self.skipped.add(chunk.wheres[k], p, r)
+        for _, where, why in bad:
+            if not skip_bad:
+                raise ValueError(f"{where}: {why} (--skip-bad / skip_bad=True skips and counts bad records)")
+            self.bad.add(where, why)
+        self.documents += len(chunk.wheres) - (len(result.bad) if isinstance(result, Rows) else 0)
+        self.read += chunk.count
+
+    def nothing_written(self, sources: list[str], kind: str, pending: int, seq_len: int) -> str:
+        """Why no shard was written."""
+        bad = f" ({self.bad.count} bad records skipped)" if self.bad.count else ""
+        if self.skipped.count:
+            first = self.skipped.examples[0]
+            return (f"none of the {self.skipped.count} records fits a row of seq_len={seq_len} (BOS + prompt + "
+                    f"response + pinned EOS BOS; the first, {first['where']}, needs "
+                    f"{first['prompt_tokens'] + first['response_tokens'] + 2} tokens): raise seq_len{bad}")
+        if self.documents == 0:
+            what = "(non-empty) documents" if kind == DOCUMENTS else "records"
+            return f"the sources {sources} hold no {what}{bad}"
+        return (f"the sources hold {pending} tokens ({self.documents} documents), fewer than one row of "
+                f"seq_len={seq_len}{bad}")
+
+
+class _StreamPacker:
+    """Plain data: the documents' token stream, cut into rows of ``seq_len`` tokens and saved
+    ``shard_sequences`` rows per shard; ``carry``: tokens read before, not yet in a shard."""
+
+    def __init__(self, writer: ShardWriter, seq_len: int, shard_sequences: int, carry: np.ndarray) -> None:
+        self.writer, self.seq_len, self.shard_sequences = writer, seq_len, shard_sequences
+        self.buffer: list[np.ndarray] = [carry] if carry.size else []
+        self.pending = int(carry.size)
+
+    def add(self, stream: np.ndarray) -> bool:
+        """Append ``stream``; True when a shard was saved."""
+        self.buffer.append(stream)
+        self.pending += stream.size
+        saved = False
+        while self.pending >= self.shard_sequences * self.seq_len:
+            self._flush(self.shard_sequences)
+            saved = True
+        return saved
+
+    def _flush(self, rows: int) -> None:
+        stream = self._stream()
+        take = rows * self.seq_len
+        self.writer.save(stream[:take].reshape(rows, self.seq_len))
+        rest = stream[take:]
+        self.buffer, self.pending = ([rest] if rest.size else []), int(rest.size)
+
+    def _stream(self) -> np.ndarray:
+        return np.concatenate(self.buffer) if len(self.buffer) != 1 else self.buffer[0]
+
+    def carry(self) -> tuple[np.ndarray, None]:
+        return (self._stream() if self.buffer else np.zeros(0, np.uint32)), None
+
+    def close(self) -> int:
+        """Save the last full rows; returns the tokens of the partial row left (dropped)."""
+        if self.pending >= self.seq_len:
+            self._flush(self.pending // self.seq_len)
+        return self.pending
+
+
+class _RowPacker:
+    """Prompted data: whole rows (and their prompt lengths), saved ``shard_sequences`` per shard;
+    ``rows``/``prompts``: rows read before, not yet in a shard."""
+
+    def __init__(self, writer: ShardWriter, shard_sequences: int, rows: np.ndarray, prompts: np.ndarray) -> None:
+        self.writer, self.shard_sequences = writer, shard_sequences
+        self.rows, self.prompts = [rows], [prompts]
+        self.pending = len(rows)
+
+    def add(self, result: Rows) -> bool:
+        self.rows.append(result.rows)
+        self.prompts.append(result.prompt_lengths)
+        self.pending += len(result.rows)
+        saved = False
+        while self.pending >= self.shard_sequences:
+            self._flush(self.shard_sequences)
+            saved = True
+        return saved
+
+    def _flush(self, n: int) -> None:
+        rows, prompts = np.concatenate(self.rows), np.concatenate(self.prompts)
+        self.writer.save(rows[:n], prompts[:n])
+        self.rows, self.prompts, self.pending = [rows[n:]], [prompts[n:]], len(rows) - n
+
+    def carry(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.rows), np.concatenate(self.prompts)
+
+    def close(self) -> int:
+        if self.pending:
+            self._flush(self.pending)
+        return 0
 
 
 @contextlib.contextmanager
-def _progress_bar(progress: bool, unit: str):
+def _progress_bar(progress: bool, unit: str, initial: int = 0):
     """A tqdm bar on stderr (or ``None``), closed on the way out: it ends the bar's line, so an
     error message starts on a line of its own."""
     if not progress:
@@ -223,115 +473,8 @@ def _progress_bar(progress: bool, unit: str):
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc="tokenizing", unit=unit, file=sys.stderr)
+    bar = tqdm(desc="tokenizing", unit=unit, file=sys.stderr, initial=initial)
     try:
         yield bar
     finally:
         bar.close()
-
-
-def _checked_ids(ids, vocab_size: int) -> np.ndarray:
-    """``ids`` as uint32, after checking that every id lies in ``[0, vocab_size)``."""
-    arr = np.asarray(ids, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-        raise ValueError(f"the tokenizer produced an id outside [0, vocab_size={vocab_size})")
-    return arr.astype(np.uint32)
-
-
-def _write(docs, tokenizer, tmp: Path, seq_len: int, shard_sequences: int, progress: bool, *,
-           sources: list[str], files: int) -> Manifest:
-    shard_tokens = shard_sequences * seq_len
-    buffer: list[np.ndarray] = []  # pending token chunks (uint32), fewer than shard_tokens in all
-    pending = 0
-    out = _ShardWriter(tmp, prompted=False)
-    n_docs = 0
-
-    def flush(rows: int) -> None:
-        nonlocal buffer, pending
-        stream = np.concatenate(buffer) if len(buffer) != 1 else buffer[0]
-        take = rows * seq_len
-        out.save(stream[:take].reshape(rows, seq_len))
-        rest = stream[take:]
-        buffer, pending = ([rest] if rest.size else []), int(rest.size)
-
-    eos = np.array([tokenizer.eos_id], dtype=np.uint32)
-    with _progress_bar(progress, "doc") as bar:
-        for chunk in _chunks(docs, _ENCODE_CHARS, len):
-            for ids in tokenizer.encode_batch(chunk, add_bos=True):
-                buffer += [_checked_ids(ids, tokenizer.vocab_size), eos]
-                pending += len(ids) + 1
-            n_docs += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-            while pending >= shard_tokens:
-                flush(shard_sequences)
-    if n_docs == 0:
-        raise ValueError(f"the sources {sources} hold no (non-empty) documents")
-    if pending >= seq_len:
-        flush(pending // seq_len)
-    if not out.rows:
-        raise ValueError(f"the sources hold {pending} tokens ({n_docs} documents), fewer than one row of "
-                         f"seq_len={seq_len}")
-    return out.finish(tokenizer, seq_len, shard_sequences, documents=n_docs, dropped_tokens=pending,
-                      sources=sources, files=files)
-
-
-def _write_prompted(records, tokenizer, tmp: Path, seq_len: int, shard_sequences: int, progress: bool, *,
-                    sources: list[str], files: int, template=None) -> Manifest:
-    """Prompted rows of ``records``: :class:`~sumi.data.sources.PromptRecord` s, or with a
-    ``template`` :class:`~sumi.data.sources.ChatRecord` s rendered by it."""
-    rows_buffer: list[np.ndarray] = []  # pending rows (uint32 [n, seq_len]), fewer than shard_sequences in all
-    lengths_buffer: list[np.ndarray] = []  # their prompt lengths
-    pending = 0
-    out = _ShardWriter(tmp, prompted=True)
-    skipped = Skipped()
-
-    def flush(rows: int) -> None:
-        nonlocal rows_buffer, lengths_buffer, pending
-        block, lengths = np.concatenate(rows_buffer), np.concatenate(lengths_buffer)
-        out.save(block[:rows], lengths[:rows])
-        rows_buffer, lengths_buffer, pending = [block[rows:]], [lengths[rows:]], len(block) - rows
-
-    with _progress_bar(progress, "record") as bar:
-        max_items = max(1, _CHUNK_ROW_TOKENS // seq_len)  # short records still fill whole rows
-        if template is None:
-            encoded = encoded_prompts(_chunks(records, _ENCODE_CHARS, lambda r: len(r.prompt) + len(r.response),
-                                              max_items=max_items), tokenizer)
-        else:  # encoded one message at a time: only the rows bound a chunk
-            encoded = rendered_chats(_chunks(records, _ENCODE_CHARS, lambda r: 0, max_items=max_items), tokenizer,
-                                     template)
-        for rows, lengths in prompted_rows(encoded, tokenizer, seq_len, skipped):
-            rows_buffer.append(_checked_ids(rows, tokenizer.vocab_size))
-            lengths_buffer.append(lengths)
-            pending += len(rows)
-            if bar is not None:
-                bar.update(sum(out.rows) + pending + skipped.count - bar.n)  # to the records read so far
-            while pending >= shard_sequences:
-                flush(shard_sequences)
-    if pending:
-        flush(pending)
-    if not out.rows:
-        if not skipped.count:
-            raise ValueError(f"the sources {sources} hold no records")
-        first = skipped.examples[0]
-        raise ValueError(f"none of the {skipped.count} records fits a row of seq_len={seq_len} (BOS + prompt + "
-                         f"response + pinned EOS BOS; the first, {first['where']}, needs "
-                         f"{first['prompt_tokens'] + first['response_tokens'] + 2} tokens): raise seq_len")
-    return out.finish(tokenizer, seq_len, shard_sequences, documents=sum(out.rows), dropped_tokens=0,
-                      sources=sources, files=files, skipped_records=skipped.count,
-                      skipped_examples=skipped.examples)
-
-
-def _chunks(it, max_chars: int, chars_of, max_items: int | None = None):
-    """Lists of consecutive items of about ``max_chars`` characters (``chars_of(item)`` each) and
-    at most ``max_items`` items (at least one item per list)."""
-    chunk: list = []
-    chars = 0
-    for x in it:
-        chunk.append(x)
-        chars += chars_of(x)
-        if chars >= max_chars or len(chunk) == max_items:
-            yield chunk
-            chunk, chars = [], 0
-    if chunk:
-        yield chunk

@@ -1,27 +1,33 @@
-"""Where documents come from: local files, named by paths, directories or globs.
+"""Where documents come from: local files, named by paths, directories or globs, read by the
+format readers of :mod:`sumi.data.readers`.
 
 Conventions:
 
 - ``.txt``, ``.md``, ``.py``: the whole file (UTF-8) is one document.
-- ``.jsonl``: one JSON object per non-blank line; its ``text_field`` (a string) is one document.
-  Prompted data (:func:`iter_prompt_records`) reads ``.jsonl`` files only: one
-  ``{"prompt": str, "response": str}`` record per non-blank line; chat data
-  (:func:`iter_chat_records`, ``sumi data prepare --sft``) one ``{"prompt", "response"}`` or
-  ``{"messages": [{"role", "content"}, ...]}`` record per non-blank line (docs/sft.md, "Data").
-- A directory stands for every supported file under it (recursively); a glob (``*``, ``?``, ``[``,
-  ``**``) for every supported file it matches.  Files are read in sorted order, so the same
-  inputs always give the same documents in the same order.
+- ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``: one JSON object per non-blank line; ``.parquet``
+  and directories written by ``datasets.Dataset.save_to_disk``: one record per row.  A record's
+  ``text_field`` (a string) is one document.  Prompted data (:func:`iter_prompt_records`) reads
+  ``{"prompt": str, "response": str}`` records; chat data (:func:`iter_chat_records`, ``sumi data
+  prepare --sft``) ``{"prompt", "response"}`` or ``{"messages": [{"role", "content"}, ...]}``
+  records (docs/sft.md, "Data"), from any of these record formats.
+- A directory stands for every supported file under it (recursively; a saved dataset inside it
+  counts as one source, a saved ``DatasetDict`` is refused: name its split); a glob (``*``,
+  ``?``, ``[``, ``**``) for every supported file or saved dataset it matches.  Sources are read
+  in sorted order, so the same inputs always give the same documents in the same order.
 - ``stdlib:train`` and ``stdlib:heldout`` stand for the files of a split of the running Python's
   standard library (:func:`stdlib_split`): the embedded default trains on ``stdlib:train`` and
   never sees ``stdlib:heldout``.
 - Empty documents (``""``) are skipped: they would pack to a bare ``BOS EOS``.
 - Missing or empty inputs are errors that name the path (``FileNotFoundError`` / ``ValueError``),
-  raised when :func:`iter_documents` is called, before any document is read.  A bad line (not a
-  JSON object, a field missing or not a string) is a ``ValueError`` naming ``file:line``.
+  raised when the sources are resolved, before any document is read.  A bad record (invalid
+  UTF-8, not a JSON object, a field missing, null or not a string) is an :class:`Item` with an
+  ``error`` naming ``file:line`` (``file: row N`` in a table); the ``iter_*`` functions raise it
+  as a ``ValueError``, :func:`sumi.data.prepare` stops on it or (``skip_bad``) counts it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -29,11 +35,13 @@ import os
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-TEXT_SUFFIXES = (".txt", ".md", ".py")
-JSONL_SUFFIXES = (".jsonl",)
-SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES
+from sumi.data.readers import (RECORD_SUFFIXES, SAVED_DATASET, SUFFIXES, TEXT_SUFFIXES, format_of, is_saved_dataset,
+                               read_records)
+
+_KINDS = f"{'/'.join(SUFFIXES)} files or saved datasets"
+
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 STDLIB_SPLITS = ("train", "heldout")
 """The splits of the standard-library corpus, named ``stdlib:train`` and ``stdlib:heldout`` as data."""
@@ -106,7 +114,8 @@ def _unknown_split(name: str) -> ValueError:
 
 
 def resolve_files(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """The files that ``paths_or_globs`` names, in order (each entry's files sorted), duplicates kept once;
+    """The sources that ``paths_or_globs`` names, in order (each entry's sorted), duplicates kept
+    once: files of :data:`~sumi.data.readers.SUFFIXES` and saved dataset directories;
     ``stdlib:train`` and ``stdlib:heldout`` name the files of :func:`stdlib_split`."""
     entries = [paths_or_globs] if isinstance(paths_or_globs, (str, os.PathLike)) else list(paths_or_globs)
     if not entries:
@@ -120,20 +129,24 @@ def resolve_files(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike
         if split is not None:
             found = stdlib_split(split)
         elif any(c in text for c in "*?["):
-            matched = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            found = [p for p in matched if p.is_file() and p.suffix in SUFFIXES]
+            found = []
+            for match in sorted(Path(m) for m in glob.glob(text, recursive=True)):
+                found += _walk(match) if match.is_dir() and not is_saved_dataset(match) else \
+                    [match] if format_of(match) else []
+            found = list(dict.fromkeys(found))
             if not found:
-                raise FileNotFoundError(f"the glob {text} matches no {'/'.join(SUFFIXES)} files")
+                raise FileNotFoundError(f"the glob {text} matches no {_KINDS}")
         else:
             path = Path(entry)
             if path.is_dir():
-                found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+                _refuse_dataset_dict(path)
+                found = [path] if is_saved_dataset(path) else _walk(path)
                 if not found:
-                    raise ValueError(f"the directory {path} holds no {'/'.join(SUFFIXES)} files")
+                    raise ValueError(f"the directory {path} holds no {_KINDS}")
             elif path.is_file():
-                if path.suffix not in SUFFIXES:
-                    raise ValueError(f"{path}: unsupported file type {path.suffix!r} "
-                                     f"(expected one of {', '.join(SUFFIXES)})")
+                if format_of(path) is None:
+                    raise ValueError(f"{path}: unsupported file type {''.join(path.suffixes[-2:])!r} "
+                                     f"(expected one of {', '.join(SUFFIXES)} or {SAVED_DATASET})")
                 found = [path]
             else:
                 raise FileNotFoundError(f"no such data file or directory: {path}")
@@ -141,14 +154,164 @@ def resolve_files(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike
     return list(dict.fromkeys(files))
 
 
+def _walk(directory: Path) -> list[Path]:
+    """The sources under ``directory``, sorted: supported files, and saved datasets as one source
+    each (never the Arrow files inside them); a saved ``DatasetDict`` is a ``ValueError``."""
+    found = []
+    for root, subdirectories, names in os.walk(directory):
+        here = Path(root)
+        _refuse_dataset_dict(here)
+        if here != directory and is_saved_dataset(here):
+            found.append(here)
+            subdirectories[:] = []
+            continue
+        subdirectories.sort()
+        found += [here / n for n in names if format_of(here / n) not in (None, "saved")]
+    return sorted(found)
+
+
+def _refuse_dataset_dict(path: Path) -> None:
+    """A ``DatasetDict.save_to_disk`` directory holds several splits: reading them all would mix a
+    test split into training, so the split must be named."""
+    from sumi.data.readers.saved import dataset_dict_splits
+
+    splits = dataset_dict_splits(path)
+    if splits is not None:
+        raise ValueError(f"{path} holds a saved DatasetDict with splits {', '.join(splits)}: name one split's "
+                         f"directory (e.g. {path / splits[0]})")
+
+
+class Item(NamedTuple):
+    """One record of the sources, ready for tokenizing or to be reported.
+
+    ``pos``: ``(i, index)``, the ``i``-th source of :func:`resolve_files` and the record's
+    :attr:`~sumi.data.readers.Record.index` in it (a prepare resumes after the last record it
+    finished); ``where``: ``"file:line"`` / ``"file: row N"`` / ``"file"``; ``value``: a document
+    (``str``), a ``(prompt, response)`` pair, or a chat record (``dict``), as the function that
+    yields it says; ``None`` when the record is bad, ``error`` saying why."""
+
+    pos: tuple[int, int]
+    where: str
+    value: Any
+    error: str | None = None
+
+
+BAD_EXAMPLES = 5
+"""How many bad records a manifest names (all are counted)."""
+
+
+@dataclasses.dataclass
+class BadRecords:
+    """The bad records a prepare skipped (``skip_bad``): ``count`` of them, the first
+    :data:`BAD_EXAMPLES` named in ``examples`` as ``{"where": "file:line", "error": why}``."""
+
+    count: int = 0
+    examples: list[dict] = dataclasses.field(default_factory=list)
+
+    def add(self, where: str, error: str) -> None:
+        self.count += 1
+        if len(self.examples) < BAD_EXAMPLES:
+            self.examples.append({"where": where, "error": error})
+
+
+def document_items(files: list[Path], text_field: str = "text", start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
+    """The documents of ``files`` (resolved sources) from position ``start`` on: a text file's
+    text, a record's ``text_field``; empty documents are left out, bad records kept (``error``)."""
+    _check_field("text_field", text_field)
+    return _documents(files, text_field, start)
+
+
+def _documents(files: list[Path], text_field: str, start: tuple[int, int]) -> Iterator[Item]:
+    for i, path, record in _records(files, start, (text_field,)):
+        if record.error is not None or format_of(path) in TEXT_SUFFIXES:
+            value, error = record.value, record.error
+        else:
+            value, error = _field(record.value, text_field, "text_field / --text-field")
+        if error is not None or value:
+            yield Item((i, record.index), record.where, value, error)
+
+
+def prompt_items(files: list[Path], prompt_field: str = "prompt", response_field: str = "response",
+                 start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
+    """The ``(prompt, response)`` pairs of the records of ``files`` (record formats only) from
+    position ``start`` on; bad records kept (``error``)."""
+    for name, value in (("prompt_field", prompt_field), ("response_field", response_field)):
+        _check_field(name, value)
+    if prompt_field == response_field:
+        raise ValueError(f"prompt_field and response_field must differ, both are {prompt_field!r}")
+    _check_record_files(files, "prompted data", f"{{{prompt_field!r}: str, {response_field!r}: str}}")
+    return _prompts(files, prompt_field, response_field, start)
+
+
+def _prompts(files: list[Path], prompt_field: str, response_field: str, start: tuple[int, int]) -> Iterator[Item]:
+    for i, _, record in _records(files, start, (prompt_field, response_field)):
+        value, error = record.value, record.error
+        if error is None:
+            prompt, error = _field(value, prompt_field, "prompt_field / --prompt-field")
+            if error is None:
+                response, error = _field(value, response_field, "response_field / --response-field")
+            value = (prompt, response) if error is None else None
+        yield Item((i, record.index), record.where, value, error)
+
+
+def chat_items(files: list[Path], start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
+    """The chat records (``dict``, fields unchecked: :func:`sumi.sft.messages_of` reads them) of
+    ``files`` (record formats only) from position ``start`` on; bad records kept (``error``)."""
+    _check_record_files(files, "chat data", "{'prompt', 'response'} or {'messages': [...]}")
+    return (Item((i, record.index), record.where, record.value, record.error)
+            for i, _, record in _records(files, start, None))
+
+
+def _records(files: list[Path], start: tuple[int, int], columns):
+    first, index = start
+    for i in range(first, len(files)):
+        for record in read_records(files[i], index if i == first else 0, columns):
+            yield i, files[i], record
+
+
+def _check_field(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _check_record_files(files: list[Path], what: str, records: str) -> None:
+    """A ``ValueError`` naming the first of ``files`` that holds no records (a text file)."""
+    other = [f for f in files if format_of(f) in TEXT_SUFFIXES]
+    if other:
+        raise ValueError(f"{other[0]}: {what} is read from {'/'.join(RECORD_SUFFIXES)} files or saved datasets of "
+                         f"{records} records, not {other[0].suffix!r} files")
+
+
+def _field(record: dict, field: str, setting: str) -> tuple[str | None, str | None]:
+    """``(record[field], None)`` when it is a string, else ``(None, why)`` (naming ``setting``, the
+    option that names the field, when it is missing)."""
+    if field not in record:
+        return None, f"no {field!r} field (set {setting})"
+    value = record[field]
+    if not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__
+        return None, f"field {field!r} is {kind}, not a string"
+    return value, None
+
+
+def _raise_bad(items: Iterator[Item]) -> Iterator[Item]:
+    """``items``, raising the first bad one as a ``ValueError`` naming where it is."""
+    for item in items:
+        if item.error is not None:
+            raise ValueError(f"{item.where}: {item.error}")
+        yield item
+
+
 def iter_documents(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike],
                    text_field: str = "text") -> Iterator[str]:
-    """Yield the documents of ``paths_or_globs`` in order (see the module docstring).
+    """Yield the documents of ``paths_or_globs`` in order (see the module docstring); a bad record
+    is a ``ValueError`` naming where it is.
 
     The inputs are resolved and checked now; the files are read lazily as the iterator advances.
     """
-    files = resolve_files(paths_or_globs)
-    return _documents(files, text_field)
+    _check_field("text_field", text_field)  # before resolving: the cheaper mistake first
+    items = document_items(resolve_files(paths_or_globs), text_field)
+    return (item.value for item in _raise_bad(items))
 
 
 def jsonl_records(text: str, where: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -176,19 +339,14 @@ class PromptRecord(NamedTuple):
 
 def iter_prompt_records(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike],
                         prompt_field: str = "prompt", response_field: str = "response") -> Iterator[PromptRecord]:
-    """Yield the :class:`PromptRecord` of every non-blank line of the ``.jsonl`` files of
-    ``paths_or_globs``, in order (files sorted as in :func:`resolve_files`).
+    """Yield the :class:`PromptRecord` of every record of the record files (JSONL, parquet, saved
+    datasets) of ``paths_or_globs``, in order (sources sorted as in :func:`resolve_files`).
 
-    Every line must be a JSON object whose ``prompt_field`` and ``response_field`` are strings
-    (either may be empty).  The inputs are resolved and checked now (a file that is not
-    ``.jsonl`` is a ``ValueError`` naming it); the files are read lazily."""
-    for name, value in (("prompt_field", prompt_field), ("response_field", response_field)):
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    if prompt_field == response_field:
-        raise ValueError(f"prompt_field and response_field must differ, both are {prompt_field!r}")
-    files = _jsonl_files(paths_or_globs, "prompted data", f"{{{prompt_field!r}: str, {response_field!r}: str}}")
-    return _prompt_records(files, prompt_field, response_field)
+    Every record must be an object whose ``prompt_field`` and ``response_field`` are strings
+    (either may be empty; a ``ValueError`` naming where it is otherwise).  The inputs are resolved
+    and checked now (a text file is a ``ValueError`` naming it); the files are read lazily."""
+    items = prompt_items(resolve_files(paths_or_globs), prompt_field, response_field)
+    return (PromptRecord(item.where, *item.value) for item in _raise_bad(items))
 
 
 class ChatRecord(NamedTuple):
@@ -200,66 +358,10 @@ class ChatRecord(NamedTuple):
 
 
 def iter_chat_records(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[ChatRecord]:
-    """Yield the :class:`ChatRecord` of every non-blank line of the ``.jsonl`` files of
-    ``paths_or_globs``, in order (files sorted as in :func:`resolve_files`).  Every line must be a
-    JSON object (a ``ValueError`` naming ``file:line`` otherwise); its fields are checked by the
-    reader (:func:`sumi.sft.messages_of`).  The inputs are resolved and checked now (a file that is
-    not ``.jsonl`` is a ``ValueError`` naming it); the files are read lazily."""
-    files = _jsonl_files(paths_or_globs, "chat data", "{'prompt', 'response'} or {'messages': [...]}")
-    return _chat_records(files)
-
-
-def _jsonl_files(paths_or_globs, what: str, records: str) -> list[Path]:
-    """The files of ``paths_or_globs`` (:func:`resolve_files`), all ``.jsonl``: a ``ValueError``
-    naming the first that is not, saying that ``what`` is read from JSONL files of ``records``."""
-    files = resolve_files(paths_or_globs)
-    other = [f for f in files if f.suffix not in JSONL_SUFFIXES]
-    if other:
-        raise ValueError(f"{other[0]}: {what} is read from {'/'.join(JSONL_SUFFIXES)} files of {records} records, "
-                         f"not {other[0].suffix!r} files")
-    return files
-
-
-def _chat_records(files: list[Path]) -> Iterator[ChatRecord]:
-    for path in files:
-        for lineno, record in jsonl_records(_read_text(path), path):
-            yield ChatRecord(f"{path}:{lineno}", record)
-
-
-def _prompt_records(files: list[Path], prompt_field: str, response_field: str) -> Iterator[PromptRecord]:
-    for path in files:
-        for lineno, record in jsonl_records(_read_text(path), path):
-            prompt = _string_field(record, prompt_field, path, lineno, "prompt_field / --prompt-field")
-            response = _string_field(record, response_field, path, lineno, "response_field / --response-field")
-            yield PromptRecord(f"{path}:{lineno}", prompt, response)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text: {e}") from None
-
-
-def _string_field(record: dict, field: str, path: Path, lineno: int, setting: str) -> str:
-    """``record[field]``, a string; else a ``ValueError`` naming ``path:lineno`` (and ``setting``,
-    the option that names the field, when it is missing)."""
-    if field not in record:
-        raise ValueError(f"{path}:{lineno}: no {field!r} field (set {setting})")
-    value = record[field]
-    if not isinstance(value, str):
-        raise ValueError(f"{path}:{lineno}: field {field!r} is {type(value).__name__}, not a string")
-    return value
-
-
-def _documents(files: list[Path], text_field: str) -> Iterator[str]:
-    for path in files:
-        text = _read_text(path)
-        if path.suffix in TEXT_SUFFIXES:
-            if text:
-                yield text
-            continue
-        for lineno, record in jsonl_records(text, path):
-            doc = _string_field(record, text_field, path, lineno, "text_field / --text-field")
-            if doc:
-                yield doc
+    """Yield the :class:`ChatRecord` of every record of the record files of ``paths_or_globs``, in
+    order (sources sorted as in :func:`resolve_files`).  A record that is not an object is a
+    ``ValueError`` naming where it is; its fields are checked by the reader
+    (:func:`sumi.sft.messages_of`).  The inputs are resolved and checked now (a text file is a
+    ``ValueError`` naming it); the files are read lazily."""
+    items = chat_items(resolve_files(paths_or_globs))
+    return (ChatRecord(item.where, item.value) for item in _raise_bad(items))

@@ -5,6 +5,8 @@ of the embedded standard-library corpus.
 (repeated) names the sources of a :class:`~sumi.data.Mixture` whose weights come from the
 config's ``mixture`` (the ``mid`` and ``long`` phases of the released recipe mix code, math,
 general and reasoning data; ``--set mixture='{"code": 0.5, ...}'`` sets any other).
+``--data mix.toml`` (or ``.json``), alone, names the sources and their weights in one file
+(:mod:`sumi.data.mixture_file`; read by :func:`mixture_file_arg`).
 ``--data stdlib:train`` (the embedded default's data) or ``--data stdlib:heldout`` (the files it
 never trains on) names a split of the standard library (:func:`sumi.data.sources.stdlib_split`),
 prepared and cached with the embedded tokenizer (:func:`stdlib_split_arg`).
@@ -13,10 +15,11 @@ prepared and cached with the embedded tokenizer (:func:`stdlib_split_arg`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sumi.data.dataset import Mixture, PackedDataset
+from sumi.data.mixture_file import MixtureSpec, is_mixture_file, load_mixture_file
 from sumi.data.sources import STDLIB_PREFIX, stdlib_split_name
 
 DataSpec = str | os.PathLike | Mapping[str, str | os.PathLike]
@@ -33,13 +36,34 @@ def stdlib_split_arg(items: list[str]) -> str | None:
     return names[0]
 
 
+def mixture_file_arg(items: list[str], assignments: Sequence[str] = ()) -> MixtureSpec | None:
+    """The mixture file that ``--data FILE`` names (``.toml`` or ``.json``,
+    :func:`~sumi.data.mixture_file.load_mixture_file`), or ``None`` when ``items`` name none.
+
+    A mixture file must be the only ``--data``, and it sets the run's ``mixture``: ``assignments``
+    (the ``--set KEY=VALUE`` strings) must not set it too (``ValueError`` for either)."""
+    files = [item for item in items if is_mixture_file(item)]
+    if not files:
+        return None
+    if len(items) > 1:
+        raise ValueError(f"--data {files[0]} is a mixture file naming every source: give it alone, got {items}")
+    if any(item.partition("=")[0] == "mixture" for item in assignments):
+        raise ValueError(f"--data {files[0]} sets the mixture weights and so does --set mixture=...: use one of "
+                         "the two (edit the file's weights, or pass --data NAME=DIR for each source)")
+    return load_mixture_file(files[0])
+
+
 def parse_data_args(items: list[str]) -> Path | dict[str, Path]:
     """``["DIR"]`` -> ``Path(DIR)``; ``["a=DIR1", "b=DIR2"]`` -> ``{"a": Path(DIR1), "b": Path(DIR2)}``
-    (a ``stdlib:`` split is not a directory: see :func:`stdlib_split_arg`)."""
+    (a ``stdlib:`` split is not a directory: see :func:`stdlib_split_arg`; nor is a mixture file:
+    see :func:`mixture_file_arg`)."""
     if not items:
         raise ValueError("no --data given")
     if stdlib_split_arg(items) is not None:
         raise ValueError(f"--data {items[0]} names a standard-library split, not a prepared directory")
+    if any(is_mixture_file(item) for item in items):
+        raise ValueError(f"--data {items} names a mixture file, not prepared directories: read it with "
+                         "mixture_file_arg")
     named = ["=" in item for item in items]
     if not any(named):
         if len(items) > 1:

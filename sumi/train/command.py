@@ -13,6 +13,7 @@ diverged (non-finite loss), 130 on Ctrl-C (one line saying where it stopped and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -29,10 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, choices=sorted(TRAIN_PRESETS),
                         help="tiny (CPU, embedded corpus), sumi_150m, sumi_1b, sumi_7b")
     parser.add_argument("--out", required=True, help="output directory (metrics, checkpoints, model, samples)")
-    parser.add_argument("--data", action="append", default=[], metavar="DIR | NAME=DIR | stdlib:SPLIT",
+    parser.add_argument("--data", action="append", default=[], metavar="DIR | NAME=DIR | MIX.toml | stdlib:SPLIT",
                         help="packed data from `sumi data prepare`; NAME=DIR (repeatable) names the sources "
                              "of a mixture weighted by the config's `mixture` (sumi_7b --phase mid/long: "
-                             "code, math, general, reasoning); stdlib:train or stdlib:heldout (tiny only): a "
+                             "code, math, general, reasoning); a .toml or .json mixture file (alone) names each "
+                             "source's directory and weight (docs/training.md, \"Data\"; its weights become the "
+                             "run's `mixture`); stdlib:train or stdlib:heldout (tiny only): a "
                              "split of the Python standard library, prepared and cached with the embedded "
                              "tokenizer.  Default for tiny: stdlib:train")
     add_run_arguments(parser, objective_help="the family: uniform (Sumi, the default), masked (MDLM ELBO), masked-ce "
@@ -100,7 +103,7 @@ def train_command(name: str, args: argparse.Namespace, build: Callable[[], tuple
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from sumi.data.spec import parse_data_args, stdlib_split_arg
+    from sumi.data.spec import mixture_file_arg, parse_data_args, stdlib_split_arg
     from sumi.train import embedded
 
     apply_threads(args)
@@ -119,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
                              f"--preset tiny only, not {args.preset}")
         writable_dir(args.out)  # before any data is prepared or a model built
         if split is None:
-            data_dir = parse_data_args(args.data)
+            mix = mixture_file_arg(args.data, args.assignments)  # --data FILE.toml: directories and weights
+            data_dir = parse_data_args(args.data) if mix is None else mix.paths
             config = train_sumi_7b(args.phase or "pretrain") if args.preset == "sumi_7b" else TRAIN_PRESETS[args.preset]()
+            if mix is not None:  # the file's weights, before --set (recorded in the run's config.json)
+                config = dataclasses.replace(config, mixture=dict(mix.weights))
         else:  # the embedded corpus, prepared (and cached) at the sequence length asked for
             seq_len = TRAIN_PRESETS["tiny"]().override(overrides).seq_len  # also checks --set before the work
             data_dir, tokenizer = embedded.prepare_embedded(seq_len, split=split, progress=args.progress)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from sumi.data import Manifest, PackedDataset
-from sumi.data.packing import MANIFEST, shard_name
+from sumi.data.manifest import MANIFEST, shard_name
 
 
 def hand_dataset(path: Path, shards: list[np.ndarray], vocab_size: int = 100, sha: str = "x") -> Path:

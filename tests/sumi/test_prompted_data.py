@@ -242,7 +242,7 @@ def test_overwrite_of_a_prompted_directory(tmp_path, tok):
     ('{"response": "r"}', "no 'prompt' field \\(set prompt_field / --prompt-field\\)"),
     ('{"prompt": "p"}', "no 'response' field \\(set response_field / --response-field\\)"),
     ('{"prompt": 3, "response": "r"}', "field 'prompt' is int, not a string"),
-    ('{"prompt": "p", "response": null}', "field 'response' is NoneType, not a string"),
+    ('{"prompt": "p", "response": null}', "field 'response' is null, not a string"),
 ])
 def test_a_bad_record_names_file_and_line(tmp_path, tok, capsys, line, match):
     good = {"prompt": "p", "response": "r"}
@@ -302,7 +302,7 @@ def test_cli_reports_skipped_records(tmp_path, tok, capsys):
 @pytest.mark.parametrize("extra,match", [
     (["--stdlib"], "--stdlib is plain text"),
     (["--text-field", "t"], "--text-field names the text of plain data"),
-    (["--source", "{txt}"], r"doc.txt: prompted data is read from .jsonl files"),
+    (["--source", "{txt}"], r"doc.txt: prompted data is read from .jsonl/.jsonl.gz/.jsonl.zst/.parquet files or saved datasets"),
 ])
 def test_cli_refuses_what_prompted_data_cannot_use(tmp_path, capsys, extra, match):
     src = _write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "p", "response": "r"}])

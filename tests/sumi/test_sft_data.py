@@ -204,7 +204,7 @@ def test_prepare_refuses_what_sft_cannot_use(tmp_path, tok, kwargs, match):
     with pytest.raises(ValueError, match=match):
         prepare(src, tok, tmp_path / "out", SEQ, **kwargs)
     (tmp_path / "doc.txt").write_text("text")
-    with pytest.raises(ValueError, match=r"doc.txt: chat data is read from .jsonl files"):
+    with pytest.raises(ValueError, match=r"doc.txt: chat data is read from .jsonl/.jsonl.gz/.jsonl.zst/.parquet files or saved datasets"):
         prepare(tmp_path / "doc.txt", tok, tmp_path / "out", SEQ, sft=True)
     assert not (tmp_path / "out").exists()
 
