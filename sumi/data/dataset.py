@@ -214,6 +214,9 @@ class Mixture:
         total = float(sum(weights))
         if total <= 0:
             raise ValueError("at least one Mixture weight must be > 0")
+        if not math.isfinite(total):  # each finite, their sum too large for a float: the shares would all be 0
+            raise ValueError(f"the Mixture weights {weights} sum to more than a float holds: scale them down (only "
+                             "their ratios count)")
         self.weights = [w / total for w in weights]
         if rows is None:
             rows = math.floor(min(len(ds) / p for ds, p in zip(self.datasets, self.weights) if p > 0) * (1 + 1e-12))

@@ -59,10 +59,11 @@ def encode_chunk(context: EncodeContext, task: tuple[str, list]) -> np.ndarray |
     kind, values = task
     tokenizer = context.tokenizer
     if kind == DOCUMENTS:
-        encoded = tokenizer.encode_batch(values, add_bos=True)
-        total = sum(map(len, encoded)) + len(encoded)
-        eos = (tokenizer.eos_id,)
-        stream = np.fromiter(itertools.chain.from_iterable(itertools.chain(ids, eos) for ids in encoded),
+        # SumiTokenizer.encode_batch(values, add_bos=True)'s ids, without copying each into a BOS-led list
+        encoded = [e.ids for e in tokenizer.backend.encode_batch(values, add_special_tokens=False)]
+        total = sum(map(len, encoded)) + 2 * len(encoded)
+        bos, eos = (tokenizer.bos_id,), (tokenizer.eos_id,)
+        stream = np.fromiter(itertools.chain.from_iterable(itertools.chain(bos, ids, eos) for ids in encoded),
                              dtype=np.int64, count=total)
         return checked_ids(stream, tokenizer.vocab_size)
     bad: list[tuple[int, str]] = []

@@ -105,11 +105,12 @@ def open_data(data: DataSpec, mixture: Mapping[str, float] | None, seed: int, *,
 
 def describe(dataset: PackedDataset | Mixture) -> dict:
     """What a checkpoint records about its data, to refuse resuming on other data: its rows, its
-    sources (with their rows and weights) and, for prompted data (any source prompted),
+    sources (with their rows and weights, and for a mixture their ``order``) and, for prompted data (any source prompted),
     ``"prompted": True`` (plain data is described as before prompted data existed)."""
     if isinstance(dataset, Mixture):
         out = {"rows": len(dataset), "sources": {n: {"rows": len(d), "weight": w}
-                                                  for n, d, w in zip(dataset.names, dataset.datasets, dataset.weights)}}
+                                                  for n, d, w in zip(dataset.names, dataset.datasets, dataset.weights)},
+               "order": list(dataset.names)}  # the rows' interleaving depends on it (a dict compares in any order)
     else:
         out = {"rows": len(dataset), "sources": None}
     if getattr(dataset, "prompted", False):

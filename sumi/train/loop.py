@@ -322,9 +322,15 @@ def _train(config: TrainConfig, data: DataSpec, out_dir: Path, info, *, resume: 
     if resume:
         path, extra = ckpt.load_latest(ckpt_dir, model, optimizer)
         _check_resume(extra, path, config, allow_config_change)  # the one loaded may be an older one
-        if extra.get("data") != describe(dataset):
-            raise ValueError(f"--resume: the checkpoint was trained on {extra.get('data')}, this run reads "
-                             f"{describe(dataset)}: resuming would not replay the same tokens")
+        saved, now = dict(extra.get("data") or {}), describe(dataset)
+        saved_order, order = saved.pop("order", None), now.pop("order", None)  # older checkpoints have none
+        if saved != now:
+            raise ValueError(f"--resume: the checkpoint was trained on {saved}, this run reads "
+                             f"{now}: resuming would not replay the same tokens")
+        if saved_order is not None and saved_order != order:
+            raise ValueError(f"--resume: the checkpoint's mixture names its sources in the order {saved_order}, this "
+                             f"run in another order, {order}: the rows would interleave otherwise; name them in the "
+                             "checkpoint's order")
         start = int(extra["step"])
         loader.load_state_dict(extra["loader"])
 

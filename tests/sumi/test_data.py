@@ -402,7 +402,8 @@ def test_mixture_bad_inputs(tmp_path):
     for sources, match in [({}, "at least one source"), ({"a": (a, -1)}, "weight of source 'a'"),
                            ({"a": (a, 0)}, "at least one Mixture weight"), ({"a": (a, 1), "b": (b, 1)}, "seq_len"),
                            ({"a": (a, 1), "c": (c, 1)}, "another tokenizer"),
-                           ({"a": (a, float("nan"))}, "finite")]:
+                           ({"a": (a, float("nan"))}, "finite"),
+                           ({"a": (a, 1.7e308), "a2": (a, 1.7e308)}, "sum to more than a float holds")]:
         with pytest.raises(ValueError, match=match):
             Mixture(sources, seed=0)
     with pytest.raises(ValueError, match="rows"):
@@ -430,7 +431,7 @@ def test_open_data(tmp_path):
     mix = open_data({"a": a, "b": b}, {"a": 0.75, "b": 0.25}, seed=3)
     assert isinstance(mix, Mixture) and mix.names == ["a", "b"] and mix.counts == [30, 10]
     assert describe(mix) == {"rows": 40, "sources": {"a": {"rows": 30, "weight": 0.75},
-                                                     "b": {"rows": 10, "weight": 0.25}}}
+                                                     "b": {"rows": 10, "weight": 0.25}}, "order": ["a", "b"]}
     assert describe(open_data(a, None, 0)) == {"rows": 30, "sources": None}
     for data, weights, match in [(a, {"a": 1}, "pass --data NAME=DIR"), ({"a": a}, None, "no mixture weights"),
                                  ({"a": a}, {"a": 1, "b": 1}, r"missing \['b'\]"),

@@ -217,6 +217,11 @@ def test_cli_trains_on_a_mixture_file_and_resumes_with_it(tmp_path, capsys):
     shutil.rmtree(out / "checkpoints" / "step-00000003")
     refusal = _usage_error([*argv, "--resume"], capsys)
     assert "resuming would not replay" in refusal and "'more': 2.0" in refusal, refusal
+    # the same sources and weights in another order interleave the rows otherwise: also refused
+    mix.write_text('[sources.more]\npath = "data/more/packed"\nweight = 1\n\n'
+                   '[sources.prose]\npath = "data/prose/packed"\nweight = 3\n')
+    refusal = _usage_error([*argv, "--resume"], capsys)
+    assert "in another order" in refusal, refusal
     for extra, match in [(["--set", 'mixture={"prose": 1, "more": 1}'], "use one of the two"),
                          (["--data", f"x={tmp_path}"], "give it alone")]:
         assert match in _usage_error([*argv, *extra], capsys)
