@@ -26,24 +26,18 @@ def dry_run(out: Path, **env) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, summary
 
 
-def test_dry_run_passes_every_stage_and_logs_it(tmp_path):
-    proc, summary = dry_run(tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert summary["passed"] is True and summary["dry_run"] is True
-    assert [s["status"] for s in summary["stages"]] == ["passed"] * 6
+def test_dry_run_runs_every_stage_logs_it_and_a_failing_stage_hides_none_after_it(tmp_path):
+    # one dry run (each costs ~30 s): stage 5 (generate, also smoke-tested in tests/test_benchmarks.py) fails
+    # on purpose; the four before it and the one after it must pass as they would on a GPU
+    proc, summary = dry_run(tmp_path, GPU_KIT_FAIL_STAGE="5")
+    assert proc.returncode != 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert summary["passed"] is False and summary["dry_run"] is True
+    status = {s["name"]: s["status"] for s in summary["stages"]}
+    assert status["generate"] == "failed(rc=1)", status
+    assert "forced failure" in (tmp_path / "5-generate.log").read_text()
+    assert all(status[name] == "passed" for name in STAGES if name != "generate"), status
     # the helper's stages end with their own JSON result line
     for n, name in [(2, "attention"), (3, "loss"), (6, "sampler")]:
         result = json.loads((tmp_path / f"{n}-{name}.log").read_text().strip().splitlines()[-1])
         assert result["check"] == name and result["passed"] is True
     assert "tests collected" in (tmp_path / "1-pytest-gpu.log").read_text()
-
-
-def test_a_failing_stage_is_reported_and_later_stages_still_run(tmp_path):
-    # the first stage fails: the five after it must still run (and it saves the collection's time)
-    proc, summary = dry_run(tmp_path, GPU_KIT_FAIL_STAGE="1")
-    assert proc.returncode != 0
-    assert summary["passed"] is False
-    status = {s["name"]: s["status"] for s in summary["stages"]}
-    assert status["pytest-gpu"] == "failed(rc=1)"
-    assert "forced failure" in (tmp_path / "1-pytest-gpu.log").read_text()
-    assert all(status[name] == "passed" for name in STAGES[1:]), status

@@ -495,11 +495,10 @@ def test_a_bad_pretrained_is_one_line_and_exit_2(tiny_run, tmp_path, entry):
     task runs, with one line on stderr instead of a traceback from inside lm-eval."""
     tasks = _local_tasks(tmp_path)
     # every message is unit-tested in-process (test_lm_arguments_are_checked, ...); here, through the lm-eval
-    # command line, one error found before loading and one after (lm-eval starts slowly)
-    cases = [(f"pretrained={tmp_path / 'missing'}", "no model directory"),
-             (f"pretrained={tiny_run / 'model'},canvas_length=1024", "exceeds the model's")]
-    if entry != ["sumi.evaluate"]:
-        cases = cases[:1]  # the second entry point reaches the same check: one case shows it (lm-eval starts slowly)
+    # command line, one error found after loading (python -m sumi.evaluate) and one before (sumi eval harness):
+    # both entry points reach the same checks, and lm-eval starts slowly (about 8 s a run)
+    cases = [(f"pretrained={tiny_run / 'model'},canvas_length=1024", "exceeds the model's")] \
+        if entry == ["sumi.evaluate"] else [(f"pretrained={tmp_path / 'missing'}", "no model directory")]
     for model_args, message in cases:
         args = [sys.executable, "-m", *entry, "--model", "sumi", "--model_args", model_args, "--device", "cpu",
                 "--tasks", "sumi_local_mc", "--include_path", str(tasks)]
