@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 _END = object()
@@ -38,7 +39,8 @@ def ordered_map(fn: Callable[[Any, Any], Any], context: Any, tasks: Iterable, wo
 
     ``fn`` must be a module-level function and ``context`` picklable (each worker receives it
     once).  With ``workers == 1``, or when there is only one task, everything runs in this process
-    (no start-up cost).  An exception raised by ``fn`` is raised here, at its task's turn."""
+    (no start-up cost).  An exception raised by ``fn`` is raised here, at its task's turn; a worker
+    that dies (killed, crashed) is a ``RuntimeError`` saying what may have happened."""
     tasks = iter(tasks)
     head = [t for t in (next(tasks, _END), next(tasks, _END)) if t is not _END]
     if workers == 1 or len(head) < 2:
@@ -52,12 +54,22 @@ def ordered_map(fn: Callable[[Any, Any], Any], context: Any, tasks: Iterable, wo
         for task in itertools.chain(head, tasks):
             pending.append(pool.submit(_run, fn, task))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield _result(pending.popleft())
     finally:
         # on an error or an early stop, drop the queued tasks; the running ones end on their own
         pool.shutdown(wait=not pending, cancel_futures=True)
+
+
+def _result(future: Future) -> Any:
+    try:
+        return future.result()
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            "a worker process died: killed (out of memory?) or crashed, or the calling script starts them while "
+            "it is being imported (a script that calls this must do so under `if __name__ == '__main__':`, since "
+            "workers are spawned and import the script); workers=1 (--workers 1) tokenizes in this process") from e
 
 
 def _start_worker(context: Any, parent: int) -> None:

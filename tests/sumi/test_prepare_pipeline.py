@@ -27,6 +27,7 @@ from sumi.data.resume import PROGRESS, partial_dir
 from sumi.data.shards import ShardWriter
 from sumi.data.workers import ordered_map
 from sumi.tokenizer import SumiTokenizer, tiny_corpus
+from tests.sumi.worker_helpers import exit_worker
 
 packing = importlib.import_module("sumi.data.packing")
 SEQ = 16
@@ -364,6 +365,10 @@ def test_ordered_map_keeps_order_bounds_the_tasks_in_flight_and_raises_at_the_fa
         for y in ordered_map(operator.floordiv, 60, [1, 2, 3, 4, 5, 0, 6, 7, 8, 9, 10], workers=2):
             results.append(y)
     assert results == [60, 30, 20, 15, 12]  # every result before the failing task, in order
+    # a worker that dies (here: os._exit in a module the workers import cheaply) is one error saying what may
+    # have happened
+    with pytest.raises(RuntimeError, match=r"a worker process died.*__main__.*workers=1"):
+        list(ordered_map(exit_worker, 3, [1, 1, 1], workers=2))
 
 
 def test_a_pickled_tokenizer_still_encodes_special_strings_as_text(tok):
