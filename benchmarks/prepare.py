@@ -16,8 +16,8 @@ the same time: a prefix of the big file, line for line.
 Per input, in this order:
 
 - ``raw``: a fresh interpreter with ``RAYON_NUM_THREADS=N`` reads the file's lines in batches cut
-  as prepare cuts its chunks (``sumi.data.packing._ENCODE_CHARS`` characters or
-  ``_CHUNK_ITEMS`` documents) and times only ``tokenizer.backend.encode_batch(texts,
+  as prepare cuts its chunks (``sumi.data.chunking.ENCODE_CHARS`` characters or
+  ``CHUNK_ITEMS`` documents) and times only ``tokenizer.backend.encode_batch(texts,
   add_special_tokens=False)`` (the Rust batch encoding; reading and JSON parsing are not timed),
   counting the tokens.  This is the ceiling: the tokenizer's own parallel encoding on the same
   text with the same number of threads.
@@ -118,7 +118,7 @@ def generate(big: Path, small: Path, size: int, small_size: int, seed: int) -> d
 
 def raw(args: argparse.Namespace) -> dict:
     """The tokenizer's batch encoding of ``args.source`` in prepare's chunks (``--worker raw``)."""
-    from sumi.data.packing import _CHUNK_ITEMS, _ENCODE_CHARS
+    from sumi.data.chunking import CHUNK_ITEMS, ENCODE_CHARS
     from sumi.tokenizer import SumiTokenizer
 
     backend = SumiTokenizer.from_file(args.tokenizer).backend
@@ -143,14 +143,14 @@ def raw(args: argparse.Namespace) -> dict:
                 continue  # prepare leaves empty documents out (the generator writes none)
             texts.append(text)
             chars += len(text)
-            if chars >= _ENCODE_CHARS or len(texts) >= _CHUNK_ITEMS:
+            if chars >= ENCODE_CHARS or len(texts) >= CHUNK_ITEMS:
                 encode(texts)
                 texts, chars = [], 0
     if texts:
         encode(texts)
     return {"tokens": tokens, "documents": documents, "batches": batches, "seconds": seconds,
             "cpu_seconds": cpu_seconds, "tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu_seconds,
-            "rayon_threads": os.environ.get("RAYON_NUM_THREADS"), "encode_chars": _ENCODE_CHARS}
+            "rayon_threads": os.environ.get("RAYON_NUM_THREADS"), "encode_chars": ENCODE_CHARS}
 
 
 def _children(pid: int) -> list[int]:

@@ -61,26 +61,23 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from sumi._checks import check_int
 from sumi._fs import exclusive_lock, remove_leftovers, replace_dir
-from sumi.data.encoding import CHAT, DOCUMENTS, PROMPTED, EncodeContext, Rows, encode_chunk
+from sumi.data.chunking import Chunk, Tally, chunked
+from sumi.data.encoding import CHAT, DOCUMENTS, PROMPTED, EncodeContext, encode_chunk
 from sumi.data.manifest import MANIFEST, Manifest, tokenizer_fingerprint
-from sumi.data.prompted import Skipped
+from sumi.data.packers import RowPacker, StreamPacker
 from sumi.data.readers import check_libraries, data_files
 from sumi.data.resume import (PROGRESS, Progress, check_resumable, input_stats, load_progress, partial_dir, restore,
                               save_progress)
 from sumi.data.shards import ShardWriter
-from sumi.data.sources import BadRecords, Item, chat_items, document_items, prompt_items, resolve_files
+from sumi.data.sources import Item, chat_items, document_items, prompt_items, resolve_files
 from sumi.data.workers import default_workers, ordered_map
 
 DEFAULT_SHARD_SEQUENCES = 8192  # 8192 x 1184 x 4 bytes = 39 MB per shard
-_ENCODE_CHARS = 1 << 18  # text per chunk: bounds a worker's per-token Encoding objects and the chunks in flight
-_CHUNK_ITEMS = 1 << 13  # records per chunk: bounds the per-record objects of many short documents
-_CHUNK_ROW_TOKENS = 1 << 22  # row tokens per chunk of prompted records: bounds its int64 rows (32 MB)
 
 
 def prepare(sources: str | os.PathLike | Iterable[str | os.PathLike], tokenizer, out_dir: str | os.PathLike,
@@ -260,15 +257,15 @@ class _Run:
         writer = ShardWriter(self.partial, kind != DOCUMENTS, saved.writer if saved else None)
         if kind == DOCUMENTS:
             tokens = self.carry[0] if self.carry else np.zeros(0, np.uint32)
-            packer = _StreamPacker(writer, seq_len, shard_sequences, tokens)
+            packer = StreamPacker(writer, seq_len, shard_sequences, tokens)
         else:
             rows, prompts = self.carry or (np.zeros((0, seq_len), np.uint32), np.zeros(0, np.uint32))
-            packer = _RowPacker(writer, shard_sequences, rows, prompts)
-        tally = _Tally(saved)
-        chunks: deque[_Chunk] = deque()
+            packer = RowPacker(writer, shard_sequences, rows, prompts)
+        tally = Tally(saved)
+        chunks: deque[Chunk] = deque()
 
         def tasks() -> Iterator[tuple[str, list]]:
-            for chunk, values in _chunked(items(start=tuple(saved.position) if saved else (0, 0)), kind, seq_len):
+            for chunk, values in chunked(items(start=tuple(saved.position) if saved else (0, 0)), kind, seq_len):
                 chunks.append(chunk)
                 yield kind, values
 
@@ -299,169 +296,12 @@ class _Run:
                 entry.unlink()
         return manifest
 
-    def _save(self, writer: ShardWriter, position: tuple[int, int], tally: _Tally, packer) -> None:
+    def _save(self, writer: ShardWriter, position: tuple[int, int], tally: Tally, packer) -> None:
         rows_or_tokens, prompts = packer.carry()
         save_progress(self.partial, Progress(self.settings, self.inputs, writer.state(), list(position),
                                              tally.documents, dataclasses.asdict(tally.bad),
                                              dataclasses.asdict(tally.skipped), carry=""),
                       rows_or_tokens, prompts)
-
-
-class _Chunk(NamedTuple):
-    """What the packer needs to know about a chunk of items besides its tokens: the position after
-    it (``next``), the items it read (``count``), and for the items sent to tokenizing (by their
-    place ``k``) where they are and their order among all the chunk's items (``seqs``); ``bad``:
-    ``(seq, where, error)`` of the bad items found while reading."""
-
-    next: tuple[int, int]
-    count: int
-    wheres: list[str]
-    seqs: list[int]
-    bad: list[tuple[int, str, str]]
-
-
-def _chunked(items: Iterator[Item], kind: str, seq_len: int) -> Iterator[tuple[_Chunk, list]]:
-    """Consecutive items as ``(chunk, values)``: about :data:`_ENCODE_CHARS` characters of text
-    (chat records: :data:`_CHUNK_ITEMS` records), at most :data:`_CHUNK_ITEMS` items, the bad
-    ones reported in the chunk and not sent."""
-    max_items = _CHUNK_ITEMS if kind == DOCUMENTS else max(1, min(_CHUNK_ITEMS, _CHUNK_ROW_TOKENS // seq_len))
-    values: list = []
-    wheres: list[str] = []
-    seqs: list[int] = []
-    bad: list[tuple[int, str, str]] = []
-    chars = count = 0
-    for item in items:
-        if item.error is not None:
-            bad.append((count, item.where, item.error))
-        else:
-            values.append(item.value)
-            wheres.append(item.where)
-            seqs.append(count)
-            chars += _chars(item.value, kind)
-        count += 1
-        if chars >= _ENCODE_CHARS or count >= max_items:
-            yield _Chunk((item.pos[0], item.pos[1] + 1), count, wheres, seqs, bad), values
-            values, wheres, seqs, bad, chars, count = [], [], [], [], 0, 0
-    if count:
-        yield _Chunk((item.pos[0], item.pos[1] + 1), count, wheres, seqs, bad), values
-
-
-def _chars(value, kind: str) -> int:
-    """The text of a document or a prompted record; 0 for a chat record (chunked by count)."""
-    if kind == DOCUMENTS:
-        return len(value)
-    return len(value[0]) + len(value[1]) if kind == PROMPTED else 0
-
-
-class _Tally:
-    """The counts of a prepare: records read, documents, bad records, records too long for a row."""
-
-    def __init__(self, saved: Progress | None) -> None:
-        self.documents = saved.documents if saved else 0
-        self.bad = BadRecords(**saved.bad) if saved else BadRecords()
-        self.skipped = Skipped(**saved.skipped) if saved else Skipped()
-        self.read = self.documents + self.bad.count + self.skipped.count
-
-    def take(self, chunk: _Chunk, result: np.ndarray | Rows, skip_bad: bool) -> None:
-        """Count the chunk's bad records in input order (the first stops the prepare unless
-        ``skip_bad``), its records too long for a row, and its documents."""
-        bad = chunk.bad
-        if isinstance(result, Rows):
-            bad = sorted(bad + [(chunk.seqs[k], chunk.wheres[k], why) for k, why in result.bad])
-            for k, p, r in result.skipped:
-                self.skipped.add(chunk.wheres[k], p, r)
-        for _, where, why in bad:
-            if not skip_bad:
-                raise ValueError(f"{where}: {why} (--skip-bad / skip_bad=True skips and counts bad records)")
-            self.bad.add(where, why)
-        self.documents += len(chunk.wheres) - (len(result.bad) if isinstance(result, Rows) else 0)
-        self.read += chunk.count
-
-    def nothing_written(self, sources: list[str], kind: str, pending: int, seq_len: int) -> str:
-        """Why no shard was written."""
-        bad = f" ({self.bad.count} bad records skipped)" if self.bad.count else ""
-        if self.skipped.count:
-            first = self.skipped.examples[0]
-            return (f"none of the {self.skipped.count} records fits a row of seq_len={seq_len} (BOS + prompt + "
-                    f"response + pinned EOS BOS; the first, {first['where']}, needs "
-                    f"{first['prompt_tokens'] + first['response_tokens'] + 2} tokens): raise seq_len{bad}")
-        if self.documents == 0:
-            what = "(non-empty) documents" if kind == DOCUMENTS else "records"
-            return f"the sources {sources} hold no {what}{bad}"
-        return (f"the sources hold {pending} tokens ({self.documents} documents), fewer than one row of "
-                f"seq_len={seq_len}{bad}")
-
-
-class _StreamPacker:
-    """Plain data: the documents' token stream, cut into rows of ``seq_len`` tokens and saved
-    ``shard_sequences`` rows per shard; ``carry``: tokens read before, not yet in a shard."""
-
-    def __init__(self, writer: ShardWriter, seq_len: int, shard_sequences: int, carry: np.ndarray) -> None:
-        self.writer, self.seq_len, self.shard_sequences = writer, seq_len, shard_sequences
-        self.buffer: list[np.ndarray] = [carry] if carry.size else []
-        self.pending = int(carry.size)
-
-    def add(self, stream: np.ndarray) -> bool:
-        """Append ``stream``; True when a shard was saved."""
-        self.buffer.append(stream)
-        self.pending += stream.size
-        saved = False
-        while self.pending >= self.shard_sequences * self.seq_len:
-            self._flush(self.shard_sequences)
-            saved = True
-        return saved
-
-    def _flush(self, rows: int) -> None:
-        stream = self._stream()
-        take = rows * self.seq_len
-        self.writer.save(stream[:take].reshape(rows, self.seq_len))
-        rest = stream[take:]
-        self.buffer, self.pending = ([rest] if rest.size else []), int(rest.size)
-
-    def _stream(self) -> np.ndarray:
-        return np.concatenate(self.buffer) if len(self.buffer) != 1 else self.buffer[0]
-
-    def carry(self) -> tuple[np.ndarray, None]:
-        return (self._stream() if self.buffer else np.zeros(0, np.uint32)), None
-
-    def close(self) -> int:
-        """Save the last full rows; returns the tokens of the partial row left (dropped)."""
-        if self.pending >= self.seq_len:
-            self._flush(self.pending // self.seq_len)
-        return self.pending
-
-
-class _RowPacker:
-    """Prompted data: whole rows (and their prompt lengths), saved ``shard_sequences`` per shard;
-    ``rows``/``prompts``: rows read before, not yet in a shard."""
-
-    def __init__(self, writer: ShardWriter, shard_sequences: int, rows: np.ndarray, prompts: np.ndarray) -> None:
-        self.writer, self.shard_sequences = writer, shard_sequences
-        self.rows, self.prompts = [rows], [prompts]
-        self.pending = len(rows)
-
-    def add(self, result: Rows) -> bool:
-        self.rows.append(result.rows)
-        self.prompts.append(result.prompt_lengths)
-        self.pending += len(result.rows)
-        saved = False
-        while self.pending >= self.shard_sequences:
-            self._flush(self.shard_sequences)
-            saved = True
-        return saved
-
-    def _flush(self, n: int) -> None:
-        rows, prompts = np.concatenate(self.rows), np.concatenate(self.prompts)
-        self.writer.save(rows[:n], prompts[:n])
-        self.rows, self.prompts, self.pending = [rows[n:]], [prompts[n:]], len(rows) - n
-
-    def carry(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.concatenate(self.rows), np.concatenate(self.prompts)
-
-    def close(self) -> int:
-        if self.pending:
-            self._flush(self.pending)
-        return 0
 
 
 @contextlib.contextmanager

@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 from sumi.cli import main
-from sumi.data import Manifest, PackedDataset, prepare
+from sumi.data import Manifest, PackedDataset, chunking, prepare
 from sumi.data.readers import MissingExtra
 from sumi.data.resume import PROGRESS, partial_dir
 from sumi.data.shards import ShardWriter
+from sumi.data.sources import document_items, resolve_files
 from sumi.data.workers import ordered_map
 from sumi.tokenizer import SumiTokenizer, tiny_corpus
 from tests.sumi.worker_helpers import exit_worker
@@ -86,7 +87,8 @@ def test_every_format_packs_its_documents_in_order_with_any_number_of_workers(tm
     texts = _texts(60)
     sources = _all_formats(tmp_path / "src", [{"text": t, "id": i} for i, t in enumerate(texts)])
     stream = np.concatenate([[tok.bos_id, *tok.encode(t, add_bos=False), tok.eos_id] for t in texts])  # the oracle
-    monkeypatch.setattr(packing, "_ENCODE_CHARS", 700)  # many chunks, so that the workers share them
+    monkeypatch.setattr(chunking, "ENCODE_CHARS", 700)  # many chunks, so that the workers share them
+    assert len(list(chunking.chunked(document_items(resolve_files([tmp_path / "src"])), "documents", SEQ))) > 5
     outs = {}
     for workers in (1, 3):
         outs[workers] = tmp_path / f"w{workers}"
@@ -105,7 +107,7 @@ def test_prompted_and_chat_rows_are_the_same_with_any_number_of_workers(tmp_path
     records = [{"prompt": a[:60], "response": b[:40 if i % 5 else 400]}  # every fifth too long for a row
                for i, (a, b) in enumerate(zip(texts[::2], texts[1::2]))]
     _all_formats(tmp_path / "src", records)
-    monkeypatch.setattr(packing, "_ENCODE_CHARS", 300)
+    monkeypatch.setattr(chunking, "ENCODE_CHARS", 300)
     outs = [tmp_path / f"w{w}" for w in (1, 2)]
     manifests = [prepare(tmp_path / "src", tok, out, 96, shard_sequences=3, workers=w, prompted=not sft, sft=sft)
                  for out, w in zip(outs, (1, 2))]
@@ -164,7 +166,7 @@ def test_chat_records_the_template_cannot_read_are_bad_records_in_order(tmp_path
     records = [{"prompt": "p0", "response": "r0"}, {"messages": "not a list"}, {"prompt": "p2", "response": "r2"},
                {"prompt": "p3"}, {"prompt": "p4", "response": "r4"}]
     (tmp_path / "chat.jsonl").write_bytes(_lines(records[:3]) + b"oops\n" + _lines(records[3:]))
-    monkeypatch.setattr(packing, "_CHUNK_ROW_TOKENS", 2 * 64)  # two records per chunk: bad ones on both sides
+    monkeypatch.setattr(chunking, "CHUNK_ROW_TOKENS", 2 * 64)  # two records per chunk: bad ones on both sides
     for workers in (1, 2):
         m = prepare(tmp_path / "chat.jsonl", tok, tmp_path / f"o{workers}", 64, sft=True, skip_bad=True,
                     workers=workers)
@@ -208,7 +210,7 @@ def test_a_prepare_stopped_at_any_shard_resumes_to_exactly_the_uninterrupted_fil
     (tmp_path / "a.jsonl").write_bytes(_lines(records[:30]))
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(_lines(records[30:])))
     src = [tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"]
-    monkeypatch.setattr(packing, "_ENCODE_CHARS", 400)
+    monkeypatch.setattr(chunking, "ENCODE_CHARS", 400)
     kw = dict(shard_sequences=4, workers=1, prompted=prompted)
     seq = 48 if prompted else SEQ
     ref = prepare(src, tok, tmp_path / "ref", seq, **kw)
@@ -238,7 +240,7 @@ def test_a_prepare_stopped_at_any_shard_resumes_to_exactly_the_uninterrupted_fil
 
 def test_resume_refuses_other_settings_and_changed_inputs_and_overwrite_starts_over(tmp_path, tok, monkeypatch):
     (tmp_path / "a.jsonl").write_bytes(_lines([{"text": t} for t in _texts(60, seed=4)]))
-    monkeypatch.setattr(packing, "_ENCODE_CHARS", 400)
+    monkeypatch.setattr(chunking, "ENCODE_CHARS", 400)
     out, partial = tmp_path / "out", partial_dir(tmp_path / "out")
     kw = dict(shard_sequences=4, workers=1)
     with monkeypatch.context() as m:
@@ -330,7 +332,7 @@ def test_a_missing_format_library_is_one_line_naming_the_extra(tmp_path, tok, mo
 
 def test_cli_reports_kept_progress_and_refuses_bad_workers(tmp_path, monkeypatch, capsys):
     (tmp_path / "a.jsonl").write_bytes(_lines([{"text": t} for t in _texts(60, seed=6)]) + b"{bad\n")
-    monkeypatch.setattr(packing, "_ENCODE_CHARS", 400)
+    monkeypatch.setattr(chunking, "ENCODE_CHARS", 400)
     args = ["data", "prepare", "--source", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"), "--seq-len",
             str(SEQ), "--shard-rows", "4", "--workers", "1"]
     with pytest.raises(SystemExit):

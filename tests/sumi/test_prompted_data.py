@@ -122,9 +122,9 @@ def test_rows_do_not_depend_on_how_records_are_batched_for_the_tokenizer(tmp_pat
                                                                          row_tokens):
     """Records reach the tokenizer in chunks (by characters, and by rows for short records): one
     record per chunk, two, or all give the same rows, P and skip report."""
-    packing = importlib.import_module("sumi.data.packing")
-    monkeypatch.setattr(packing, "_ENCODE_CHARS", chars)
-    monkeypatch.setattr(packing, "_CHUNK_ROW_TOKENS", row_tokens)
+    chunking = importlib.import_module("sumi.data.chunking")
+    monkeypatch.setattr(chunking, "ENCODE_CHARS", chars)
+    monkeypatch.setattr(chunking, "CHUNK_ROW_TOKENS", row_tokens)
     out, rows, lengths = _prepared(tmp_path, tok, shard_sequences=3)
     ds = PackedDataset(out)
     np.testing.assert_array_equal(np.stack([ds[i] for i in range(len(ds))]), rows)
