@@ -25,10 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "documents are the baselines.")
     add_model_arguments(p)
     p.add_argument("--data", nargs="+", required=True, metavar="PATH_OR_GLOB",
-                   help=".txt/.md/.py files (one document each), .jsonl (one per line), directories or globs; "
+                   help=".txt/.md/.py files (one document each), .jsonl/.jsonl.gz/.jsonl.zst (one per line), "
+                        ".parquet files or saved datasets (one per row; pip install 'discdiff[data]'), directories "
+                        "or globs; "
                         "stdlib:heldout (the standard-library files the embedded default never trains on) or "
                         "stdlib:train (those it trains on)")
-    p.add_argument("--text-field", default="text", help="the JSONL field holding the text (default 'text')")
+    p.add_argument("--text-field", default="text", help="the JSON field or table column holding the text (default 'text')")
     p.add_argument("--canvas-length", type=int, default=None,
                    help="tokens per canvas row; longer documents are scored in windows (default: "
                         f"min({DEFAULT_CANVAS}, the model's max_position_embeddings))")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         texts = list(iter_documents(args.data, text_field=args.text_field))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # ImportError: a format's library (the [data] extra) missing
         raise UsageError(str(e)) from None
     if not texts:
         raise UsageError(f"no non-empty documents in {' '.join(args.data)}")

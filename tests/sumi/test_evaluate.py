@@ -297,6 +297,17 @@ def test_sumi_eval_nelbo_cli_trained_beats_untrained(tiny_run, tmp_path, capsys)
         reports[name] = json.loads(capsys.readouterr().out)
     assert reports["trained"]["documents"] == 2 and reports["trained"]["bytes"] == sum(len(t) for t in HELD_OUT)
     assert reports["trained"]["bits_per_byte"] < 0.75 * reports["untrained"]["bits_per_byte"], reports
+    # the same texts as the rows of a parquet file (any format the data readers know): the same report
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"text": t} for t in HELD_OUT]), tmp_path / "held.parquet")
+    capsys.readouterr()
+    assert main(["eval", "nelbo", "--model", str(tiny_run / "model"), "--data", str(tmp_path / "held.parquet"),
+                 "--canvas-length", "128", "--points", "16", "--json"]) == 0
+    from_parquet = json.loads(capsys.readouterr().out)
+    same = ("documents", "bytes", "tokens", "nats", "bits_per_byte", "per_document", "baselines")
+    assert {k: from_parquet[k] for k in same} == {k: reports["trained"][k] for k in same}
     capsys.readouterr()
     assert main(["eval", "nelbo", "--model", str(tiny_run / "model"), "--data", str(tmp_path / "held0.txt"),
                  "--canvas-length", "64", "--points", "4"]) == 0
