@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # imported on first use (sumi._lazy): the tokenizing workers 
     from sumi.data.packing import Manifest, prepare
     from sumi.data.sources import iter_documents, stdlib_files
 
-__all__ = ["IntegrityError", "Loader", "Manifest", "MicroBatch", "Mixture", "MixtureSpec", "PackedDataset", "iter_documents",
-           "load_mixture_file", "prepare", "stdlib_files"]
+__all__ = ["IntegrityError", "Loader", "Manifest", "MicroBatch", "Mixture", "MixtureSpec", "PackedDataset",
+           "iter_documents", "load_mixture_file", "prepare", "stdlib_files"]
 __getattr__, __dir__ = lazy_exports(__name__, {
     "IntegrityError": "sumi.data.dataset", "Mixture": "sumi.data.dataset", "PackedDataset": "sumi.data.dataset",
     "Loader": "sumi.data.loader", "MicroBatch": "sumi.data.loader", "MixtureSpec": "sumi.data.mixture_file",

@@ -1,5 +1,6 @@
-"""``sumi data prepare``: tokenize local files into packed shards (see :mod:`sumi.data.packing`);
-with ``--prompted``, ``{"prompt", "response"}`` JSONL records into one row each (records too long
+"""``sumi data prepare``: tokenize local files into packed shards (see :mod:`sumi.data.packing`;
+``--workers``, ``--resume``, ``--skip-bad``: docs/training.md, "Parallel, resumable, bad records");
+with ``--prompted``, ``{"prompt", "response"}`` records into one row each (records too long
 for a row are skipped and reported on stderr; docs/training.md, "Prompted data"); with ``--sft``,
 chat records (``{"prompt", "response"}`` or ``{"messages": [...]}``) rendered by the chat template
 into the same rows (docs/sft.md, "Data").
@@ -25,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = sub.add_parser("prepare", help="tokenize files into packed shards (documents as BOS text EOS)",
                        description="Tokenize local files into packed uint32 shards of seq-len tokens "
-                                   "(each document BOS text EOS) plus manifest.json.")
+                                   "(each document BOS text EOS) plus manifest.json, in parallel worker processes, "
+                                   "resumably (docs/training.md, Data).")
     p.add_argument("--source", action="append", default=[], metavar="PATH_OR_GLOB",
                    help="a .txt/.md/.py file (one document), a .jsonl, .jsonl.gz or .jsonl.zst file (one document "
                         "per line), a .parquet file or a Dataset.save_to_disk directory (one per row), a directory "
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default=None, help="the JSON field or table column holding the text (default "
                                                       "'text')")
     p.add_argument("--prompted", action="store_true",
-                   help="read .jsonl records {prompt, response}: one row each, BOS prompt, response, EOS fill, "
+                   help="read records {prompt, response} (JSONL, plain or compressed, parquet, saved datasets): "
+                        "one row each, BOS prompt, response, EOS fill, "
                         "then the pinned EOS BOS (generation's canvas); the prompt length is stored beside the row; "
                         "records longer than --seq-len are skipped and reported")
     p.add_argument("--prompt-field", default=None, help="with --prompted: the field holding the prompt (default "
@@ -51,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--response-field", default=None, help="with --prompted: the field holding the response "
                                                           "(default 'response')")
     p.add_argument("--sft", action="store_true",
-                   help="read .jsonl chat records {prompt, response} or {messages: [{role, content}, ...]}, the last "
+                   help="read chat records {prompt, response} or {messages: [{role, content}, ...]} (any record "
+                        "format), the last "
                         "message the assistant's: each rendered by the chat template into a prompted row (the "
                         "conversation up to the answer is the prompt); records longer than --seq-len are skipped and "
                         "reported")
