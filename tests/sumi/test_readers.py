@@ -283,6 +283,10 @@ def test_saved_dataset_errors_name_the_directory_and_the_file(tmp_path: Path, hf
     fails(rf"^{path}: cannot read state\.json")
     (path / "state.json").write_text('{"_data_files": "data-00000-of-00003.arrow"}')
     fails(rf"^{path}: state\.json has no '_data_files' list")
+    outside = tmp_path / "elsewhere.arrow"
+    outside.write_bytes((path / "data-00000-of-00003.arrow").read_bytes())
+    (path / "state.json").write_text(json.dumps({**state, "_data_files": [{"filename": "../elsewhere.arrow"}]}))
+    fails(rf"^{path}: state\.json lists '\.\./elsewhere\.arrow', not a file name in the directory")
     (path / "state.json").write_text(json.dumps(state))
     (path / "data-00001-of-00003.arrow").unlink()
     fails(rf"^{path}: state\.json lists 'data-00001-of-00003\.arrow', which is not a file there")

@@ -93,6 +93,8 @@ def _arrow_files(path: Path) -> list[Path]:
         raise ValueError(f"{path}: {STATE} has no '_data_files' list of {{\"filename\": ...}} entries")
     names = [e["filename"] for e in entries]
     for name in names:
+        if name != Path(name).name or name in ("", ".", ".."):  # a reader never leaves the directory
+            raise ValueError(f"{path}: {STATE} lists {name!r}, not a file name in the directory")
         if not (path / name).is_file():
             raise ValueError(f"{path}: {STATE} lists {name!r}, which is not a file there")
     return [path / name for name in names]
