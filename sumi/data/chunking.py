@@ -10,15 +10,15 @@ order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
 from sumi.data.encoding import DOCUMENTS, PROMPTED, Rows
-from sumi.data.prompted import Skipped
 from sumi.data.resume import Progress
-from sumi.data.sources import BadRecords, Item
+from sumi.data.sources import Item
 
 ENCODE_CHARS = 1 << 18
 """Text per chunk: bounds a worker's per-token ``Encoding`` objects and the chunks in flight."""
@@ -26,6 +26,23 @@ CHUNK_ITEMS = 1 << 13
 """Records per chunk: bounds the per-record objects of many short documents."""
 CHUNK_ROW_TOKENS = 1 << 22
 """Row tokens per chunk of prompted records: bounds its int64 rows (32 MB)."""
+EXAMPLES = 5
+"""How many of the bad or skipped records a manifest names (all are counted)."""
+
+
+@dataclasses.dataclass
+class Examples:
+    """Records set aside: ``count`` of them, the first :data:`EXAMPLES` described in
+    ``examples`` (bad records as ``{"where": "file:line", "error": why}``; records too long for a
+    row as ``{"where", "prompt_tokens": P, "response_tokens": R}``, ``P`` with BOS)."""
+
+    count: int = 0
+    examples: list[dict] = dataclasses.field(default_factory=list)
+
+    def add(self, **example) -> None:
+        self.count += 1
+        if len(self.examples) < EXAMPLES:
+            self.examples.append(example)
 
 
 class Chunk(NamedTuple):
@@ -79,8 +96,8 @@ class Tally:
 
     def __init__(self, saved: Progress | None) -> None:
         self.documents = saved.documents if saved else 0
-        self.bad = BadRecords(**saved.bad) if saved else BadRecords()
-        self.skipped = Skipped(**saved.skipped) if saved else Skipped()
+        self.bad = Examples(**saved.bad) if saved else Examples()
+        self.skipped = Examples(**saved.skipped) if saved else Examples()
         self.read = self.documents + self.bad.count + self.skipped.count
 
     def take(self, chunk: Chunk, result: np.ndarray | Rows, skip_bad: bool) -> None:
@@ -90,11 +107,11 @@ class Tally:
         if isinstance(result, Rows):
             bad = sorted(bad + [(chunk.seqs[k], chunk.wheres[k], why) for k, why in result.bad])
             for k, p, r in result.skipped:
-                self.skipped.add(chunk.wheres[k], p, r)
+                self.skipped.add(where=chunk.wheres[k], prompt_tokens=p, response_tokens=r)
         for _, where, why in bad:
             if not skip_bad:
                 raise ValueError(f"{where}: {why} (--skip-bad / skip_bad=True skips and counts bad records)")
-            self.bad.add(where, why)
+            self.bad.add(where=where, error=why)
         self.documents += len(chunk.wheres) - (len(result.bad) if isinstance(result, Rows) else 0)
         self.read += chunk.count
 

@@ -13,7 +13,8 @@ answer written in: the response, then EOS up to the pinned EOS.  Filling with EO
 supervised fine-tuning (Nie et al. 2025, arXiv 2502.09992, Sec. 2.3): the fill is trained on
 like any token, so the model learns where an answer ends (generation cuts the answer at its first
 EOS).  A record fits when ``P + R + 2 <= seq_len`` (an answer of the whole budget ends at the
-pinned EOS); one that does not is never cut: it is skipped and reported (:class:`Skipped`).
+pinned EOS); one that does not is never cut: it is skipped and counted
+(``skipped_records`` in the manifest, :class:`sumi.data.chunking.Examples`).
 
 Chat data (``sumi data prepare --sft``; docs/sft.md, "Data") is the same row: a chat record is
 rendered by a :class:`sumi.sft.ChatTemplate` into ``prompt_ids`` (the conversation up to the
@@ -23,31 +24,10 @@ of ``BOS prompt`` and ``response`` (:func:`sumi.data.encoding.encode_chunk`).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 PINNED = 2
 """The EOS and BOS that end every prompted row (generation pins them after the answer budget)."""
-SKIPPED_EXAMPLES = 5
-"""How many skipped records a manifest names (all are counted)."""
-
-
-@dataclasses.dataclass
-class Skipped:
-    """The records too long for a row: ``count`` of them, the first :data:`SKIPPED_EXAMPLES`
-    named in ``examples`` as ``{"where": "file:line", "prompt_tokens": P, "response_tokens": R}``
-    (``P`` with BOS, as in the row layout)."""
-
-    count: int = 0
-    examples: list[dict] = dataclasses.field(default_factory=list)
-
-    def add(self, where: str, prompt_tokens: int, response_tokens: int) -> None:
-        self.count += 1
-        if len(self.examples) < SKIPPED_EXAMPLES:
-            self.examples.append({"where": where, "prompt_tokens": prompt_tokens, "response_tokens": response_tokens})
-
-
 def layout_rows(records: list[tuple[list[int], list[int]]], tokenizer, seq_len: int) -> np.ndarray:
     """The rows (int64 ``[n, seq_len]``, laid out as in the module docstring) of ``records``,
     ``(prompt ids, response ids)`` pairs that fit (``P + R + 2 <= seq_len``): the prompt ids start

@@ -6,8 +6,8 @@ Conventions:
 - ``.txt``, ``.md``, ``.py``: the whole file (UTF-8) is one document.
 - ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``: one JSON object per non-blank line; ``.parquet``
   and directories written by ``datasets.Dataset.save_to_disk``: one record per row.  A record's
-  ``text_field`` (a string) is one document.  Prompted data (:func:`iter_prompt_records`) reads
-  ``{"prompt": str, "response": str}`` records; chat data (:func:`iter_chat_records`, ``sumi data
+  ``text_field`` (a string) is one document.  Prompted data (:func:`prompt_items`) reads
+  ``{"prompt": str, "response": str}`` records; chat data (:func:`chat_items`, ``sumi data
   prepare --sft``) ``{"prompt", "response"}`` or ``{"messages": [{"role", "content"}, ...]}``
   records (docs/sft.md, "Data"), from any of these record formats.
 - A directory stands for every supported file under it (recursively; a saved dataset inside it
@@ -21,16 +21,15 @@ Conventions:
 - Missing or empty inputs are errors that name the path (``FileNotFoundError`` / ``ValueError``),
   raised when the sources are resolved, before any document is read.  A bad record (invalid
   UTF-8, not a JSON object, a field missing, null or not a string) is an :class:`Item` with an
-  ``error`` naming ``file:line`` (``file: row N`` in a table); the ``iter_*`` functions raise it
-  as a ``ValueError``, :func:`sumi.data.prepare` stops on it or (``skip_bad``) counts it.
+  ``error`` naming ``file:line`` (``file: row N`` in a table); :func:`iter_documents` and
+  :func:`jsonl_records` raise it as a ``ValueError``, :func:`sumi.data.prepare` stops on it or
+  (``skip_bad``) counts it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
-import json
 import os
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -196,24 +195,6 @@ class Item(NamedTuple):
     error: str | None = None
 
 
-BAD_EXAMPLES = 5
-"""How many bad records a manifest names (all are counted)."""
-
-
-@dataclasses.dataclass
-class BadRecords:
-    """The bad records a prepare skipped (``skip_bad``): ``count`` of them, the first
-    :data:`BAD_EXAMPLES` named in ``examples`` as ``{"where": "file:line", "error": why}``."""
-
-    count: int = 0
-    examples: list[dict] = dataclasses.field(default_factory=list)
-
-    def add(self, where: str, error: str) -> None:
-        self.count += 1
-        if len(self.examples) < BAD_EXAMPLES:
-            self.examples.append({"where": where, "error": error})
-
-
 def document_items(files: list[Path], text_field: str = "text", start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
     """The documents of ``files`` (resolved sources) from position ``start`` on: a text file's
     text, a record's ``text_field``; empty documents are left out, bad records kept (``error``)."""
@@ -314,54 +295,12 @@ def iter_documents(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLik
     return (item.value for item in _raise_bad(items))
 
 
-def jsonl_records(text: str, where: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` for every non-blank line of JSONL ``text``; a line that is not a
-    JSON object raises ``ValueError`` naming ``where:line``."""
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}:{lineno}: not a JSON object: {e}") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}:{lineno}: not a JSON object (a {type(record).__name__})")
-        yield lineno, record
+def jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for every non-blank line of the JSONL file ``path`` (plain or
+    compressed, :mod:`sumi.data.readers.jsonl`); a bad line raises ``ValueError`` naming ``path:line``."""
+    from sumi.data.readers.jsonl import read_jsonl
 
-
-class PromptRecord(NamedTuple):
-    """One record of prompted data: ``where`` it is (``"file:line"``), its ``prompt`` and its ``response``."""
-
-    where: str
-    prompt: str
-    response: str
-
-
-def iter_prompt_records(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike],
-                        prompt_field: str = "prompt", response_field: str = "response") -> Iterator[PromptRecord]:
-    """Yield the :class:`PromptRecord` of every record of the record files (JSONL, parquet, saved
-    datasets) of ``paths_or_globs``, in order (sources sorted as in :func:`resolve_files`).
-
-    Every record must be an object whose ``prompt_field`` and ``response_field`` are strings
-    (either may be empty; a ``ValueError`` naming where it is otherwise).  The inputs are resolved
-    and checked now (a text file is a ``ValueError`` naming it); the files are read lazily."""
-    items = prompt_items(resolve_files(paths_or_globs), prompt_field, response_field)
-    return (PromptRecord(item.where, *item.value) for item in _raise_bad(items))
-
-
-class ChatRecord(NamedTuple):
-    """One record of chat data: ``where`` it is (``"file:line"``) and the JSON object, unchecked
-    (:func:`sumi.sft.messages_of` reads it as a conversation)."""
-
-    where: str
-    record: dict
-
-
-def iter_chat_records(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[ChatRecord]:
-    """Yield the :class:`ChatRecord` of every record of the record files of ``paths_or_globs``, in
-    order (sources sorted as in :func:`resolve_files`).  A record that is not an object is a
-    ``ValueError`` naming where it is; its fields are checked by the reader
-    (:func:`sumi.sft.messages_of`).  The inputs are resolved and checked now (a text file is a
-    ``ValueError`` naming it); the files are read lazily."""
-    items = chat_items(resolve_files(paths_or_globs))
-    return (ChatRecord(item.where, item.value) for item in _raise_bad(items))
+    for record in read_jsonl(Path(path)):
+        if record.error is not None:
+            raise ValueError(f"{record.where}: {record.error}")
+        yield record.index, record.value

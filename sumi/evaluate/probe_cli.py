@@ -147,7 +147,7 @@ def _read_prompts(args: argparse.Namespace) -> list[_Prompt]:
         if not path.is_file():
             raise UsageError(f"no prompts file {args.prompts}")
         try:
-            records = list(jsonl_records(path.read_text(encoding="utf-8"), args.prompts))
+            records = list(jsonl_records(path))
         except ValueError as e:
             raise UsageError(str(e)) from None
         for n, record in records:

@@ -169,7 +169,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
         ValueError: a line that is not such a record, naming ``file:line``.
     """
     found = []
-    for number, record in jsonl_records(Path(path).read_text(encoding="utf-8"), path):
+    for number, record in jsonl_records(path):
         if not all(isinstance(record.get(k), str) for k in ("prompt", "response", "task")):
             raise ValueError(f"{path}:{number}: expected a record with string fields prompt, response and task")
         found.append(Example(record["task"], record["prompt"], record["response"]))
