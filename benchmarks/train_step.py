@@ -57,7 +57,9 @@ one-rank process group is started (``RANK=0 WORLD_SIZE=1``, NCCL) so that FSDP2'
 precision applies exactly as under ``torchrun``; ``--no-fsdp`` turns that off for the variants
 without ``bf16`` (which always run on a one-rank group).
 
-Prints a table, then one JSON line (the last line of stdout) with every number and metadata.
+Prints a table, then one JSON line (the last line of stdout) with every number and metadata;
+meanwhile each variant's result goes to stderr as it lands (one JSON line each), so a run stopped
+from outside keeps the variants it finished.
 """
 
 from __future__ import annotations
@@ -399,10 +401,14 @@ def main() -> None:
     with OtherLoad() as load:  # contention check: CPU the rest of the machine used meanwhile
         ceiling = run_ceiling(args)
         results, baseline = {}, ({} if args.baseline else None)
-        for name in names:  # before right after after: a load that drifts during the run hits both alike
+        for i, name in enumerate(names, 1):  # before right after after: a drifting load hits both alike
+            # each variant's result as it lands (stderr): a run stopped from outside keeps them
+            print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
             results[name] = run_variant(name, args)
+            print(f"[{i}/{len(names)}] {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
             if baseline is not None:
                 baseline[name] = run_variant(name, args, os.path.abspath(args.baseline))
+                print(f"[{i}/{len(names)}] {name} (baseline): {json.dumps(baseline[name])}", file=sys.stderr, flush=True)
     report(args, results, ceiling, load.share, baseline)
 
 

@@ -215,10 +215,16 @@ def sdpa_form(allowed: Tensor) -> Tensor:
     allowed."""
     if allowed.device.type == "cpu":
         return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, -math.inf)
+    return with_sink_column(allowed)
+
+
+def with_sink_column(allowed: Tensor) -> Tensor:
+    """``allowed`` (bool ``[..., keys]``) with one more column, always True: the appended sink key
+    that ``F.scaled_dot_product_attention`` sees off the CPU."""
     return torch.cat([allowed, allowed.new_ones(*allowed.shape[:-1], 1)], dim=-1)
 
 
-def _with_sink(x: Tensor, dim: int) -> Tensor:
+def append_zero_sink(x: Tensor, dim: int) -> Tensor:
     shape = list(x.shape)
     shape[dim] = 1
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
@@ -232,7 +238,7 @@ def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | _CausalOnly | No
             return _ScaledBySigmoidLse.apply(q, k, v, None, True)
         bias = mask if mask is None or mask.dtype == q.dtype else mask.to(q.dtype)
         return _ScaledBySigmoidLse.apply(q, k, v, bias, False)
-    k, v = _with_sink(k, 2), _with_sink(v, 2)
+    k, v = append_zero_sink(k, 2), append_zero_sink(v, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
