@@ -75,17 +75,24 @@ class Dense:
         """``P[z_t, z_s] = p(z_s | z_t) ∝ q_s(z_s | x_hat) Q_{t|s}[z_s, z_t]`` (Bayes' rule), every
         ``z_t`` at once; rows of unreachable ``z_t`` are 0."""
         joint = self.marginal_of_probs(x0_probs, lam_s).unsqueeze(-1) * self.transition_matrix(lam_t, lam_s)
-        return self._normalize_columns(joint).T
+        return self._bayes(joint, self.marginal_of_probs(x0_probs, lam_t) > 0)
 
     def true_posterior(self, x: int, lam_t: float | Tensor, lam_s: float | Tensor) -> Tensor:
         """``P[z_t, z_s] = q(z_s | z_t, x) = Q_s[x, z_s] Q_{t|s}[z_s, z_t] / Q_t[x, z_t]``."""
         joint = self.matrix(lam_s)[x].unsqueeze(-1) * self.transition_matrix(lam_t, lam_s)
-        return self._normalize_columns(joint).T
+        return self._bayes(joint, self.matrix(lam_t)[x] > 0)
 
     @staticmethod
-    def _normalize_columns(joint: Tensor) -> Tensor:
-        total = joint.sum(0, keepdim=True)
-        return torch.where(total > 0, joint / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(joint))
+    def _bayes(joint: Tensor, reachable: Tensor) -> Tensor:
+        """``joint[z_s, z_t]`` with each column normalized, transposed to ``[z_t, z_s]``; the rows
+        of unreachable ``z_t`` are 0.  Reachability (``q_t(z_t) > 0``) is read off the marginal,
+        whose zeros are exact, never off ``joint``: its unreachable columns come from a linear
+        solve and hold rounding noise (about 1e-17, and exact zeros only with some LAPACK builds),
+        which normalizing would blow up to O(1)."""
+        reachable = reachable.unsqueeze(-2)
+        total = joint.sum(-2, keepdim=True)
+        return torch.where(reachable, joint / torch.where(reachable, total, torch.ones_like(total)),
+                           torch.zeros_like(joint)).transpose(-1, -2)
 
     def loss_terms(self, x: int, x0_probs: Tensor, lam: float | Tensor) -> DenseLossTerms:
         """KL, IS and weight of the GIDD ELBO (arXiv 2512.10858, Eq. 3-5) for every ``z``."""

@@ -348,6 +348,26 @@ def test_a_kernel_with_only_pi_and_dpi_passes_check_kernel():
     check_kernel(Sparse(), tightness=False)
 
 
+@pytest.mark.parametrize("which", ["true_posterior", "posterior"])
+def test_the_dense_posterior_is_not_fooled_by_rounding_noise_in_unreachable_columns(monkeypatch, which):
+    """``Q_{t|s}`` comes from a linear solve, so the columns of states ``z_t`` that ``x`` cannot
+    reach hold rounding noise where some LAPACK builds give exact zeros (the torch 2.9 and 2.10
+    wheels: ``check_kernel(Sparse())`` failed there with "probabilities" 6.47 and -5.47).  With
+    1e-17 of noise in every entry, Bayes' rule must still give exact 0 rows for unreachable
+    ``z_t`` (Sparse: 0, 2, 4, 5 from x = 1) and the noiseless rows elsewhere."""
+    dense = dd.Dense.of(Sparse())
+    x0 = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=F64)  # x_hat = e_1: the same posterior
+    run = (lambda: dense.true_posterior(1, -0.5, 1.0)) if which == "true_posterior" else \
+        (lambda: dense.posterior(x0, -0.5, 1.0))
+    exact = run()
+    solved = dense.transition_matrix
+    monkeypatch.setattr(dense, "transition_matrix", lambda t, s: solved(t, s) + 1e-17)
+    noisy = run()
+    assert torch.equal(noisy[[0, 2, 4, 5]], torch.zeros(4, 6, dtype=F64))
+    torch.testing.assert_close(noisy, exact, atol=1e-12, rtol=0)
+    torch.testing.assert_close(noisy[[1, 3]].sum(-1), torch.ones(2, dtype=F64), atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("kernel", REPRESENTATIVES + [Annealed(ZIPF), Sparse()], ids=repr)
 def test_sample_prior_draws_pi_at_minus_infinity(kernel):
     gen = torch.Generator().manual_seed(5)
