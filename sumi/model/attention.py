@@ -64,6 +64,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+MIN_TORCH = (2, 9, 1)
+
+
+def check_torch_version(version: str = torch.__version__) -> None:
+    """Refuse a torch older than :data:`MIN_TORCH` (pyproject's floor) with one clear error.
+
+    Found by running the test suite on older wheels: before 2.9 torch's CPU flash-attention
+    kernel, which the sdpa backend calls on the CPU, returns NaN for grouped-query attention
+    (2.8.0) or aborts in its backward (2.5.1); and FSDP2's ``MixedPrecisionPolicy`` is public
+    only from 2.6.  2.9.1, 2.10.0, 2.11.0 and 2.13.0 pass the suite."""
+    parts = [int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit()]
+    if tuple(parts) < MIN_TORCH:
+        raise ImportError(f"sumi needs torch >= {'.'.join(map(str, MIN_TORCH))}, found {version}: older CPU "
+                          "attention kernels return NaN for grouped-query attention (pip install -U torch)")
+
+
+check_torch_version()
+
 
 def flash_available() -> bool:
     """flash-attn importable and a CUDA device present (checked at run time, never at import)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import sys
 import types
 
@@ -18,6 +19,7 @@ import sumi
 from sumi.configs import sumi_1b, sumi_7b, sumi_150m, tiny
 from sumi.model import (check_backend, eager_attention, flash_attention, flash_available, flops_per_token,
                         num_parameters, sdpa_attention)
+from sumi.model.attention import check_torch_version
 from sumi.model.layers import RMSNorm, apply_rope, rope_cos_sin
 
 F64 = torch.float64
@@ -494,3 +496,13 @@ def test_check_backend_says_whether_a_backend_can_run(monkeypatch):
         check_backend("flash", "cuda:0")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert check_backend("flash", "cuda") == "flash"
+
+
+def test_a_torch_older_than_the_floor_is_one_clear_error():
+    """pyproject's floor, 2.9.1: the suite fails on 2.8.0 (NaN from the CPU kernel with GQA) and
+    2.5.1 (aborts), and passes on 2.9.1, 2.10.0, 2.11.0 and 2.13.0."""
+    for version in ("2.9.1", "2.10.0+cu128", "2.11.0a0+git1234", "2.13.0+cpu", "3.0.0"):
+        check_torch_version(version)
+    for version in ("2.5.1+cu124", "2.8.0", "2.9.0", "2.9.1a0"):
+        with pytest.raises(ImportError, match=rf"sumi needs torch >= 2\.9\.1, found {re.escape(version)}: .*pip install -U torch"):
+            check_torch_version(version)
