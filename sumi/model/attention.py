@@ -72,8 +72,9 @@ def check_torch_version(version: str = torch.__version__) -> None:
 
     Found by running the test suite on older wheels: before 2.9 torch's CPU flash-attention
     kernel, which the sdpa backend calls on the CPU, returns NaN for grouped-query attention
-    (2.8.0) or aborts in its backward (2.5.1); and FSDP2's ``MixedPrecisionPolicy`` is public
-    only from 2.6.  2.9.1, 2.10.0, 2.11.0 and 2.13.0 pass the suite."""
+    (2.6.0, 2.8.0) or aborts in its backward (2.5.1); and FSDP2's ``MixedPrecisionPolicy`` is
+    public only from 2.6.  The whole suite passes on 2.9.1, 2.11.0 and 2.13.0, the model,
+    attention, checkpoint and objective tests on 2.10.0."""
     parts = [int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit()]
     if tuple(parts) < MIN_TORCH:
         raise ImportError(f"sumi needs torch >= {'.'.join(map(str, MIN_TORCH))}, found {version}: older CPU "
@@ -243,6 +244,8 @@ def with_sink_column(allowed: Tensor) -> Tensor:
 
 
 def append_zero_sink(x: Tensor, dim: int) -> Tensor:
+    """``x`` with one all-zero slice appended along ``dim``: the sink's key (score ``q . 0 = 0``,
+    the off-by-one softmax's ``+1``) and value (it adds nothing to the output)."""
     shape = list(x.shape)
     shape[dim] = 1
     return torch.cat([x, x.new_zeros(shape)], dim=dim)

@@ -499,8 +499,8 @@ def test_check_backend_says_whether_a_backend_can_run(monkeypatch):
 
 
 def test_a_torch_older_than_the_floor_is_one_clear_error():
-    """pyproject's floor, 2.9.1: the suite fails on 2.8.0 (NaN from the CPU kernel with GQA) and
-    2.5.1 (aborts), and passes on 2.9.1, 2.10.0, 2.11.0 and 2.13.0."""
+    """pyproject's floor, 2.9.1: the suite fails on 2.6.0 and 2.8.0 (NaN from the CPU kernel with
+    GQA) and 2.5.1 (aborts), and passes on 2.9.1, 2.11.0 and 2.13.0."""
     for version in ("2.9.1", "2.10.0+cu128", "2.11.0a0+git1234", "2.13.0+cpu", "3.0.0"):
         check_torch_version(version)
     for version in ("2.5.1+cu124", "2.8.0", "2.9.0", "2.9.1a0"):
