@@ -253,10 +253,23 @@ def save(directory: str | os.PathLike, step: int, model: nn.Module,
 def _reraise_interrupt(error: BaseException) -> None:
     """A Ctrl-C that DCP caught and wrapped into its ``CheckpointException`` (it gathers every
     rank's failure) is raised again as the ``KeyboardInterrupt`` it was: an interruption, not a
-    failed write or a damaged checkpoint."""
+    failed write or a damaged checkpoint.  Also when the interrupt hit inside ``torch.save`` and
+    the zip writer's cleanup then failed on the half-written file (a ``RuntimeError`` "unexpected
+    pos" whose context is the ``KeyboardInterrupt``): the chain of each failure is searched."""
     failures = getattr(error, "failures", None) if isinstance(error, CheckpointException) else None
-    if failures and any(isinstance(pair[0], KeyboardInterrupt) for pair in failures.values()):
+    if failures and any(_interrupted(pair[0]) for pair in failures.values()):
         raise KeyboardInterrupt from error
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether ``error`` is a ``KeyboardInterrupt`` or was raised while handling one."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _publish(tmp: Path, final: Path, nonce: str, manifest: str) -> None:

@@ -498,17 +498,26 @@ def test_single_process_crash_mid_save_and_keep_last(tmp_path, monkeypatch):
         ckpt.keep_last(tmp_path, 0)
 
 
-def test_ctrl_c_inside_dcp_is_an_interruption_not_a_failed_or_damaged_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cleanup_fails", [False, True], ids=["interrupt", "interrupt-then-cleanup-error"])
+def test_ctrl_c_inside_dcp_is_an_interruption_not_a_failed_or_damaged_checkpoint(tmp_path, monkeypatch,
+                                                                                 cleanup_fails):
     """DCP catches a KeyboardInterrupt in its writer or reader and wraps it in its own
     CheckpointException: ``save`` and ``load`` raise it again as KeyboardInterrupt (the training
-    loop's one-line Ctrl-C), the save leaves no temporary directory, the load claims no damage."""
+    loop's one-line Ctrl-C), the save leaves no temporary directory, the load claims no damage.
+    ``cleanup_fails``: the interrupt hits inside ``torch.save``, whose zip writer then fails on the
+    half-written file while unwinding (seen in CI: a Ctrl-C during a save exited 1 with
+    ``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598``)."""
     import torch.distributed.checkpoint.filesystem as dcp_fs
 
     model = _model()
     first = ckpt.save(tmp_path, 1, model)
 
     def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+        try:
+            raise KeyboardInterrupt
+        finally:
+            if cleanup_fails:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
     monkeypatch.setattr(dcp_fs, "_write_files_from_queue", interrupted)
     with pytest.raises(KeyboardInterrupt):
