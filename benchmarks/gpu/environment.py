@@ -1,9 +1,9 @@
 """Stage 0 of the GPU verification run (``benchmarks/gpu/run.sh``): what the later stages will run on.
 
 A lent GPU machine runs its own image's ``python3`` and packages, not this project's pins, and it
-cannot install anything: the project runs from the checkout (``run.sh`` puts the repository root
-first on ``PYTHONPATH``), never from an installed copy.  This check prints, before any GPU time
-is spent on the stages:
+has no network (only wheels carried to it can be installed): the project runs from the checkout
+(``run.sh`` puts the repository root first on ``PYTHONPATH``), never from an installed copy.
+This check prints, before any GPU time is spent on the stages:
 
 - Python, torch (its CUDA build), the device (name, capability, memory, bf16), triton and
   flash-attn;
